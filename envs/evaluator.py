@@ -1,0 +1,129 @@
+"""Evaluates a policy on a task: compress, then measure accuracy, packed size and latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from envs.device import DeviceProfile, measure_latency
+from envs.tasks import Task, evaluate_accuracy
+from methods.discovery import discover_layers, total_macs
+from methods.finetune import FinetuneSettings, has_batchnorm
+from methods.pipeline import CompressedModel, Refinement, compress
+from methods.structured import channel_groups
+from search.policy import Policy
+from search.result import Result
+from search.spec import LayerSpec
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """How much work goes into each candidate."""
+
+    bn_recalibration: bool = True
+    """Recalibrate BatchNorm statistics on training images after compression."""
+    calibration_images: int = 500
+    """Training images used for BatchNorm recalibration."""
+    finetune_steps: int = 0
+    """Masked quantization-aware fine-tune steps per candidate (0 = none)."""
+    finetune_lr: float = 1e-4
+    """Learning rate of that fine-tune."""
+
+    def __post_init__(self) -> None:
+        if self.calibration_images < 1 or self.finetune_steps < 0 or self.finetune_lr <= 0:
+            raise ValueError("calibration_images >= 1, finetune_steps >= 0 and finetune_lr > 0 are required")
+
+
+class Evaluator:
+    """Measures candidates of one task on one device; results are cached by policy hash."""
+
+    def __init__(self, task: Task, device: DeviceProfile, settings: EvaluatorSettings = EvaluatorSettings()):
+        self.task = task
+        self.device = device
+        self.settings = settings
+        self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
+        self.groups = channel_groups(task.model, task.input_shape)
+        self._cache: dict[str, Result] = {}
+        self._latency_by_shape: dict[tuple, float] = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Compressible layers in execution order."""
+        return [spec.name for spec in self.layers]
+
+    @property
+    def leaders(self) -> list[str]:
+        """Layers whose keep ratio sets a channel group's width."""
+        return [group.leader for group in self.groups]
+
+    def remember(self, policy: Policy, result: Result) -> None:
+        """Seeds the cache with an earlier measurement (used when resuming)."""
+        self._cache[policy.digest()] = result
+
+    def refinement(self, finetune_steps: int, seed: int = 0, lr: float | None = None) -> Refinement:
+        """BatchNorm recalibration and fine-tune settings for a compression run."""
+        calibration = None
+        if self.settings.bn_recalibration and has_batchnorm(self.task.model):
+            calibration = self.task.train.tensors[0][: self.settings.calibration_images]
+        return Refinement(
+            calibration=calibration,
+            finetune=FinetuneSettings(steps=finetune_steps, lr=lr or self.settings.finetune_lr, seed=seed),
+            train=self.task.train,
+        )
+
+    def compress(self, policy: Policy, refinement: Refinement | None = None) -> CompressedModel:
+        """Applies ``policy`` to a copy of the task's model and packs it."""
+        return compress(
+            self.task.model,
+            policy,
+            input_shape=self.task.input_shape,
+            source=self.task.source,
+            channel_multiple=self.device.channel_multiple,
+            refinement=refinement or self.refinement(self.settings.finetune_steps),
+        )
+
+    def latency_ms(self, model: nn.Module, reuse: bool = True) -> float:
+        """Measured latency; dense models of identical shapes run identical kernels, so they share one measurement."""
+        shape = tuple(tuple(p.shape) for p in model.parameters())
+        if not reuse or shape not in self._latency_by_shape:
+            self._latency_by_shape[shape] = measure_latency(model, self.task.input_shape, self.device)
+        return self._latency_by_shape[shape]
+
+    def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
+        """Validation accuracy, packed size, latency, MACs and parameters of a compressed model."""
+        model = compressed.model
+        specs = discover_layers(model, self.task.input_shape)
+        compressible = {spec.name for spec in specs}
+        nonzero = sum(
+            int(torch.count_nonzero(module.weight))
+            for name, module in model.named_modules()
+            if name in compressible
+        )
+        return Result(
+            val_accuracy=evaluate_accuracy(model, self.task.val),
+            size_bytes=compressed.size_bytes,
+            latency_ms=self.latency_ms(model, reuse=reuse_latency),
+            macs=total_macs(specs),
+            params=sum(p.numel() for p in model.parameters()),
+            nonzero_weights=nonzero,
+        )
+
+    def evaluate(self, policy: Policy, on_error: Callable[[Exception], None] | None = None) -> Result:
+        """Compresses and measures one candidate; a candidate that raises becomes a failed result."""
+        key = policy.digest()
+        if key in self._cache:
+            return self._cache[key]
+        start = time.perf_counter()
+        try:
+            result = self.measure(self.compress(policy))
+            result = Result(**{**result.to_dict(), "seconds": time.perf_counter() - start})
+        except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the search
+            if on_error is not None:
+                on_error(exc)
+            result = Result.failed(f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+        self._cache[key] = result
+        return result

@@ -1,0 +1,112 @@
+"""Masked, quantization-aware fine-tuning and BatchNorm recalibration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.data import TensorDataset
+
+from methods.quantization import fake_quantize
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """A short masked, quantization-aware fine-tune."""
+
+    steps: int = 0
+    """Optimizer steps (0 disables fine-tuning)."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    batch_size: int = 64
+    """Training batch size."""
+    seed: int = 0
+    """Seed of the batch order."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("fine-tune needs steps >= 0, lr > 0 and batch_size >= 1")
+
+
+class _FakeQuant(nn.Module):
+    """Parametrization: the weight as stored (masked, quantized), straight-through gradient."""
+
+    def __init__(self, mask: torch.Tensor, bits: int) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.bits = bits
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(weight, self.mask, self.bits)
+
+
+def masked_finetune(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    bits: Mapping[str, int],
+    train: TensorDataset,
+    settings: FinetuneSettings,
+) -> None:
+    """Fine-tunes ``model`` in place; pruned weights stay zero and weights end on their code grid.
+
+    Args:
+        model: the (structurally pruned) network.
+        masks: kept-weight masks per compressed layer name.
+        bits: code width per compressed layer name (32 = fp32).
+        train: training split.
+        settings: steps, learning rate, batch size, seed.
+    """
+    if settings.steps == 0:
+        return
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        parametrize.register_parametrization(modules[name], "weight", _FakeQuant(mask, bits[name]))
+    inputs, labels = train.tensors
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    model.train()
+    try:
+        step = 0
+        while step < settings.steps:
+            order = torch.randperm(len(labels), generator=generator)
+            for start in range(0, len(order), settings.batch_size):
+                idx = order[start : start + settings.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(inputs[idx]), labels[idx]).backward()
+                optimizer.step()
+                step += 1
+                if step >= settings.steps:
+                    break
+    finally:
+        for name in masks:
+            parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+        model.eval()
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True when the model has BatchNorm layers whose statistics can be recalibrated."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 250) -> None:
+    """Re-estimates BatchNorm running statistics on ``inputs`` (EagleEye-style), weights untouched."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start : start + batch_size])
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.eval()

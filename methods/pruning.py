@@ -1,0 +1,69 @@
+"""Fine-grained (unstructured) magnitude pruning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+_COUNT_DECIMALS = 6
+"""``sparsity * numel`` is rounded to this many decimals before flooring, so that
+e.g. 0.29 * 100 (= 28.999999999999996 in binary floating point) prunes 29 weights."""
+
+
+def pruned_count(numel: int, sparsity: float) -> int:
+    """Number of weights :func:`magnitude_mask` zeroes: ``floor(sparsity * numel)``, keeping >= 1.
+
+    Raises:
+        ValueError: If ``sparsity`` is not in [0, 1).
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    count = math.floor(round(sparsity * numel, _COUNT_DECIMALS))
+    return max(0, min(count, numel - 1))
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask that zeroes the ``floor(sparsity * numel)`` smallest-magnitude weights.
+
+    Ties in magnitude are broken by flat (row-major) index: the earlier weight is
+    pruned first (the order of a stable sort). At least one weight is always kept.
+
+    Args:
+        weight: Any-shaped weight tensor.
+        sparsity: Fraction of weights to prune, in [0, 1).
+
+    Returns:
+        Bool tensor of ``weight``'s shape (on CPU), True = kept.
+    """
+    numel = weight.numel()
+    count = pruned_count(numel, sparsity)
+    keep = np.ones(numel, dtype=np.bool_)
+    if count:
+        values = weight.detach().cpu()
+        if values.dtype not in (torch.float32, torch.float64):
+            values = values.to(torch.float32)
+        magnitude = np.abs(values.numpy().reshape(-1))
+        # O(n) selection instead of a full sort: everything below the count-th
+        # smallest magnitude goes, then the earliest of the weights equal to it.
+        threshold = np.partition(magnitude, count - 1)[count - 1]
+        below = magnitude < threshold
+        ties = np.flatnonzero(magnitude == threshold)[: count - int(np.count_nonzero(below))]
+        keep[below] = False
+        keep[ties] = False
+    return torch.from_numpy(keep).reshape(weight.shape)
+
+
+def apply_mask(module_weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Zero the pruned positions of ``module_weight`` in place (no autograd record).
+
+    Raises:
+        ValueError: If ``mask`` is not a bool tensor of the weight's shape.
+    """
+    if mask.dtype != torch.bool or mask.shape != module_weight.shape:
+        raise ValueError(
+            f"mask must be bool of shape {tuple(module_weight.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
+    with torch.no_grad():
+        module_weight.masked_fill_(~mask, 0.0)

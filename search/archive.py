@@ -1,0 +1,140 @@
+"""trials.csv: every evaluated candidate, appended and flushed one row at a time."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.budget import Budget
+from search.policy import Policy
+from search.result import Result
+
+COLUMNS = [
+    "trial",
+    "searcher",
+    "policy_digest",
+    "status",
+    "val_accuracy",
+    "size_bytes",
+    "latency_ms",
+    "macs",
+    "params",
+    "nonzero_weights",
+    "feasible",
+    "seconds",
+    "error",
+    "policy",
+]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One row of trials.csv."""
+
+    number: int
+    """Order of evaluation, from 0."""
+    searcher: str
+    """Searcher that proposed it."""
+    policy: Policy
+    """The candidate."""
+    result: Result
+    """What was measured."""
+    feasible: bool
+    """Successful and within budget."""
+
+
+def _row(trial: Trial) -> dict[str, Any]:
+    result = trial.result
+    return {
+        "trial": trial.number,
+        "searcher": trial.searcher,
+        "policy_digest": trial.policy.digest(),
+        "status": result.status,
+        "val_accuracy": result.val_accuracy,
+        "size_bytes": result.size_bytes,
+        "latency_ms": result.latency_ms,
+        "macs": result.macs,
+        "params": result.params,
+        "nonzero_weights": result.nonzero_weights,
+        "feasible": trial.feasible,
+        "seconds": round(result.seconds, 4),
+        "error": result.error.replace("\n", " ")[:500],
+        "policy": trial.policy.to_json(),
+    }
+
+
+def _trial(row: dict[str, str]) -> Trial:
+    result = Result(
+        status=row["status"],
+        val_accuracy=float(row["val_accuracy"]),
+        size_bytes=int(row["size_bytes"]),
+        latency_ms=float(row["latency_ms"]),
+        macs=int(row["macs"]),
+        params=int(row["params"]),
+        nonzero_weights=int(row["nonzero_weights"]),
+        seconds=float(row["seconds"]),
+        error=row["error"],
+    )
+    return Trial(
+        number=int(row["trial"]),
+        searcher=row["searcher"],
+        policy=Policy.from_dict(json.loads(row["policy"])),
+        result=result,
+        feasible=row["feasible"] == "True",
+    )
+
+
+class TrialArchive:
+    """Append-only CSV of trials; a row torn by a kill is dropped when the archive is reopened."""
+
+    def __init__(self, path: Path, budget: Budget):
+        self.path = path
+        self.budget = budget
+        self.trials: list[Trial] = self._load() if path.exists() else []
+        if not path.exists():
+            self._write_text(self._header())
+
+    @staticmethod
+    def _header() -> str:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, COLUMNS).writeheader()
+        return buffer.getvalue()
+
+    def _write_text(self, text: str, mode: str = "w") -> None:
+        with open(self.path, mode, newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _load(self) -> list[Trial]:
+        text = self.path.read_text()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        trials = []
+        for row in csv.DictReader(io.StringIO(complete)):
+            try:
+                trials.append(_trial(row))
+            except (KeyError, ValueError, TypeError):
+                break
+        kept = self._header() + "".join(self._render(t) for t in trials)
+        if kept != text:
+            self._write_text(kept)
+        return trials
+
+    @staticmethod
+    def _render(trial: Trial) -> str:
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, COLUMNS).writerow(_row(trial))
+        return buffer.getvalue()
+
+    def append(self, searcher: str, policy: Policy, result: Result) -> Trial:
+        """Records one evaluated candidate durably and returns its row."""
+        feasible = result.ok and self.budget.admits(result.size_bytes, result.latency_ms)
+        trial = Trial(len(self.trials), searcher, policy, result, feasible)
+        self._write_text(self._render(trial), mode="a")
+        self.trials.append(trial)
+        return trial

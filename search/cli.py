@@ -1,0 +1,82 @@
+"""Command-line interface: parse, build the config, run, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from search.errors import UsageError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Reports argument errors as one line on stderr with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message}; see --help\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``search.py`` argument parser; every flag defaults to None so a --config file can fill it."""
+    parser = _OneLineParser(
+        prog="search.py",
+        description="Search per-layer pruning and quantization for Pareto-optimal compressed models under a budget.",
+    )
+    parser.add_argument("--budget-mb", help="size budget of the packed model: 5, 5MB, 512KB, 5MiB (bare = MB)")
+    parser.add_argument("--target-latency", help="latency target on the device: 20ms, 0.02s, 500us (bare = ms)")
+    parser.add_argument("--task", help="built-in task: lenet300, lenet5, resnet (default)")
+    parser.add_argument("--model", help="your model: FILE.py:factory or package.module:factory")
+    parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
+    parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
+    parser.add_argument("--searcher", help="random, tpe (= optuna) or nsga2 (default tpe)")
+    parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
+    parser.add_argument("--out", type=Path, help="new run folder (default results/<time>-<task>-<searcher>)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--config", type=Path, metavar="FILE.yaml", help="settings file; flags override it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    from search.config import read_config_file
+
+    values: dict[str, object] = read_config_file(args.config) if args.config else {}
+    for name in ("budget_mb", "target_latency", "task", "model", "weights", "data", "searcher", "trials", "seed",
+                 "device"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        from search.api import run_search
+        from search.report import pareto_table
+
+        if args.resume is not None:
+            given = [k for k, v in vars(args).items() if v not in (None, False) and k not in ("resume", "trials")]
+            if given:
+                raise UsageError(f"--resume uses the run's own config.yaml; drop --{given[0].replace('_', '-')}")
+            outcome = run_search(resume=args.resume, progress=not args.quiet, trials=args.trials)
+        else:
+            outcome = run_search(out=args.out, progress=not args.quiet, **_settings(args))
+    except UsageError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; continue with --resume RUN_DIR\n")
+        return 130
+    print(f"\nPareto front ({len(outcome.models)} models, {len(outcome.trials)} trials):\n")
+    print(pareto_table(outcome.models) if outcome.models else "no candidate met the budget")
+    print(f"\nbaseline: test accuracy {outcome.baseline.test_accuracy:.4f}, "
+          f"{outcome.baseline.size_bytes} B, {outcome.baseline.latency_ms:.2f} ms")
+    print(f"results: {outcome.run_dir} (report.md, pareto.csv, trials.csv, pareto.png, models/)")
+    return 0

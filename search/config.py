@@ -1,0 +1,158 @@
+"""The run configuration: defaults < YAML file < command line, validated in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from envs.device import DEFAULT_DEVICE, list_devices
+from envs.evaluator import EvaluatorSettings
+from envs.tasks import DEFAULT_TASK, TASK_NAMES
+from search.budget import Budget, parse_latency, parse_size
+from search.errors import UsageError
+from search.searchers import SEARCHERS
+from search.space import SpaceSettings
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The final fine-tune and export of the Pareto candidates."""
+
+    finetune_epochs: float = 1.0
+    """Epochs of masked quantization-aware fine-tuning per exported model."""
+    finetune_lr: float = 1e-4
+    """Adam learning rate of that fine-tune."""
+    max_models: int = 6
+    """Most models exported (spread along the front, the most accurate always included)."""
+
+    def __post_init__(self) -> None:
+        if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.max_models < 1:
+            raise ValueError("finetune_epochs >= 0, finetune_lr > 0 and max_models >= 1 are required")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a run needs; ``config.yaml`` in a run folder holds one."""
+
+    task: str = DEFAULT_TASK
+    """Built-in task name (ignored when ``model`` is given)."""
+    model: str | None = None
+    """User model factory, ``FILE.py:factory`` or ``package.module:factory``."""
+    weights: str | None = None
+    """State-dict file for the user model (loaded with weights_only=True)."""
+    data: str | None = None
+    """User data factory returning (train, val, test) datasets."""
+    budget_mb: str | None = None
+    """Size budget of the packed file: 5, 5MB, 512KB, 5MiB (bare numbers are MB)."""
+    target_latency: str | None = None
+    """Latency target on the device: 20ms, 0.02s, 500us (bare numbers are ms)."""
+    searcher: str = "tpe"
+    """Searcher name."""
+    trials: int = 40
+    """Candidates evaluated in total (a resumed run continues up to this number)."""
+    seed: int = 0
+    """Seed of the searcher and of every fine-tune."""
+    device: str = DEFAULT_DEVICE
+    """Device profile in configs/devices/."""
+    space: SpaceSettings = field(default_factory=SpaceSettings)
+    """Per-layer choices the searchers may make."""
+    evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
+    """Work per candidate."""
+    export: ExportSettings = field(default_factory=ExportSettings)
+    """Final fine-tune and export."""
+
+    def __post_init__(self) -> None:
+        if self.model is None and self.task not in TASK_NAMES:
+            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}")
+        if self.searcher not in SEARCHERS:
+            raise UsageError(f"unknown searcher {self.searcher!r}; choose one of: {', '.join(SEARCHERS)}")
+        if self.device not in list_devices():
+            raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(list_devices())}")
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise UsageError(f"trials must be a positive integer, got {self.trials!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+        if self.weights is not None and self.model is None:
+            raise UsageError("--weights needs --model FILE.py:factory; built-in tasks train their own weights")
+        self.budget  # noqa: B018 - parses both budgets so bad units fail here
+
+    @property
+    def budget(self) -> Budget:
+        """The parsed budget."""
+        return Budget(
+            size_bytes=None if self.budget_mb is None else parse_size(self.budget_mb),
+            latency_ms=None if self.target_latency is None else parse_latency(self.target_latency),
+        )
+
+    @property
+    def task_label(self) -> str:
+        """Short name of what is compressed."""
+        return "user" if self.model else self.task
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready dict."""
+        data = asdict(self)
+        data["space"]["bits"] = list(self.space.bits)
+        return data
+
+    def to_yaml(self) -> str:
+        """The YAML text of :meth:`to_dict`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_NESTED = {"space": SpaceSettings, "evaluator": EvaluatorSettings, "export": ExportSettings}
+
+
+def _nested(name: str, value: Any) -> Any:
+    cls = _NESTED[name]
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise UsageError(f"config section {name!r} must be a mapping")
+    allowed = {f.name for f in fields(cls)}
+    unknown = set(value) - allowed
+    if unknown:
+        raise UsageError(f"unknown key(s) in config section {name!r}: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad value in config section {name!r}: {exc}") from exc
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Reads a YAML config file into a dict of SearchConfig fields.
+
+    Raises:
+        UsageError: when the file is missing, not YAML, or has unknown keys.
+    """
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of settings")
+    allowed = {f.name for f in fields(SearchConfig)}
+    unknown = set(data) - allowed
+    if unknown:
+        raise UsageError(
+            f"unknown key(s) in {path}: {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return data
+
+
+def build_config(values: Mapping[str, Any], base: SearchConfig | None = None) -> SearchConfig:
+    """Builds a validated config from ``base`` (or the defaults) updated with ``values``."""
+    merged = {k: v for k, v in values.items() if v is not None}
+    for name in _NESTED:
+        if name in merged:
+            merged[name] = _nested(name, merged[name])
+    try:
+        return replace(base, **merged) if base is not None else SearchConfig(**merged)
+    except TypeError as exc:
+        raise UsageError(f"bad configuration: {exc}") from exc

@@ -1,0 +1,119 @@
+"""Per-layer compression decisions: the search space's point type.
+
+This is a leaf module (no torch, optuna or gymnasium imports). A :class:`Policy`
+fully describes a candidate: from (task, policy, seed) the compressed model can
+be rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+POLICY_FORMAT_VERSION = 1
+FP32_BITS = 32
+MAX_SPARSITY = 0.99
+MIN_KEEP = 0.05
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What to do with one compressible layer."""
+
+    sparsity: float = 0.0
+    """Fraction of the layer's weights set to zero by fine-grained pruning, in [0, 0.99]."""
+    bits: int = FP32_BITS
+    """Weight code width: 1-8 for linear per-output-channel codes, 32 for fp32."""
+    keep: float = 1.0
+    """Fraction of output channels kept by structured pruning, in [0.05, 1]."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparsity <= MAX_SPARSITY:
+            raise ValueError(f"sparsity must be in [0, {MAX_SPARSITY}], got {self.sparsity}")
+        if not (1 <= self.bits <= 8 or self.bits == FP32_BITS):
+            raise ValueError(f"bits must be 1-8 or {FP32_BITS}, got {self.bits}")
+        if not MIN_KEEP <= self.keep <= 1.0:
+            raise ValueError(f"keep must be in [{MIN_KEEP}, 1], got {self.keep}")
+        object.__setattr__(self, "sparsity", round(float(self.sparsity), 6))
+        object.__setattr__(self, "keep", round(float(self.keep), 6))
+        object.__setattr__(self, "bits", int(self.bits))
+
+    @property
+    def quantized(self) -> bool:
+        """True when the weights are stored as integer codes."""
+        return self.bits != FP32_BITS
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-layer choices keyed by module name; layers not listed stay uncompressed."""
+
+    layers: tuple[tuple[str, LayerChoice], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError("a policy names each layer at most once")
+        object.__setattr__(self, "layers", tuple(sorted(self.layers)))
+
+    @classmethod
+    def from_choices(cls, choices: Mapping[str, LayerChoice]) -> Policy:
+        """Builds a policy from a ``{module name: LayerChoice}`` mapping."""
+        return cls(tuple(choices.items()))
+
+    @classmethod
+    def uniform(cls, names: list[str], choice: LayerChoice) -> Policy:
+        """The same choice for every named layer."""
+        return cls(tuple((name, choice) for name in names))
+
+    def __getitem__(self, name: str) -> LayerChoice:
+        return self.choices.get(name, LayerChoice())
+
+    def __iter__(self) -> Iterator[tuple[str, LayerChoice]]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def choices(self) -> dict[str, LayerChoice]:
+        """The choices as a plain dict."""
+        return dict(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a format version tag."""
+        return {
+            "version": POLICY_FORMAT_VERSION,
+            "layers": {name: asdict(choice) for name, choice in self.layers},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: on an unknown version or a malformed entry.
+        """
+        version = data.get("version")
+        if version != POLICY_FORMAT_VERSION:
+            raise ValueError(f"unsupported policy version {version!r}")
+        layers = data.get("layers")
+        if not isinstance(layers, Mapping):
+            raise ValueError("policy 'layers' must be a mapping")
+        return cls(tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items()))
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def digest(self) -> str:
+        """A stable 16-hex-digit hash of the canonical JSON."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

@@ -1,0 +1,152 @@
+"""Human-facing outputs: the Pareto table, pareto.png and report.md."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.archive import Trial
+from search.budget import Budget
+from search.export import Dropped, ExportedModel
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The uncompressed model, packed at fp32 and measured like every candidate."""
+
+    val_accuracy: float
+    """Validation accuracy."""
+    test_accuracy: float
+    """Test accuracy."""
+    size_bytes: int
+    """Bytes of the fp32 packed file."""
+    latency_ms: float
+    """Latency on the device profile."""
+    macs: int
+    """MACs per sample."""
+    params: int
+    """Parameters."""
+
+
+def _size(nbytes: float) -> str:
+    if nbytes >= 1e6:
+        return f"{nbytes / 1e6:.2f} MB"
+    if nbytes >= 1e3:
+        return f"{nbytes / 1e3:.1f} KB"
+    return f"{int(nbytes)} B"
+
+
+def _budget_text(budget: Budget) -> str:
+    size = _size(budget.size_bytes) if budget.size_bytes else "none"
+    latency = f"{budget.latency_ms:g} ms" if budget.latency_ms else "none"
+    return f"size <= {size}, latency <= {latency}"
+
+
+def pareto_table(models: Sequence[ExportedModel]) -> str:
+    """A Markdown table of the exported models."""
+    lines = [
+        "| rank | test acc | val acc | size | ratio | latency (ms) | MMACs | file |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in models:
+        lines.append(
+            f"| {m.rank} | {m.test_accuracy:.4f} | {m.val_accuracy:.4f} | {_size(m.size_bytes)} "
+            f"| {m.compression_ratio:.1f}x | {m.latency_ms:.2f} | {m.macs / 1e6:.2f} | {m.model_file} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_front(
+    path: Path, trials: Sequence[Trial], models: Sequence[ExportedModel], budget: Budget
+) -> None:
+    """Accuracy against size, latency as colour, budgets drawn; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ok = [t for t in trials if t.result.ok]
+    infeasible = [t for t in ok if not t.feasible]
+    feasible = [t for t in ok if t.feasible]
+    latencies = [t.result.latency_ms for t in ok] + [m.latency_ms for m in models]
+    vmin, vmax = (min(latencies), max(latencies)) if latencies else (0.0, 1.0)
+    if infeasible:
+        ax.scatter([t.result.size_bytes / 1e6 for t in infeasible], [t.result.val_accuracy for t in infeasible],
+                   marker="x", c="lightgray", label="over budget (search, val)")
+    if feasible:
+        ax.scatter([t.result.size_bytes / 1e6 for t in feasible], [t.result.val_accuracy for t in feasible],
+                   c=[t.result.latency_ms for t in feasible], cmap="viridis", vmin=vmin, vmax=vmax, s=18,
+                   alpha=0.6, label="within budget (search, val)")
+    if models:
+        points = ax.scatter([m.size_bytes / 1e6 for m in models], [m.test_accuracy for m in models],
+                            c=[m.latency_ms for m in models], cmap="viridis", vmin=vmin, vmax=vmax, s=90,
+                            marker="*", edgecolors="black", label="exported Pareto (test)")
+        fig.colorbar(points, ax=ax, label="latency (ms)")
+    if budget.size_bytes:
+        ax.axvline(
+            budget.size_bytes / 1e6, color="red", linestyle="--", label=f"size budget {_size(budget.size_bytes)}"
+        )
+    title = "accuracy vs size"
+    if budget.latency_ms:
+        title += f" (latency target {budget.latency_ms:g} ms; points over it are grey x)"
+    ax.set_title(title, fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("packed size (MB, log scale)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    config_yaml: str,
+    budget: Budget,
+    device_text: str,
+    baseline: Baseline,
+    trials: Sequence[Trial],
+    models: Sequence[ExportedModel],
+    dropped: Sequence[Dropped],
+    search_seconds: float,
+    export_seconds: float,
+) -> None:
+    """Writes report.md."""
+    ok = sum(t.result.ok for t in trials)
+    feasible = sum(t.feasible for t in trials)
+    failed = [t for t in trials if not t.result.ok]
+    lines = [
+        f"# {title}",
+        "",
+        f"- Budget: {_budget_text(budget)}",
+        f"- Device: {device_text}",
+        f"- Trials: {len(trials)} ({ok} ok, {feasible} within budget, {len(failed)} failed);"
+        f" search {search_seconds:.1f} s, final fine-tune and export {export_seconds:.1f} s",
+        "",
+        "## Uncompressed baseline",
+        "",
+        f"test accuracy {baseline.test_accuracy:.4f}, val accuracy {baseline.val_accuracy:.4f}, "
+        f"fp32 packed file {_size(baseline.size_bytes)}, latency {baseline.latency_ms:.2f} ms, "
+        f"{baseline.macs / 1e6:.2f} MMACs, {baseline.params} parameters",
+        "",
+        "## Pareto front (after the final fine-tune; test accuracy is reported, never searched on)",
+        "",
+        pareto_table(models) if models else "No candidate met the budget. Loosen the budget or run more trials.",
+        "",
+        "![pareto](pareto.png)",
+        "",
+    ]
+    if dropped:
+        lines += ["## Candidates dropped at export", ""]
+        lines += [f"- trial {d.trial}: {d.reason}" for d in dropped]
+        lines.append("")
+    if failed:
+        lines += ["## Failed candidates", ""]
+        lines += [f"- trial {t.number}: {t.result.error}" for t in failed[:20]]
+        lines.append("")
+    lines += ["## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    path.write_text("\n".join(lines))

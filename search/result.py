@@ -1,0 +1,51 @@
+"""What the evaluator measured for one candidate (leaf module)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Result:
+    """Measurements of one compressed candidate."""
+
+    status: str = STATUS_OK
+    """``ok`` or ``failed``."""
+    val_accuracy: float = float("nan")
+    """Top-1 accuracy on the validation split."""
+    size_bytes: int = 0
+    """Length of the packed file."""
+    latency_ms: float = float("nan")
+    """Median latency on the device profile."""
+    macs: int = 0
+    """Multiply-accumulates per sample of the compressed model (dense count)."""
+    params: int = 0
+    """Parameters of the compressed model's architecture."""
+    nonzero_weights: int = 0
+    """Weights of compressible layers that survive pruning."""
+    seconds: float = 0.0
+    """Wall time spent evaluating the candidate."""
+    error: str = ""
+    """Error text of a failed candidate."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Free-form extra metrics."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the evaluation succeeded."""
+        return self.status == STATUS_OK
+
+    @classmethod
+    def failed(cls, error: str, seconds: float = 0.0) -> Result:
+        """A failed candidate with its error text."""
+        return cls(status=STATUS_FAILED, error=error, seconds=seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat dict (``extra`` is not included)."""
+        data = asdict(self)
+        data.pop("extra")
+        return data

@@ -1,0 +1,66 @@
+"""The ask/tell interface that every searcher implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search.budget import Budget
+from search.policy import Policy
+from search.result import Result
+from search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A candidate handed out by :meth:`Searcher.ask`."""
+
+    policy: Policy
+    """The per-layer choices to evaluate."""
+    handle: Any = field(default=None, compare=False)
+    """Searcher-private state (e.g. an Optuna trial)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A candidate evaluated in an earlier session, replayed on resume."""
+
+    policy: Policy
+    """Its policy."""
+    result: Result
+    """What was measured."""
+
+
+class Searcher(ABC):
+    """Proposes policies and learns from their results.
+
+    Subclasses implement :meth:`ask` and :meth:`tell`; :meth:`restore` and :meth:`close`
+    are no-op hooks.
+    """
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None):
+        self.space = space
+        self.budget = budget
+        self.seed = seed
+        self.run_dir = run_dir
+
+    @abstractmethod
+    def ask(self) -> Proposal:
+        """The next candidate to evaluate."""
+
+    @abstractmethod
+    def tell(self, proposal: Proposal, result: Result) -> None:
+        """Reports what ``proposal`` measured."""
+
+    def restore(self, finished: Sequence[Finished]) -> None:  # noqa: B027 - optional hook
+        """Brings the searcher to the state after ``finished`` (called once, before the first ask)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases resources."""
+
+    def feasible(self, result: Result) -> bool:
+        """True for a successful result within budget."""
+        return result.ok and self.budget.admits(result.size_bytes, result.latency_ms)

@@ -1,0 +1,116 @@
+"""Optuna searchers: TPE with budget constraints, and NSGA-II over (accuracy, size, latency)."""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from search.budget import Budget
+from search.result import Result
+from search.searchers.base import Finished, Proposal, Searcher
+from search.space import SearchSpace
+
+STUDY_NAME = "search"
+STUDY_FILE = "study.db"
+_DIGEST = "policy_digest"
+
+
+def _sqlite_storage(path: Path) -> optuna.storages.RDBStorage:
+    """SQLite storage in write-ahead-log mode: each commit survives a killed process without an fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def connect() -> sqlite3.Connection:
+        connection = sqlite3.connect(path, timeout=30)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"creator": connect})
+
+
+class _TrialSuggest:
+    """Routes the space's decisions to an Optuna trial."""
+
+    def __init__(self, trial: Trial):
+        self._trial = trial
+
+    def float(self, name: str, low: float, high: float, step: float) -> float:
+        return round(self._trial.suggest_float(name, low, high, step=step), 6)
+
+    def categorical(self, name: str, choices: Sequence[int]) -> int:
+        return int(self._trial.suggest_categorical(name, list(choices)))
+
+
+class OptunaSearcher(Searcher):
+    """An Optuna study driven through ask/tell, stored in SQLite inside the run folder."""
+
+    multi_objective = False
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None):
+        super().__init__(space, budget, seed, run_dir)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = None if run_dir is None else _sqlite_storage(run_dir / STUDY_FILE)
+        directions = ["maximize", "minimize", "minimize"] if self.multi_objective else ["maximize"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study = optuna.create_study(
+                study_name=STUDY_NAME,
+                storage=storage,
+                sampler=self._sampler(seed),
+                directions=directions,
+                load_if_exists=True,
+            )
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+
+    def ask(self) -> Proposal:
+        # A sampler seeded by (seed, trials so far) makes every proposal a function of the stored
+        # history alone, so a resumed study proposes exactly what an uninterrupted one would.
+        self.study.sampler = self._sampler(self.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trial = self.study.ask()
+        policy = self.space.sample(_TrialSuggest(trial))
+        trial.set_user_attr(_DIGEST, policy.digest())
+        return Proposal(policy, handle=trial)
+
+    def tell(self, proposal: Proposal, result: Result) -> None:
+        self._tell(proposal.handle, result)
+
+    def _tell(self, trial: Trial, result: Result) -> None:
+        if not result.ok:
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        size_excess, latency_excess = self.budget.violations(result.size_bytes, result.latency_ms)
+        trial.set_constraint("size", size_excess)
+        trial.set_constraint("latency", latency_excess)
+        if self.multi_objective:
+            values = [result.val_accuracy, float(result.size_bytes), result.latency_ms]
+        else:
+            values = [result.val_accuracy]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.tell(trial, values)
+
+    def restore(self, finished: Sequence[Finished]) -> None:
+        """Completes trials left running by a killed session from the archive, or fails them."""
+        by_digest = {item.policy.digest(): item.result for item in finished}
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            result = by_digest.get(trial.user_attrs.get(_DIGEST, ""))
+            live = Trial(self.study, trial._trial_id)  # noqa: SLF001 - reattach to a trial left running
+            self._tell(live, result if result is not None else Result.failed("interrupted"))
+
+
+class NSGA2Searcher(OptunaSearcher):
+    """NSGA-II on (accuracy up, size down, latency down) with the budgets as constraints."""
+
+    multi_objective = True
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)

@@ -1,0 +1,118 @@
+"""The per-layer search space, shared by every searcher (leaf module)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, LayerChoice, Policy
+
+
+class Suggest(Protocol):
+    """Where a searcher's decisions come from (an Optuna trial, a random generator, ...)."""
+
+    def float(self, name: str, low: float, high: float, step: float) -> float:
+        """A value on the grid ``low, low + step, ..., high``."""
+
+    def categorical(self, name: str, choices: Sequence[int]) -> int:
+        """One of ``choices``."""
+
+
+@dataclass(frozen=True)
+class SpaceSettings:
+    """Which choices the searchers may make for each layer."""
+
+    sparsity_max: float = 0.95
+    """Largest fine-grained sparsity per layer."""
+    sparsity_step: float = 0.05
+    """Grid step of the sparsity choice."""
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8, FP32_BITS)
+    """Allowed weight code widths (32 = fp32)."""
+    channel_pruning: bool = True
+    """Whether structured channel keep ratios are searched."""
+    keep_min: float = 0.25
+    """Smallest kept fraction of a channel group."""
+    keep_step: float = 0.125
+    """Grid step of the keep ratio."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
+        if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
+            raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")
+        if not 0.0 <= self.sparsity_max <= MAX_SPARSITY:
+            raise ValueError(f"sparsity_max must be in [0, {MAX_SPARSITY}]")
+        if not 0.0 < self.sparsity_step <= 1.0:
+            raise ValueError("sparsity_step must be in (0, 1]")
+        if not MIN_KEEP <= self.keep_min <= 1.0:
+            raise ValueError(f"keep_min must be in [{MIN_KEEP}, 1]")
+        if not 0.0 < self.keep_step <= 1.0:
+            raise ValueError("keep_step must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per-layer choices over a task's compressible layers."""
+
+    layers: tuple[str, ...]
+    """Compressible layers (Conv2d/Linear module names) in execution order."""
+    leaders: tuple[str, ...] = ()
+    """Channel-group leaders: layers that get a keep ratio."""
+    settings: SpaceSettings = field(default_factory=SpaceSettings)
+    """Bounds and grids."""
+
+    def _sparsity_grid(self) -> tuple[float, float, float]:
+        step = self.settings.sparsity_step
+        high = math.floor(self.settings.sparsity_max / step + 1e-9) * step
+        return 0.0, round(high, 6), step
+
+    def _keep_grid(self) -> tuple[float, float, float]:
+        step = self.settings.keep_step
+        n = math.floor((1.0 - self.settings.keep_min) / step + 1e-9)
+        return round(1.0 - n * step, 6), 1.0, step
+
+    @property
+    def searches_keep(self) -> bool:
+        """True when channel keep ratios are part of the space."""
+        return self.settings.channel_pruning and bool(self.leaders)
+
+    def sample(self, suggest: Suggest) -> Policy:
+        """Builds a policy from one suggestion per decision."""
+        low, high, step = self._sparsity_grid()
+        choices = {}
+        for name in self.layers:
+            sparsity = suggest.float(f"{name}.sparsity", low, high, step) if high > 0 else 0.0
+            bits = suggest.categorical(f"{name}.bits", self.settings.bits)
+            keep = 1.0
+            if self.searches_keep and name in self.leaders:
+                keep = suggest.float(f"{name}.keep", *self._keep_grid())
+            choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep)
+        return Policy.from_choices(choices)
+
+    def most_compressed(self) -> Policy:
+        """The policy with the highest sparsity, fewest bits and fewest channels the space allows."""
+        keep = self._keep_grid()[0] if self.searches_keep else 1.0
+        sparsity = self._sparsity_grid()[1]
+        return Policy.from_choices(
+            {
+                name: LayerChoice(
+                    sparsity=sparsity,
+                    bits=min(self.settings.bits),
+                    keep=keep if name in self.leaders else 1.0,
+                )
+                for name in self.layers
+            }
+        )
+
+    def params(self, policy: Policy) -> dict[str, float | int]:
+        """The suggestion values that :meth:`sample` would need to produce ``policy``."""
+        values: dict[str, float | int] = {}
+        for name in self.layers:
+            choice = policy[name]
+            if self._sparsity_grid()[1] > 0:
+                values[f"{name}.sparsity"] = choice.sparsity
+            values[f"{name}.bits"] = choice.bits
+            if self.searches_keep and name in self.leaders:
+                values[f"{name}.keep"] = choice.keep
+        return values

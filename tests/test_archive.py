@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.archive import TrialArchive
+from search.budget import Budget
+from search.policy import LayerChoice, Policy
+from search.result import Result
+
+BUDGET = Budget(size_bytes=1000, latency_ms=10.0)
+
+
+def _policy(s: float) -> Policy:
+    return Policy.from_choices({"fc": LayerChoice(sparsity=s, bits=4)})
+
+
+def test_rows_survive_reopen_and_mark_feasibility(tmp_path: Path) -> None:
+    path = tmp_path / "trials.csv"
+    archive = TrialArchive(path, BUDGET)
+    archive.append("random", _policy(0.1), Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0))
+    archive.append("random", _policy(0.2), Result(val_accuracy=0.95, size_bytes=1100, latency_ms=5.0))
+    archive.append("random", _policy(0.3), Result.failed("RuntimeError: boom"))
+    again = TrialArchive(path, BUDGET)
+    assert [t.number for t in again.trials] == [0, 1, 2]
+    assert [t.feasible for t in again.trials] == [True, False, False]
+    assert again.trials[1].policy == _policy(0.2)
+    assert again.trials[1].result.val_accuracy == 0.95
+    assert again.trials[2].result.error == "RuntimeError: boom"
+
+
+def test_a_torn_last_row_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "trials.csv"
+    archive = TrialArchive(path, BUDGET)
+    archive.append("tpe", _policy(0.1), Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0))
+    archive.append("tpe", _policy(0.2), Result(val_accuracy=0.8, size_bytes=800, latency_ms=5.0))
+    text = path.read_text()
+    path.write_text(text[: len(text) - 25])  # a kill in the middle of the last write
+    again = TrialArchive(path, BUDGET)
+    assert [t.number for t in again.trials] == [0]
+    again.append("tpe", _policy(0.3), Result(val_accuracy=0.7, size_bytes=700, latency_ms=5.0))
+    assert [t.policy for t in TrialArchive(path, BUDGET).trials] == [_policy(0.1), _policy(0.3)]

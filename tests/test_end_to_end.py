@@ -1,0 +1,98 @@
+"""The real entry script on small budgets: outputs, honesty of every exported model, and resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from envs.device import load_device, measure_latency
+from envs.tasks import evaluate_accuracy, load_task
+from search import load_model
+from search.budget import parse_latency, parse_size
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _search(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=cwd,
+        stdin=subprocess.DEVNULL, timeout=600,
+    )
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_search_exports_honest_pareto_models(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    budget, target = "120KB", "5ms"
+    proc = _search("--task", "lenet5", "--budget-mb", budget, "--target-latency", target, "--searcher", "random",
+                   "--trials", "12", "--seed", "3", "--out", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front" in proc.stdout and str(run) in proc.stdout
+    for name in ("config.yaml", "trials.csv", "pareto.csv", "pareto.png", "report.md"):
+        assert (run / name).is_file(), name
+    trials = _rows(run / "trials.csv")
+    assert len(trials) == 12
+    assert {"policy", "val_accuracy", "size_bytes", "latency_ms", "feasible", "status"} <= set(trials[0])
+    pareto = _rows(run / "pareto.csv")
+    assert pareto, (run / "report.md").read_text()
+    task = load_task("lenet5")
+    device = load_device("cpu-b32")
+    for row in pareto:
+        path = run / row["model_file"]
+        assert int(row["size_bytes"]) == path.stat().st_size
+        assert int(row["size_bytes"]) <= parse_size(budget)
+        assert float(row["latency_ms"]) <= parse_latency(target)
+        model = load_model(path)
+        assert evaluate_accuracy(model, task.test) == float(row["test_accuracy"])
+        assert measure_latency(model, task.input_shape, device) > 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["task"] == "lenet5" and config["trials"] == 12 and config["seed"] == 3
+
+
+def _wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(_rows(path)) >= count:
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "search ended early"
+        time.sleep(0.2)
+    raise AssertionError("the search did not reach the expected number of trials in time")
+
+
+def test_resume_after_kill_loses_no_finished_trial(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--task", "lenet5", "--budget-mb", "200KB", "--searcher", "tpe", "--trials", "14", "--quiet"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), *args, "--out", str(run)], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_rows(run / "trials.csv", 6, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _rows(run / "trials.csv")
+    assert 6 <= len(before) < 14
+    resumed = _search("--resume", str(run), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    after = _rows(run / "trials.csv")
+    assert len(after) == 14
+    assert after[: len(before)] == before
+    assert (run / "pareto.csv").is_file()
+
+    import optuna
+
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{run / 'study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == sum(row["status"] == "ok" for row in after)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from search.policy import FP32_BITS, LayerChoice, Policy
+
+choices = st.builds(
+    LayerChoice,
+    sparsity=st.floats(0.0, 0.99),
+    bits=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, FP32_BITS]),
+    keep=st.floats(0.05, 1.0),
+)
+policies = st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6).map(
+    Policy.from_choices
+)
+
+
+@given(policies)
+def test_json_round_trip_is_exact(policy: Policy) -> None:
+    again = Policy.from_json(policy.to_json())
+    assert again == policy
+    assert again.digest() == policy.digest()
+    assert hash(again) == hash(policy)
+
+
+def test_digest_is_order_independent_and_sensitive_to_every_choice() -> None:
+    a = Policy.from_choices({"fc1": LayerChoice(0.5, 4), "fc2": LayerChoice(0.1, 8)})
+    b = Policy.from_choices({"fc2": LayerChoice(0.1, 8), "fc1": LayerChoice(0.5, 4)})
+    assert a.digest() == b.digest()
+    for changed in (LayerChoice(0.55, 4), LayerChoice(0.5, 5), LayerChoice(0.5, 4, keep=0.5)):
+        c = Policy.from_choices({"fc1": changed, "fc2": LayerChoice(0.1, 8)})
+        assert c.digest() != a.digest()
+
+
+def test_digest_is_stable_across_processes() -> None:
+    policy = Policy.from_choices({"conv": LayerChoice(0.25, 3, 0.5)})
+    code = "from search.policy import *; print(Policy.from_choices({'conv': LayerChoice(0.25, 3, 0.5)}).digest())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == policy.digest()
+
+
+def test_json_carries_a_version_tag_and_rejects_others() -> None:
+    data = json.loads(Policy.from_choices({"a": LayerChoice()}).to_json())
+    assert data["version"] == 1
+    data["version"] = 99
+    with pytest.raises(ValueError, match="version"):
+        Policy.from_dict(data)
+
+
+@pytest.mark.parametrize("kwargs", [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}])
+def test_invalid_choices_are_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        LayerChoice(**kwargs)
+
+
+def test_policy_is_frozen_and_unlisted_layers_are_uncompressed() -> None:
+    policy = Policy.from_choices({"a": LayerChoice(0.5, 4)})
+    with pytest.raises(AttributeError):
+        policy.layers = ()  # type: ignore[misc]
+    assert policy["missing"] == LayerChoice()
+    assert policy["a"].quantized and not policy["missing"].quantized
+
+
+def test_leaf_module_does_not_import_torch() -> None:
+    code = "import sys, search.policy, search.budget, search.space, search.pareto; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+
+from search.policy import LayerChoice
+from search.space import SearchSpace, SpaceSettings
+
+
+class _Grid:
+    """Records the grids the space asks for and picks their first element."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, tuple] = {}
+
+    def float(self, name: str, low: float, high: float, step: float) -> float:
+        self.asked[name] = (low, high, step)
+        return low
+
+    def categorical(self, name: str, choices: list[int]) -> int:
+        self.asked[name] = tuple(choices)
+        return choices[0]
+
+
+def test_sample_asks_one_decision_per_choice_and_keep_only_for_leaders() -> None:
+    space = SearchSpace(("a", "b", "c"), ("a",), SpaceSettings(bits=(4, 8, 32), sparsity_max=0.9))
+    grid = _Grid()
+    space.sample(grid)
+    assert grid.asked["a.sparsity"] == (0.0, 0.9, 0.05)
+    assert grid.asked["b.bits"] == (4, 8, 32)
+    assert grid.asked["a.keep"] == (0.25, 1.0, 0.125)
+    assert "b.keep" not in grid.asked and "c.keep" not in grid.asked
+
+
+def test_channel_pruning_can_be_switched_off() -> None:
+    space = SearchSpace(("a", "b"), ("a",), SpaceSettings(channel_pruning=False))
+    grid = _Grid()
+    policy = space.sample(grid)
+    assert not any(k.endswith(".keep") for k in grid.asked)
+    assert all(choice.keep == 1.0 for _, choice in policy)
+
+
+def test_most_compressed_is_the_extreme_of_every_grid() -> None:
+    space = SearchSpace(("a", "b"), ("a",), SpaceSettings(bits=(3, 8), sparsity_max=0.93, keep_min=0.3))
+    policy = space.most_compressed()
+    assert policy["a"] == LayerChoice(sparsity=0.9, bits=3, keep=0.375)  # 1 - 5 steps of 0.125 >= 0.3
+    assert policy["b"].keep == 1.0
+
+
+def test_params_inverts_sample() -> None:
+    space = SearchSpace(("a", "b"), ("b",), SpaceSettings())
+    rng = np.random.default_rng(0)
+
+    class _Random:
+        def float(self, name: str, low: float, high: float, step: float) -> float:
+            return round(low + step * int(rng.integers(0, round((high - low) / step) + 1)), 6)
+
+        def categorical(self, name: str, choices: list[int]) -> int:
+            return choices[int(rng.integers(len(choices)))]
+
+    policy = space.sample(_Random())
+    values = space.params(policy)
+
+    class _Replay:
+        def float(self, name: str, *_: float) -> float:
+            return values[name]
+
+        def categorical(self, name: str, _: list[int]) -> int:
+            return values[name]
+
+    assert space.sample(_Replay()) == policy

@@ -1,0 +1,89 @@
+"""Structured pruning across residual, depthwise, concat and flatten patterns."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from methods.discovery import discover_layers
+from methods.structured import channel_groups, kept_channels, prune_channels, replay_pruning
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(16)
+        self.fc1 = nn.Linear(16 * 7 * 7, 32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        x = nn.functional.adaptive_avg_pool2d(x, 7).flatten(1)
+        return self.fc(torch.relu(self.fc1(x)))
+
+
+class DepthwiseConcat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.b = nn.Conv2d(1, 8, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 12, 1)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.a(x), self.b(x)], dim=1)
+        x = torch.relu(self.pw(torch.relu(self.dw(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("net", [Residual, DepthwiseConcat])
+def test_pruned_models_run_and_replay_exactly(net: type[nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = net().eval()
+    groups = channel_groups(model, (1, 28, 28))
+    assert groups, "no prunable group found"
+    assert all(group.leader != "fc" for group in groups), "the classifier output must never be pruned"
+    pruned = copy.deepcopy(model)
+    history = prune_channels(pruned, (1, 28, 28), {g.leader: 0.5 for g in groups})
+    x = torch.randn(3, 1, 28, 28)
+    out = pruned(x)
+    assert out.shape == (3, 10)
+    before = {s.name: s.out_channels for s in discover_layers(model, (1, 28, 28))}
+    after = {s.name: s.out_channels for s in discover_layers(pruned, (1, 28, 28))}
+    for group in groups:
+        for member in group.members:
+            assert after[member] >= 1
+            if before[member] == group.channels:  # concat inputs hold a share of the group's channels
+                assert after[member] == kept_channels(group.channels, 0.5)
+    rebuilt = net()
+    replay_pruning(rebuilt, (1, 28, 28), history)
+    rebuilt.load_state_dict(pruned.state_dict())
+    assert torch.equal(rebuilt.eval()(x), out)
+
+
+def test_residual_members_are_pruned_together() -> None:
+    groups = {g.leader: g for g in channel_groups(Residual(), (1, 28, 28))}
+    assert set(groups["stem"].members) == {"stem", "c2"}
+
+
+def test_kept_channels_rounding() -> None:
+    assert kept_channels(64, 0.5) == 32
+    assert kept_channels(64, 0.3, multiple=8) == 16
+    assert kept_channels(10, 0.01) == 1
+    assert kept_channels(6, 0.1, multiple=8) == 6
+    assert kept_channels(64, 1.0, multiple=8) == 64
+
+
+def test_keep_one_prunes_nothing() -> None:
+    model = Residual()
+    assert prune_channels(model, (1, 28, 28), {"stem": 1.0}) == []
