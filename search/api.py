@@ -7,7 +7,7 @@ from typing import Any
 
 from search.config import SearchConfig, build_config, read_config_file
 from search.errors import UsageError
-from search.runner import CONFIG_FILE, RunOutcome, new_run_dir, prepare, run
+from search.runner import CONFIG_FILE, RunOutcome, check_out, new_run_dir, prepare, run
 
 
 def resume_config(run_dir: Path, trials: int | None = None) -> SearchConfig:
@@ -51,6 +51,7 @@ def run_search(
         config = resume_config(run_dir, settings.get("trials"))
         return run(prepare(config, progress), run_dir, progress)
     config = build_config(settings, config)
+    check_out(Path(out) if out is not None else None)
     prepared = prepare(config, progress)
     run_dir = new_run_dir(config, Path(out) if out is not None else None)
     return run(prepared, run_dir, progress)

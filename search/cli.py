@@ -56,13 +56,17 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or an argument error already reported on one line
+        return int(exc.code or 0)
     try:
         from search.api import run_search
         from search.report import pareto_table
 
         if args.resume is not None:
-            given = [k for k, v in vars(args).items() if v not in (None, False) and k not in ("resume", "trials")]
+            allowed = ("resume", "trials", "quiet")
+            given = [k for k, v in vars(args).items() if v not in (None, False) and k not in allowed]
             if given:
                 raise UsageError(f"--resume uses the run's own config.yaml; drop --{given[0].replace('_', '-')}")
             outcome = run_search(resume=args.resume, progress=not args.quiet, trials=args.trials)

@@ -108,17 +108,16 @@ def candidates(trials: Sequence[Trial], max_models: int) -> list[Trial]:
 
 def export_front(
     evaluator: Evaluator,
-    trials: Sequence[Trial],
+    chosen: Sequence[Trial],
     budget: Budget,
     run_dir: Path,
     *,
     epochs: float,
     lr: float,
-    max_models: int,
     seed: int,
-    on_step: Callable[[str], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[list[ExportedModel], list[Dropped]]:
-    """Fine-tunes, re-measures and writes the Pareto candidates; returns what landed and what was dropped.
+    """Fine-tunes, re-measures and writes the chosen candidates (see :func:`candidates`).
 
     Every exported model is measured again after its fine-tune: size from the file's bytes,
     latency by running it, accuracy on val (for selection) and test (reported only).
@@ -128,17 +127,19 @@ def export_front(
     refinement = evaluator.refinement(finetune_steps(evaluator, epochs), seed=seed, lr=lr)
     measured = []
     dropped = []
-    for trial in candidates(trials, max_models):
-        if on_step is not None:
-            on_step(f"fine-tuning trial {trial.number}")
+    for trial in chosen:
         compressed = evaluator.compress(trial.policy, refinement)
         result = evaluator.measure(compressed, reuse_latency=False)
         if not budget.admits(result.size_bytes, result.latency_ms):
             dropped.append(Dropped(trial.number, f"over budget after re-measurement "
                                    f"({result.size_bytes} B, {result.latency_ms:.2f} ms)"))
+            if on_step is not None:
+                on_step()
             continue
         test_accuracy = evaluate_accuracy(compressed.model, evaluator.task.test)
         measured.append((trial, compressed, result, test_accuracy))
+        if on_step is not None:
+            on_step()
     points = [(r.val_accuracy, float(r.size_bytes), r.latency_ms) for _, _, r, _ in measured]
     front = set(non_dominated(points))
     models_dir = run_dir / "models"

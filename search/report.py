@@ -65,6 +65,7 @@ def plot_front(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ok = [t for t in trials if t.result.ok]
@@ -93,6 +94,8 @@ def plot_front(
         title += f" (latency target {budget.latency_ms:g} ms; points over it are grey x)"
     ax.set_title(title, fontsize=9)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("packed size (MB, log scale)")
     ax.set_ylabel("top-1 accuracy")
     ax.legend(fontsize=7, loc="lower right")

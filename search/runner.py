@@ -16,7 +16,7 @@ from envs.tasks import Task, evaluate_accuracy, load_task
 from search.archive import Trial, TrialArchive
 from search.config import SearchConfig
 from search.errors import UsageError
-from search.export import ExportedModel, export_front, write_pareto_csv
+from search.export import ExportedModel, candidates, export_front, write_pareto_csv
 from search.paths import RESULTS_DIR
 from search.policy import Policy
 from search.report import Baseline, plot_front, write_report
@@ -77,6 +77,16 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     return Prepared(config, task, device, evaluator, space)
 
 
+def check_out(out: Path | None) -> None:
+    """Refuses an output folder that exists and is not empty (an earlier run is never touched).
+
+    Raises:
+        UsageError: when ``out`` exists and is not empty.
+    """
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"output folder {out} already exists and is not empty; use --resume {out} or a new --out")
+
+
 def new_run_dir(config: SearchConfig, out: Path | None) -> Path:
     """Creates a fresh run folder; never reuses a non-empty one.
 
@@ -84,10 +94,7 @@ def new_run_dir(config: SearchConfig, out: Path | None) -> Path:
         UsageError: when ``out`` exists and is not empty.
     """
     if out is not None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(
-                f"output folder {out} already exists and is not empty; use --resume {out} or a new --out"
-            )
+        check_out(out)
         out.mkdir(parents=True, exist_ok=True)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -157,17 +164,18 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
     trials = _search(prepared, run_dir, progress)
     search_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    with tqdm(desc="export", disable=not progress, file=sys.stderr, bar_format="{desc}") as bar:
+    chosen = candidates(trials, config.export.max_models)
+    with tqdm(total=len(chosen), desc="final fine-tune + export", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
         models, dropped = export_front(
             prepared.evaluator,
-            trials,
+            chosen,
             config.budget,
             run_dir,
             epochs=config.export.finetune_epochs,
             lr=config.export.finetune_lr,
-            max_models=config.export.max_models,
             seed=config.seed,
-            on_step=lambda text: bar.set_description_str(f"export: {text}"),
+            on_step=lambda: bar.update(1),
         )
     export_seconds = time.perf_counter() - start
     write_pareto_csv(run_dir / "pareto.csv", models)

@@ -45,7 +45,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--budget-mb", "-5"], "positive"),
         (["--budget-mb", "five"], "cannot parse"),
         (["--budget-mb", "5XB"], "unit"),
-        (["--target-latency", "-20ms"], "positive"),
+        (["--target-latency=-20ms"], "positive"),
+        (["--target-latency", "-20ms"], "expected one argument"),
         (["--target-latency", "soon"], "cannot parse"),
         (["--task", "alexnet"], "unknown task"),
         (["--searcher", "genetic"], "unknown searcher"),
@@ -103,7 +104,7 @@ def test_missing_factory_attribute_and_unfit_data(
 
 def test_budget_below_reachable_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    err = _run(["--task", "lenet5", "--budget-mb", "100B", "--out", str(out)], capsys)
+    err = _run(["--task", "lenet5", "--budget-mb", "100B", "--quiet", "--out", str(out)], capsys)
     assert "smallest" in err
     assert not out.exists()
 
@@ -112,7 +113,7 @@ def test_an_earlier_run_is_never_touched(tmp_path: Path, capsys: pytest.CaptureF
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "pareto.csv").write_text("precious")
-    _run(["--task", "lenet5", "--out", str(earlier)], capsys)
+    _run(["--task", "lenet5", "--quiet", "--out", str(earlier)], capsys)
     assert [p.name for p in earlier.iterdir()] == ["pareto.csv"]
     assert (earlier / "pareto.csv").read_text() == "precious"
 

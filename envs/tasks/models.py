@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-RESNET_WIDTHS: tuple[int, int, int] = (48, 96, 192)
+RESNET_WIDTHS: tuple[int, int, int] = (40, 112, 240)
 """Channels of the three ResNet stages (the stem uses the first width)."""
-RESNET_BLOCKS: tuple[int, int, int] = (1, 2, 2)
+RESNET_BLOCKS: tuple[int, int, int] = (1, 1, 2)
 """Residual blocks per ResNet stage."""
 RESNET_STRIDES: tuple[int, int, int] = (1, 2, 2)
 """Stride of the first block of each ResNet stage."""
@@ -100,7 +100,7 @@ class ResNet(nn.Module):
         )
         stages: list[nn.Module] = []
         channels = widths[0]
-        for width, count, stride in zip(widths, blocks, strides):
+        for width, count, stride in zip(widths, blocks, strides, strict=True):
             layers = [BasicBlock(channels, width, stride=stride)]
             layers += [BasicBlock(width, width) for _ in range(count - 1)]
             stages.append(nn.Sequential(*layers))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
+
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+"""Learning-rate schedules understood by ``train_model``."""
 
 
 @dataclass
@@ -25,6 +29,8 @@ class TrainRecipe:
     """Adam L2 weight decay (>= 0)."""
     seed: int = 0
     """Seed of the weight initialisation and of the shuffling order (>= 0)."""
+    schedule: str = "constant"
+    """Learning-rate schedule over the optimiser steps: ``constant`` or ``cosine`` (to 0)."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.epochs) or self.epochs < 1:
@@ -32,15 +38,13 @@ class TrainRecipe:
         if not _is_number(self.lr) or not self.lr > 0:
             raise ValueError(f"TrainRecipe.lr must be a finite number > 0, got {self.lr!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(
-                f"TrainRecipe.batch_size must be an int >= 1, got {self.batch_size!r}"
-            )
+            raise ValueError(f"TrainRecipe.batch_size must be an int >= 1, got {self.batch_size!r}")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(
-                f"TrainRecipe.weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
-            )
+            raise ValueError(f"TrainRecipe.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"TrainRecipe.seed must be an int >= 0, got {self.seed!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainRecipe.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 def _is_int(value: object) -> bool:
@@ -51,9 +55,13 @@ def _is_number(value: object) -> bool:
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
-def train_model(
-    model: nn.Module, train: TensorDataset, recipe: TrainRecipe, progress: bool = False
-) -> nn.Module:
+def _lr_factor(schedule: str, total_steps: int, step: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return 1.0
+
+
+def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, progress: bool = False) -> nn.Module:
     """Train ``model`` in place with Adam and cross-entropy, deterministically.
 
     The global torch RNG is seeded with ``recipe.seed`` for the duration of training
@@ -78,12 +86,10 @@ def train_model(
     batches = [(i, min(i + recipe.batch_size, n)) for i in range(0, n, recipe.batch_size)]
     if len(batches) > 1 and batches[-1][1] - batches[-1][0] == 1:
         batches.pop()  # a batch of one sample breaks BatchNorm statistics
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
-    )
-    bar = tqdm(
-        total=recipe.epochs * len(batches), disable=not progress, desc="training", unit="step"
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    total = recipe.epochs * len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_lr_factor, recipe.schedule, total))
+    bar = tqdm(total=recipe.epochs * len(batches), disable=not progress, desc="training", unit="step")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         shuffle = torch.Generator().manual_seed(recipe.seed)
@@ -96,6 +102,7 @@ def train_model(
                 loss = F.cross_entropy(model(inputs[idx]), labels[idx])
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
     bar.close()

@@ -1,0 +1,31 @@
+"""Compression tasks: a trained model plus MNIST-5k (or user) data and its provenance."""
+
+from __future__ import annotations
+
+from envs.tasks.data import mnist_splits
+from envs.tasks.registry import (
+    DEFAULT_TASK,
+    TASK_NAMES,
+    TASKS,
+    Task,
+    TaskSpec,
+    build_architecture,
+    default_cache_dir,
+    load_task,
+)
+from envs.tasks.training import TrainRecipe, evaluate_accuracy, train_model
+
+__all__ = [
+    "DEFAULT_TASK",
+    "TASKS",
+    "TASK_NAMES",
+    "Task",
+    "TaskSpec",
+    "TrainRecipe",
+    "build_architecture",
+    "default_cache_dir",
+    "evaluate_accuracy",
+    "load_task",
+    "mnist_splits",
+    "train_model",
+]

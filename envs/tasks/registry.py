@@ -1,0 +1,264 @@
+"""Built-in task registry, the ``Task`` bundle and ``load_task`` (with a weight cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from envs.tasks import models
+from envs.tasks.data import Splits, data_fingerprint, mnist_splits
+from envs.tasks.training import TrainRecipe, train_model
+from envs.tasks.user import (
+    build_user_model,
+    check_fit,
+    code_fingerprint,
+    load_user_data,
+    load_weights,
+    one_line,
+    parse_factory,
+    read_state_dict,
+    state_dict_problems,
+)
+from search.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "AUTOCOMPRESS_CACHE"
+"""Environment variable overriding the weight cache directory."""
+CACHE_VERSION = 1
+"""Bumped whenever cached weights become invalid for reasons not in the digest."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A built-in task: how to build its architecture and how to train it."""
+
+    factory: Callable[[], nn.Module]
+    """Builds the untrained architecture (no arguments)."""
+    recipe: TrainRecipe
+    """Training recipe used when no weights are given."""
+    description: str
+    """One-line human-readable description."""
+
+
+TASKS: dict[str, TaskSpec] = {
+    "lenet300": TaskSpec(
+        models.LeNet300,
+        TrainRecipe(epochs=15, lr=2e-3, batch_size=32),
+        "LeNet-300-100 MLP on MNIST-5k (266,610 params)",
+    ),
+    "lenet5": TaskSpec(
+        models.LeNet5,
+        TrainRecipe(epochs=10, lr=1e-3, batch_size=32),
+        "Caffe LeNet-5 CNN on MNIST-5k (431,080 params)",
+    ),
+    "resnet": TaskSpec(
+        models.ResNet,
+        TrainRecipe(epochs=4, lr=2e-3, batch_size=32, schedule="cosine"),
+        "BatchNorm ResNet (3 stages, 2.0M params, ~8 MB fp32) on MNIST-5k",
+    ),
+}
+"""Registry of built-in tasks, by name."""
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+"""Names of the built-in tasks."""
+DEFAULT_TASK = "resnet"
+"""Task used when neither a task name nor a user model is given."""
+USER_RECIPE = TrainRecipe(epochs=10, lr=1e-3, batch_size=64)
+"""Recipe used to train a user model given without weights."""
+
+
+@dataclass
+class Task:
+    """A trained model together with its data, provenance and training recipe."""
+
+    name: str
+    """Task name: a built-in name such as ``lenet5``, or ``user:FILE.py:factory``."""
+    model: nn.Module
+    """Trained fp32 model in eval mode."""
+    train: TensorDataset
+    """Training split (float32 inputs, int64 labels)."""
+    val: TensorDataset
+    """Validation split."""
+    test: TensorDataset
+    """Test split."""
+    input_shape: tuple[int, ...]
+    """Shape of one input sample, e.g. ``(1, 28, 28)``."""
+    num_classes: int
+    """Number of model outputs (classes)."""
+    source: dict[str, str]
+    """JSON-able recipe for ``build_architecture``: ``{"task": ...}`` or ``{"model": ...}``."""
+    recipe: TrainRecipe
+    """Recipe the model is (or would be) trained with."""
+
+
+def _builtin(name: str) -> TaskSpec:
+    spec = TASKS.get(name)
+    if spec is None:
+        raise UsageError(
+            f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)} or give a model factory as FILE.py:FACTORY"
+        )
+    return spec
+
+
+def build_architecture(source: dict[str, str]) -> nn.Module:
+    """A fresh, untrained module described by a ``Task.source`` dict.
+
+    Raises:
+        UsageError: Unknown task, bad source dict, or a user factory that fails.
+    """
+    if not isinstance(source, dict) or len({"task", "model"} & set(source)) != 1:
+        raise UsageError(
+            f"model source {source!r} must have exactly one of the keys 'task' or 'model'; "
+            "the file describing the model is damaged or from another version"
+        )
+    if "task" in source:
+        return _builtin(str(source["task"])).factory()
+    return build_user_model(parse_factory(str(source["model"]), "model"))
+
+
+def default_cache_dir() -> Path:
+    """``$AUTOCOMPRESS_CACHE`` if set, else ``~/.cache/autocompress``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autocompress"
+
+
+def cache_path(
+    cache_dir: Path,
+    name: str,
+    source: dict[str, str],
+    recipe: TrainRecipe,
+    splits: Splits,
+    code: str = "",
+) -> Path:
+    """Cache file of trained weights: ``cache_dir / f"{name}-{digest}.pt"``.
+
+    The digest covers the source, recipe, data fingerprint and the code fingerprint of
+    the file defining the architecture; unsafe file-name characters of ``name`` become ``_``.
+    """
+    key = {
+        "version": CACHE_VERSION,
+        "source": source,
+        "recipe": asdict(recipe),
+        "data": data_fingerprint(splits),
+        "code": code,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "task"
+    return Path(cache_dir) / f"{safe}-{digest}.pt"
+
+
+def _load_cached(model: nn.Module, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        state = read_state_dict(path)
+        problems = state_dict_problems(model, state)
+        if problems:
+            raise ValueError("; ".join(problems))
+        model.load_state_dict(state, strict=True)
+    except (UsageError, ValueError, RuntimeError) as exc:
+        logger.warning("ignoring unusable cache file %s (%s); retraining", path, one_line(exc))
+        return False
+    logger.info("loaded cached weights from %s", path)
+    return True
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state, handle)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        logger.warning("could not write cache file %s (%s); continuing", path, one_line(exc))
+
+
+def _trained(
+    model: nn.Module,
+    name: str,
+    source: dict[str, str],
+    recipe: TrainRecipe,
+    splits: Splits,
+    cache_dir: Path,
+    code: str,
+    progress: bool,
+) -> None:
+    path = cache_path(cache_dir, name, source, recipe, splits, code)
+    if _load_cached(model, path):
+        return
+    logger.info("training %s (%s); caching weights at %s", name, recipe, path)
+    train_model(model, splits[0], recipe, progress=progress)
+    _save_atomic({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+
+
+def load_task(
+    task: str | None = None,
+    *,
+    model: str | None = None,
+    weights: str | Path | None = None,
+    data: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> Task:
+    """Build a ready-to-compress ``Task``: a trained model plus its data.
+
+    Args:
+        task: Built-in task name (default ``DEFAULT_TASK``); ignored when ``model`` is given.
+        model: User model factory, ``FILE.py:factory`` or ``package.module:factory``.
+        weights: A state_dict file for the model; without it the model is trained (cached).
+        data: User data factory ``FILE.py:factory`` returning (train, val, test) datasets;
+            MNIST-5k when None.
+        cache_dir: Weight cache directory (default ``default_cache_dir()``).
+        progress: Show a training progress bar.
+
+    Raises:
+        UsageError: Any problem with the task name, factories, weights or data.
+    """
+    if model is None:
+        name = task if task is not None else DEFAULT_TASK
+        recipe = _builtin(name).recipe
+        source = {"task": name}
+        code = hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()[:16]
+    else:
+        ref = parse_factory(model, "model")
+        name, recipe, source = f"user:{ref.display}", USER_RECIPE, {"model": ref.source}
+        code = code_fingerprint(ref)
+    splits = load_user_data(data) if data is not None else mnist_splits()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)  # deterministic initial weights
+        net = build_architecture(source)
+    if weights is not None:
+        load_weights(net, weights)
+    num_classes = check_fit(net, splits)
+    if weights is None:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        _trained(net, name, source, recipe, splits, cache, code, progress)
+    train, val, test = splits
+    return Task(
+        name=name,
+        model=net.eval(),
+        train=train,
+        val=val,
+        test=test,
+        input_shape=tuple(int(s) for s in train.tensors[0].shape[1:]),
+        num_classes=num_classes,
+        source=source,
+        recipe=recipe,
+    )

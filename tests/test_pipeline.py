@@ -1,0 +1,114 @@
+"""Policy -> packed file -> reloaded model: exact, with structured pruning, fine-tune and BN recalibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from methods.finetune import FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.packing import write_packed
+from methods.pipeline import Refinement, compress
+from search import load_model
+from search.policy import LayerChoice, Policy
+
+NET = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(x + self.b1(self.c1(x)))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 7).flatten(1))
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+POLICY = Policy.from_choices({
+    "stem": LayerChoice(sparsity=0.3, bits=4, keep=0.5),
+    "c1": LayerChoice(sparsity=0.5, bits=2, keep=0.75),
+    "fc": LayerChoice(sparsity=0.9, bits=32),
+})
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> tuple[str, nn.Module]:
+    path = tmp_path / "net.py"
+    path.write_text(NET)
+    namespace: dict = {}
+    exec(compile(NET, str(path), "exec"), namespace)  # noqa: S102 - the test's own fixture source
+    return f"{path}:build", namespace["build"]().eval()
+
+
+def _data(n: int = 64) -> TensorDataset:
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(n, 1, 28, 28, generator=generator)
+    return TensorDataset(inputs, torch.randint(0, 10, (n,), generator=generator))
+
+
+@pytest.mark.parametrize("steps", [0, 3])
+def test_file_size_and_reloaded_outputs_are_exact(factory, tmp_path: Path, steps: int) -> None:
+    source, model = factory
+    data = _data()
+    refinement = Refinement(calibration=data.tensors[0], finetune=FinetuneSettings(steps=steps, batch_size=16),
+                            train=data)
+    compressed = compress(model, POLICY, input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
+    path = tmp_path / "m.acz"
+    write_packed(path, compressed.blob)
+    assert path.stat().st_size == compressed.size_bytes == len(compressed.blob)
+    reloaded = load_model(path)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), compressed.model(x))
+    assert reloaded.stem.out_channels == 4  # the residual group {stem, c1's output} kept half
+    weight = reloaded.fc.weight
+    assert int((weight == 0).sum()) >= int(0.9 * weight.numel())
+
+
+def test_compression_shrinks_the_file_and_leaves_the_base_model_alone(factory) -> None:
+    source, model = factory
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = compress(model, Policy(), input_shape=(1, 28, 28), source={"model": source})
+    small = compress(model, POLICY, input_shape=(1, 28, 28), source={"model": source})
+    assert small.size_bytes < dense.size_bytes / 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_masked_finetune_keeps_zeros_and_ends_on_the_code_grid() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    mask = torch.rand(32, 784) > 0.7
+    with torch.no_grad():
+        model[1].weight.mul_(mask)
+    start = model[1].weight.detach().clone()
+    masked_finetune(model, {"1": mask}, {"1": 3}, _data(), FinetuneSettings(steps=5, lr=1e-2, batch_size=16))
+    weight = model[1].weight.detach()
+    assert torch.all(weight[~mask] == 0)
+    assert not torch.equal(weight, start)
+    for row, kept in zip(weight, mask, strict=True):
+        assert len(torch.unique(row[kept])) <= 2**3  # every kept weight sits on its channel's 3-bit grid
+    assert not torch.nn.utils.parametrize.is_parametrized(model[1])
+
+
+def test_batchnorm_recalibration_matches_the_batch_statistics() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).eval()
+    inputs = torch.randn(100, 1, 8, 8) * 3 + 1
+    recalibrate_batchnorm(model, inputs, batch_size=100)
+    features = model[0](inputs)
+    assert torch.allclose(model[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not model.training
