@@ -30,7 +30,7 @@ from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
 from search.archive import TrialArchive  # noqa: E402
 from search.budget import Budget  # noqa: E402
-from search.searchers import RandomSearcher  # noqa: E402
+from search.searchers import SEARCHERS  # noqa: E402
 from search.space import SearchSpace, SpaceSettings  # noqa: E402
 
 
@@ -46,10 +46,11 @@ def plain_candidate(model: torch.nn.Module, val, rng: np.random.Generator, bits_
             bits = int(rng.choice(bits_choices))
             flat = weight.abs().flatten()
             n_prune = int(sparsity * flat.numel())
-            mask = torch.ones_like(flat, dtype=torch.bool)
             if n_prune:
-                mask[torch.argsort(flat, stable=True)[:n_prune]] = False
-            mask = mask.view_as(weight)
+                threshold = torch.kthvalue(flat, n_prune).values
+                mask = (weight.abs() > threshold)
+            else:
+                mask = torch.ones_like(weight, dtype=torch.bool)
             if bits < 32:
                 rows = weight.reshape(weight.shape[0], -1)
                 kept = mask.reshape(weight.shape[0], -1)
@@ -72,33 +73,39 @@ def main() -> None:
     settings = SpaceSettings(channel_pruning=False)
     evaluator = Evaluator(task, load_device("cpu-b32"), EvaluatorSettings())
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), settings)
-    searcher = RandomSearcher(space, Budget(), seed=0)
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        archive = TrialArchive(Path(tmp) / "trials.csv", Budget())
+        loops = {}
+        for name in ("random", "tpe"):
+            run_dir = Path(tmp) / name
+            run_dir.mkdir()
+            loops[name] = (SEARCHERS[name](space, Budget(), 0, run_dir), TrialArchive(run_dir / "trials.csv", Budget()))
         for round_index in range(args.rounds):
             start = time.perf_counter()
             for _ in range(args.per_round):
                 plain_candidate(task.model, task.val, rng, settings.bits)
-            plain = args.per_round / (time.perf_counter() - start) * 60
-            start = time.perf_counter()
-            for _ in range(args.per_round):
-                proposal = searcher.ask()
-                result = evaluator.evaluate(proposal.policy)
-                archive.append("random", proposal.policy, result)
-                searcher.tell(proposal, result)
-            project = args.per_round / (time.perf_counter() - start) * 60
-            rows.append({"round": round_index, "plain_per_min": plain, "project_per_min": project})
-            print(f"round {round_index}: plain {plain:.0f}/min, project {project:.0f}/min", file=sys.stderr)
+            row = {"round": round_index, "plain": args.per_round / (time.perf_counter() - start) * 60}
+            for name, (searcher, archive) in loops.items():
+                start = time.perf_counter()
+                for _ in range(args.per_round):
+                    proposal = searcher.ask()
+                    result = evaluator.evaluate(proposal.policy)
+                    archive.append(name, proposal.policy, result)
+                    searcher.tell(proposal, result)
+                row[name] = args.per_round / (time.perf_counter() - start) * 60
+            rows.append(row)
+            print(", ".join(f"{k} {v:.0f}" for k, v in row.items()), file=sys.stderr)
     frame = pd.DataFrame(rows)
-    plain, project = median(frame.plain_per_min), median(frame.project_per_min)
-    summary = (
-        "| loop | candidates / min (median) |\n|---|---:|\n"
-        f"| plain torch (prune + quantize + 1000-image eval) | {plain:.0f} |\n"
-        f"| project (random searcher, evaluator, packed file, latency, trials.csv) | {project:.0f} |\n\n"
-        f"Overhead: {100 * (plain / project - 1):.1f}% (ratio plain/project {plain / project:.2f}), "
-        f"{args.rounds} rounds x {args.per_round} candidates each, alternating."
+    plain = median(frame.plain)
+    lines = ["| loop | candidates / min (median) | overhead vs plain |", "|---|---:|---:|",
+             f"| plain torch (prune + quantize + 1000-image eval) | {plain:.0f} | - |"]
+    for name in loops:
+        rate = median(frame[name])
+        lines.append(f"| project, {name} searcher (evaluator, packed file, latency, trials.csv"
+                     f"{', SQLite study' if name == 'tpe' else ''}) | {rate:.0f} | {100 * (plain / rate - 1):.1f}% |")
+    summary = "\n".join(lines) + (
+        f"\n\n{args.rounds} rounds x {args.per_round} candidates per loop, loops alternating within each round."
     )
     path = write_outputs("b4_throughput", frame, summary,
                          f"python benchmarks/b4_throughput.py --rounds {args.rounds} --per-round {args.per_round}")

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
     parser.add_argument("--searcher", help="random, tpe (= optuna) or nsga2 (default tpe)")
-    parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
+    parser.add_argument("--trials", type=int, help="candidates to evaluate (default 60)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
     parser.add_argument("--out", type=Path, help="new run folder (default results/<time>-<task>-<searcher>)")

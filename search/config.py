@@ -22,7 +22,7 @@ from search.space import SpaceSettings
 class ExportSettings:
     """The final fine-tune and export of the Pareto candidates."""
 
-    finetune_epochs: float = 1.0
+    finetune_epochs: float = 2.0
     """Epochs of masked quantization-aware fine-tuning per exported model."""
     finetune_lr: float = 1e-4
     """Adam learning rate of that fine-tune."""
@@ -52,12 +52,14 @@ class SearchConfig:
     """Latency target on the device: 20ms, 0.02s, 500us (bare numbers are ms)."""
     searcher: str = "tpe"
     """Searcher name."""
-    trials: int = 40
+    trials: int = 60
     """Candidates evaluated in total (a resumed run continues up to this number)."""
     seed: int = 0
     """Seed of the searcher and of every fine-tune."""
     device: str = DEFAULT_DEVICE
     """Device profile in configs/devices/."""
+    searcher_options: dict[str, Any] = field(default_factory=dict)
+    """Settings of the chosen searcher (its ``options_type`` fields), e.g. the RL agent's."""
     space: SpaceSettings = field(default_factory=SpaceSettings)
     """Per-layer choices the searchers may make."""
     evaluator: EvaluatorSettings = field(default_factory=EvaluatorSettings)
@@ -79,6 +81,26 @@ class SearchConfig:
         if self.weights is not None and self.model is None:
             raise UsageError("--weights needs --model FILE.py:factory; built-in tasks train their own weights")
         self.budget  # noqa: B018 - parses both budgets so bad units fail here
+        self.searcher_settings  # noqa: B018 - validates searcher_options
+
+    @property
+    def searcher_settings(self) -> Any:
+        """The searcher's options object (``None`` for searchers without options).
+
+        Raises:
+            UsageError: when ``searcher_options`` does not fit the searcher.
+        """
+        options_type = SEARCHERS[self.searcher].options_type
+        if options_type is None:
+            if self.searcher_options:
+                raise UsageError(f"searcher {self.searcher!r} takes no searcher_options")
+            return None
+        if not isinstance(self.searcher_options, Mapping):
+            raise UsageError("searcher_options must be a mapping")
+        try:
+            return options_type(**dict(self.searcher_options))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad searcher_options for {self.searcher!r}: {exc}") from exc
 
     @property
     def budget(self) -> Budget:

@@ -65,7 +65,7 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     device = load_device(config.device)
     task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress)
     evaluator = Evaluator(task, device, config.evaluator)
-    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
     size_budget = config.budget.size_bytes
     if size_budget is not None:
         smallest = evaluator.compress(space.most_compressed(), evaluator.refinement(0)).size_bytes
@@ -121,7 +121,14 @@ def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
     archive = TrialArchive(run_dir / "trials.csv", config.budget)
     for trial in archive.trials:
         prepared.evaluator.remember(trial.policy, trial.result)
-    searcher = SEARCHERS[config.searcher](prepared.space, config.budget, config.seed, run_dir)
+    searcher = SEARCHERS[config.searcher](
+        prepared.space,
+        config.budget,
+        config.seed,
+        run_dir,
+        evaluator=prepared.evaluator,
+        options=config.searcher_settings,
+    )
     searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
     remaining = max(0, config.trials - len(archive.trials))
     bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,

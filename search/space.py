@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, LayerChoice, Policy
+from search.spec import LayerSpec
 
 
 class Suggest(Protocol):
@@ -61,6 +62,8 @@ class SearchSpace:
     """Channel-group leaders: layers that get a keep ratio."""
     settings: SpaceSettings = field(default_factory=SpaceSettings)
     """Bounds and grids."""
+    specs: tuple[LayerSpec, ...] = ()
+    """Shapes and costs of ``layers`` (same order), for searchers that model the network."""
 
     def _sparsity_grid(self) -> tuple[float, float, float]:
         step = self.settings.sparsity_step

@@ -41,11 +41,35 @@ class Searcher(ABC):
     are no-op hooks.
     """
 
-    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None):
+    options_type: type | None = None
+    """Dataclass of this searcher's own settings (``searcher_options`` in the config), if any."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        seed: int,
+        run_dir: Path | None = None,
+        *,
+        evaluator: Any = None,
+        options: Any = None,
+    ):
+        """Args:
+        space: per-layer choices to search.
+        budget: size and latency budget.
+        seed: random seed.
+        run_dir: run folder for the searcher's own state (e.g. an Optuna study).
+        evaluator: the run's :class:`envs.evaluator.Evaluator`, for searchers that model the task.
+        options: an instance of :attr:`options_type` (``None`` = its defaults).
+        """
         self.space = space
         self.budget = budget
         self.seed = seed
         self.run_dir = run_dir
+        self.evaluator = evaluator
+        if options is None and self.options_type is not None:
+            options = self.options_type()
+        self.options = options
 
     @abstractmethod
     def ask(self) -> Proposal:

@@ -6,6 +6,7 @@ import sqlite3
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import Trial, TrialState
@@ -51,8 +52,8 @@ class OptunaSearcher(Searcher):
 
     multi_objective = False
 
-    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None):
-        super().__init__(space, budget, seed, run_dir)
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
+        super().__init__(space, budget, seed, run_dir, **kwargs)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = None if run_dir is None else _sqlite_storage(run_dir / STUDY_FILE)
         directions = ["maximize", "minimize", "minimize"] if self.multi_objective else ["maximize"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,8 @@ class _RandomSuggest:
 class RandomSearcher(Searcher):
     """Samples every per-layer choice independently and uniformly; seeded."""
 
-    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None):
-        super().__init__(space, budget, seed, run_dir)
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
+        super().__init__(space, budget, seed, run_dir, **kwargs)
         self._suggest = _RandomSuggest(np.random.default_rng(seed))
 
     def ask(self) -> Proposal:
