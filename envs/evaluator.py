@@ -64,15 +64,29 @@ class Evaluator:
         """Seeds the cache with an earlier measurement (used when resuming)."""
         self._cache[policy.digest()] = result
 
-    def refinement(self, finetune_steps: int, seed: int = 0, lr: float | None = None) -> Refinement:
-        """BatchNorm recalibration and fine-tune settings for a compression run."""
+    def refinement(
+        self,
+        finetune_steps: int,
+        seed: int = 0,
+        lr: float | None = None,
+        distill_alpha: float = 0.0,
+        distill_temperature: float = 4.0,
+    ) -> Refinement:
+        """BatchNorm recalibration and fine-tune settings (distilling the task's model when alpha > 0)."""
         calibration = None
         if self.settings.bn_recalibration and has_batchnorm(self.task.model):
             calibration = self.task.train.tensors[0][: self.settings.calibration_images]
         return Refinement(
             calibration=calibration,
-            finetune=FinetuneSettings(steps=finetune_steps, lr=lr or self.settings.finetune_lr, seed=seed),
+            finetune=FinetuneSettings(
+                steps=finetune_steps,
+                lr=lr or self.settings.finetune_lr,
+                seed=seed,
+                distill_alpha=distill_alpha,
+                distill_temperature=distill_temperature,
+            ),
             train=self.task.train,
+            teacher=self.task.model if distill_alpha > 0 else None,
         )
 
     def compress(self, policy: Policy, refinement: Refinement | None = None) -> CompressedModel:

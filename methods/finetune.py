@@ -26,10 +26,16 @@ class FinetuneSettings:
     """Training batch size."""
     seed: int = 0
     """Seed of the batch order."""
+    distill_alpha: float = 0.0
+    """Weight of the distillation loss against the teacher's soft targets (0 = plain cross-entropy)."""
+    distill_temperature: float = 4.0
+    """Softmax temperature of the soft targets."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("fine-tune needs steps >= 0, lr > 0 and batch_size >= 1")
+        if not 0.0 <= self.distill_alpha <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError("distill_alpha must be in [0, 1] and distill_temperature > 0")
 
 
 class _FakeQuant(nn.Module):
@@ -44,12 +50,29 @@ class _FakeQuant(nn.Module):
         return fake_quantize(weight, self.mask, self.bits)
 
 
+def distillation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, alpha: float, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy mixed with Hinton et al.'s soft-target loss: ``(1-a) CE + a T^2 KL(teacher || student)``."""
+    hard = F.cross_entropy(logits, labels)
+    if teacher_logits is None or alpha == 0.0:
+        return hard
+    soft = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1.0 - alpha) * hard + alpha * temperature**2 * soft
+
+
 def masked_finetune(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
     bits: Mapping[str, int],
     train: TensorDataset,
     settings: FinetuneSettings,
+    teacher: nn.Module | None = None,
 ) -> None:
     """Fine-tunes ``model`` in place; pruned weights stay zero and weights end on their code grid.
 
@@ -58,7 +81,8 @@ def masked_finetune(
         masks: kept-weight masks per compressed layer name.
         bits: code width per compressed layer name (32 = fp32).
         train: training split.
-        settings: steps, learning rate, batch size, seed.
+        settings: steps, learning rate, batch size, seed, distillation weight and temperature.
+        teacher: the original model, for distillation (used when ``settings.distill_alpha`` > 0).
     """
     if settings.steps == 0:
         return
@@ -76,7 +100,18 @@ def masked_finetune(
             for start in range(0, len(order), settings.batch_size):
                 idx = order[start : start + settings.batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(model(inputs[idx]), labels[idx]).backward()
+                teacher_logits = None
+                if teacher is not None and settings.distill_alpha > 0:
+                    with torch.no_grad():
+                        teacher_logits = teacher(inputs[idx])
+                loss = distillation_loss(
+                    model(inputs[idx]),
+                    labels[idx],
+                    teacher_logits,
+                    settings.distill_alpha,
+                    settings.distill_temperature,
+                )
+                loss.backward()
                 optimizer.step()
                 step += 1
                 if step >= settings.steps:

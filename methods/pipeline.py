@@ -48,6 +48,8 @@ class Refinement:
     """Masked quantization-aware fine-tune (0 steps skips it)."""
     train: TensorDataset | None = None
     """Training split for the fine-tune."""
+    teacher: nn.Module | None = None
+    """Original model whose soft targets the fine-tune distils (with ``finetune.distill_alpha`` > 0)."""
 
 
 def compress(
@@ -79,7 +81,7 @@ def compress(
     if refinement.finetune.steps > 0:
         if refinement.train is None:
             raise ValueError("a fine-tune needs the training split")
-        masked_finetune(model, masks, bits, refinement.train, refinement.finetune)
+        masked_finetune(model, masks, bits, refinement.train, refinement.finetune, teacher=refinement.teacher)
     if refinement.calibration is not None:
         recalibrate_batchnorm(model, refinement.calibration)
     meta = {

@@ -21,7 +21,7 @@ _EXPORTS = {
     "Budget": "search.budget",
     "parse_latency": "search.budget",
     "parse_size": "search.budget",
-    "ExportSettings": "search.config",
+    "ExportSettings": "search.export",
     "SearchConfig": "search.config",
     "UsageError": "search.errors",
     "load_model": "search.loading",

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="your model: FILE.py:factory or package.module:factory")
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
-    parser.add_argument("--searcher", help="random, tpe (= optuna) or nsga2 (default tpe)")
+    parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2 or recipe (default tpe)")
+    parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 60)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
@@ -51,6 +52,9 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         value = getattr(args, name)
         if value is not None:
             values[name] = value
+    if args.recipe is not None:
+        values.update(searcher="recipe", searcher_options={"name": args.recipe})
+        values.setdefault("trials", 1)
     return values
 
 

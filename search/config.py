@@ -14,24 +14,9 @@ from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
 from search.budget import Budget, parse_latency, parse_size
 from search.errors import UsageError
+from search.export import ExportSettings
 from search.searchers import SEARCHERS
 from search.space import SpaceSettings
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """The final fine-tune and export of the Pareto candidates."""
-
-    finetune_epochs: float = 2.0
-    """Epochs of masked quantization-aware fine-tuning per exported model."""
-    finetune_lr: float = 1e-4
-    """Adam learning rate of that fine-tune."""
-    max_models: int = 6
-    """Most models exported (spread along the front, the most accurate always included)."""
-
-    def __post_init__(self) -> None:
-        if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.max_models < 1:
-            raise ValueError("finetune_epochs >= 0, finetune_lr > 0 and max_models >= 1 are required")
 
 
 @dataclass(frozen=True)
@@ -119,6 +104,7 @@ class SearchConfig:
         """Plain YAML-ready dict."""
         data = asdict(self)
         data["space"]["bits"] = list(self.space.bits)
+        data["space"]["quantizers"] = list(self.space.quantizers)
         return data
 
     def to_yaml(self) -> str:

@@ -35,6 +35,28 @@ MODEL_SUFFIX = ".acz"
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """The final fine-tune and export of the Pareto candidates."""
+
+    finetune_epochs: float = 2.0
+    """Epochs of masked quantization-aware fine-tuning per exported model."""
+    finetune_lr: float = 1e-4
+    """Adam learning rate of that fine-tune."""
+    max_models: int = 6
+    """Most models exported (spread along the front, the most accurate always included)."""
+    distill_alpha: float = 0.0
+    """Weight of knowledge distillation from the original model in that fine-tune (0 = off)."""
+    distill_temperature: float = 4.0
+    """Temperature of the teacher's soft targets."""
+
+    def __post_init__(self) -> None:
+        if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.max_models < 1:
+            raise ValueError("finetune_epochs >= 0, finetune_lr > 0 and max_models >= 1 are required")
+        if not 0.0 <= self.distill_alpha <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError("distill_alpha must be in [0, 1] and distill_temperature > 0")
+
+
+@dataclass(frozen=True)
 class ExportedModel:
     """One model of the final Pareto front, as written to pareto.csv."""
 
@@ -112,8 +134,7 @@ def export_front(
     budget: Budget,
     run_dir: Path,
     *,
-    epochs: float,
-    lr: float,
+    settings: ExportSettings,
     seed: int,
     on_step: Callable[[], None] | None = None,
 ) -> tuple[list[ExportedModel], list[Dropped]]:
@@ -124,7 +145,13 @@ def export_front(
     Candidates over budget after that, or dominated on the new numbers, are dropped.
     """
     original_bytes = 4 * sum(spec.params for spec in evaluator.layers)
-    refinement = evaluator.refinement(finetune_steps(evaluator, epochs), seed=seed, lr=lr)
+    refinement = evaluator.refinement(
+        finetune_steps(evaluator, settings.finetune_epochs),
+        seed=seed,
+        lr=settings.finetune_lr,
+        distill_alpha=settings.distill_alpha,
+        distill_temperature=settings.distill_temperature,
+    )
     measured = []
     dropped = []
     for trial in chosen:

@@ -17,6 +17,8 @@ POLICY_FORMAT_VERSION = 1
 FP32_BITS = 32
 MAX_SPARSITY = 0.99
 MIN_KEEP = 0.05
+QUANTIZERS = ("linear", "kmeans")
+"""Weight quantizers: per-output-channel linear codes, or a per-layer k-means codebook (weight sharing)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class LayerChoice:
     """Weight code width: 1-8 for linear per-output-channel codes, 32 for fp32."""
     keep: float = 1.0
     """Fraction of output channels kept by structured pruning, in [0.05, 1]."""
+    quantizer: str = "linear"
+    """How codes map to values when ``bits`` < 32: ``linear`` or ``kmeans``."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity <= MAX_SPARSITY:
@@ -37,6 +41,10 @@ class LayerChoice:
             raise ValueError(f"bits must be 1-8 or {FP32_BITS}, got {self.bits}")
         if not MIN_KEEP <= self.keep <= 1.0:
             raise ValueError(f"keep must be in [{MIN_KEEP}, 1], got {self.keep}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.bits == FP32_BITS:
+            object.__setattr__(self, "quantizer", "linear")  # fp32 has no codes: one canonical form
         object.__setattr__(self, "sparsity", round(float(self.sparsity), 6))
         object.__setattr__(self, "keep", round(float(self.keep), 6))
         object.__setattr__(self, "bits", int(self.bits))
@@ -45,6 +53,18 @@ class LayerChoice:
     def quantized(self) -> bool:
         """True when the weights are stored as integer codes."""
         return self.bits != FP32_BITS
+
+
+_LATER_DEFAULTS = {"quantizer": "linear"}
+"""Fields added after format version 1, with the default that is left out of the JSON."""
+
+
+def _choice_dict(choice: LayerChoice) -> dict[str, Any]:
+    data = asdict(choice)
+    for name, default in _LATER_DEFAULTS.items():
+        if data[name] == default:
+            del data[name]
+    return data
 
 
 @dataclass(frozen=True)
@@ -84,10 +104,14 @@ class Policy:
         return dict(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with a format version tag."""
+        """A JSON-ready dict with a format version tag.
+
+        Fields at their default are left out when they were added after version 1, so digests of
+        earlier policies stay valid.
+        """
         return {
             "version": POLICY_FORMAT_VERSION,
-            "layers": {name: asdict(choice) for name, choice in self.layers},
+            "layers": {name: _choice_dict(choice) for name, choice in self.layers},
         }
 
     @classmethod

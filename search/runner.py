@@ -68,7 +68,10 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
     size_budget = config.budget.size_bytes
     if size_budget is not None:
-        smallest = evaluator.compress(space.most_compressed(), evaluator.refinement(0)).size_bytes
+        smallest = min(
+            evaluator.compress(space.most_compressed(quantizer), evaluator.refinement(0)).size_bytes
+            for quantizer in config.space.quantizers
+        )
         if size_budget < smallest:
             raise UsageError(
                 f"size budget {size_budget} B is below the smallest file the search space can reach "
@@ -179,8 +182,7 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
             chosen,
             config.budget,
             run_dir,
-            epochs=config.export.finetune_epochs,
-            lr=config.export.finetune_lr,
+            settings=config.export,
             seed=config.seed,
             on_step=lambda: bar.update(1),
         )

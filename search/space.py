@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, LayerChoice, Policy
+from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, QUANTIZERS, LayerChoice, Policy
 from search.spec import LayerSpec
 
 
@@ -17,7 +17,7 @@ class Suggest(Protocol):
     def float(self, name: str, low: float, high: float, step: float) -> float:
         """A value on the grid ``low, low + step, ..., high``."""
 
-    def categorical(self, name: str, choices: Sequence[int]) -> int:
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
         """One of ``choices``."""
 
 
@@ -31,6 +31,8 @@ class SpaceSettings:
     """Grid step of the sparsity choice."""
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8, FP32_BITS)
     """Allowed weight code widths (32 = fp32)."""
+    quantizers: tuple[str, ...] = ("linear",)
+    """Allowed quantizers for coded weights: ``linear`` and/or ``kmeans``."""
     channel_pruning: bool = True
     """Whether structured channel keep ratios are searched."""
     keep_min: float = 0.25
@@ -42,6 +44,9 @@ class SpaceSettings:
         object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
         if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
             raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")
+        object.__setattr__(self, "quantizers", tuple(dict.fromkeys(self.quantizers)))
+        if not self.quantizers or any(q not in QUANTIZERS for q in self.quantizers):
+            raise ValueError(f"quantizers must be a non-empty subset of {QUANTIZERS}, got {self.quantizers}")
         if not 0.0 <= self.sparsity_max <= MAX_SPARSITY:
             raise ValueError(f"sparsity_max must be in [0, {MAX_SPARSITY}]")
         if not 0.0 < self.sparsity_step <= 1.0:
@@ -87,14 +92,21 @@ class SearchSpace:
         for name in self.layers:
             sparsity = suggest.float(f"{name}.sparsity", low, high, step) if high > 0 else 0.0
             bits = suggest.categorical(f"{name}.bits", self.settings.bits)
+            quantizer = self.settings.quantizers[0]
+            if len(self.settings.quantizers) > 1:
+                quantizer = suggest.categorical(f"{name}.quantizer", self.settings.quantizers)
             keep = 1.0
             if self.searches_keep and name in self.leaders:
                 keep = suggest.float(f"{name}.keep", *self._keep_grid())
-            choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep)
+            choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer)
         return Policy.from_choices(choices)
 
-    def most_compressed(self) -> Policy:
-        """The policy with the highest sparsity, fewest bits and fewest channels the space allows."""
+    def most_compressed(self, quantizer: str | None = None) -> Policy:
+        """The policy with the highest sparsity, fewest bits and fewest channels the space allows.
+
+        Args:
+            quantizer: the quantizer of every layer (default: the first allowed one).
+        """
         keep = self._keep_grid()[0] if self.searches_keep else 1.0
         sparsity = self._sparsity_grid()[1]
         return Policy.from_choices(
@@ -103,6 +115,7 @@ class SearchSpace:
                     sparsity=sparsity,
                     bits=min(self.settings.bits),
                     keep=keep if name in self.leaders else 1.0,
+                    quantizer=quantizer or self.settings.quantizers[0],
                 )
                 for name in self.layers
             }
@@ -116,6 +129,8 @@ class SearchSpace:
             if self._sparsity_grid()[1] > 0:
                 values[f"{name}.sparsity"] = choice.sparsity
             values[f"{name}.bits"] = choice.bits
+            if len(self.settings.quantizers) > 1:
+                values[f"{name}.quantizer"] = choice.quantizer
             if self.searches_keep and name in self.leaders:
                 values[f"{name}.keep"] = choice.keep
         return values

@@ -15,6 +15,7 @@ choices = st.builds(
     sparsity=st.floats(0.0, 0.99),
     bits=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, FP32_BITS]),
     keep=st.floats(0.05, 1.0),
+    quantizer=st.sampled_from(["linear", "kmeans"]),
 )
 policies = st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6).map(
     Policy.from_choices
@@ -45,6 +46,16 @@ def test_digest_is_stable_across_processes() -> None:
     assert out == policy.digest()
 
 
+def test_fields_added_later_keep_earlier_digests() -> None:
+    earlier = '{"layers":{"fc":{"bits":4,"keep":1.0,"sparsity":0.5}},"version":1}'
+    policy = Policy.from_json(earlier)
+    assert policy["fc"].quantizer == "linear"
+    assert policy.to_json() == earlier
+    kmeans = Policy.from_choices({"fc": LayerChoice(0.5, 4, quantizer="kmeans")})
+    assert kmeans.digest() != policy.digest()
+    assert LayerChoice(0.5, 32, quantizer="kmeans") == LayerChoice(0.5, 32)
+
+
 def test_json_carries_a_version_tag_and_rejects_others() -> None:
     data = json.loads(Policy.from_choices({"a": LayerChoice()}).to_json())
     assert data["version"] == 1
@@ -53,7 +64,9 @@ def test_json_carries_a_version_tag_and_rejects_others() -> None:
         Policy.from_dict(data)
 
 
-@pytest.mark.parametrize("kwargs", [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}, {"quantizer": "pq"}]
+)
 def test_invalid_choices_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         LayerChoice(**kwargs)

@@ -43,8 +43,8 @@ class _TrialSuggest:
     def float(self, name: str, low: float, high: float, step: float) -> float:
         return round(self._trial.suggest_float(name, low, high, step=step), 6)
 
-    def categorical(self, name: str, choices: Sequence[int]) -> int:
-        return int(self._trial.suggest_categorical(name, list(choices)))
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._trial.suggest_categorical(name, list(choices))
 
 
 class OptunaSearcher(Searcher):

@@ -24,7 +24,7 @@ class _RandomSuggest:
         count = int(round((high - low) / step))
         return round(low + step * int(self._rng.integers(0, count + 1)), 6)
 
-    def categorical(self, name: str, choices: Sequence[int]) -> int:
+    def categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return choices[int(self._rng.integers(0, len(choices)))]
 
 

@@ -1,0 +1,40 @@
+"""A fixed, named policy (a recipe) as a searcher: it proposes the same candidate every time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.budget import Budget
+from search.errors import UsageError
+from search.recipes import recipe_policy
+from search.result import Result
+from search.searchers.base import Proposal, Searcher
+from search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """Which recipe to run."""
+
+    name: str = "deep-compression"
+    """Recipe name in configs/recipes/."""
+
+
+class RecipeSearcher(Searcher):
+    """Proposes the recipe's policy for the run's task (needs the evaluator to know the task)."""
+
+    options_type = RecipeOptions
+
+    def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
+        super().__init__(space, budget, seed, run_dir, **kwargs)
+        if self.evaluator is None:
+            raise UsageError("the recipe searcher needs a task")
+        self.policy = recipe_policy(self.options.name, self.evaluator.task.name, space.layers)
+
+    def ask(self) -> Proposal:
+        return Proposal(self.policy)
+
+    def tell(self, proposal: Proposal, result: Result) -> None:
+        """A recipe does not learn."""
