@@ -10,16 +10,19 @@ count, payload offset and segment lengths).
 Every tensor's payload is a run of byte-aligned segments (lengths in the table):
 
 * raw entries: ``[data]`` -- the tensor's bytes in its own dtype (little-endian).
-* encoded weights: ``[index, values]`` for fp32 (kept values as float32), or
-  ``[index, lo, step, codes]`` for 1-8 bits (float16 per-channel lo/step and the
-  kept weights' codes bit-packed MSB-first at ``bits`` bits each).
+* encoded weights: ``[index, values]`` for fp32 (kept values as float32);
+  ``[index, lo, step, codes]`` for linear 1-8 bit codes (float16 per-channel lo/step);
+  ``[index, centroids, codes]`` for k-means weight sharing (a float32 codebook of at
+  most ``2**bits`` shared values per tensor, Deep Compression).
 
-The sparse index is the smallest of ``dense`` (nothing pruned, empty), ``bitmask``
-(1 bit per element) or ``relative``: per kept weight, the number of pruned
-positions since the previous kept one, as ``k``-bit symbols (2 <= k <= 8). Symbol
-``2**k - 1`` is an escape meaning "skip ``2**k - 1`` positions, no weight here".
-(``k = 1`` would be exactly a bitmask cut after the last kept weight, so it is
-left to ``bitmask``.)
+Codes are a symbol stream stored fixed-width (``bits`` bits each, MSB-first) or
+Huffman-coded (code-length table + canonical codes), whichever is smaller
+(``methods/symbol_coding.py``). The sparse index is the smallest of ``dense``
+(nothing pruned, empty), ``bitmask`` (1 bit per element) or ``relative``: per kept
+weight, the number of pruned positions since the previous kept one, as ``k``-bit
+symbols (2 <= k <= 8), fixed-width or Huffman-coded. Symbol ``2**k - 1`` is an
+escape meaning "skip ``2**k - 1`` positions, no weight here" (Deep Compression's
+filler zero). Every table, codebook and header byte counts in the size.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods import quantization
+from methods import huffman, kmeans, quantization, symbol_coding
 from methods.quantization import FP32_BITS, QuantizedWeight
+from methods.symbol_coding import packed_len
 
 MAGIC = b"ACZ1"
 FORMAT_VERSION = 1
@@ -62,7 +66,11 @@ class WeightEncoding:
     mask: torch.Tensor
     """Bool tensor of the weight's shape, True = kept."""
     bits: int
-    """1-8 for per-channel linear codes, 32 for fp32 values."""
+    """1-8 for coded weights, 32 for fp32 values."""
+    quantizer: str = "linear"
+    """``linear`` (per-output-channel lo/step) or ``kmeans`` (one shared codebook per tensor)."""
+    huffman: bool = True
+    """Huffman-code the weight codes and the relative index where that is smaller."""
 
 
 def pack(
@@ -219,29 +227,39 @@ def _encode_weight(tensor: torch.Tensor, encoding: WeightEncoding) -> tuple[dict
         raise ValueError(f"mask must be bool of shape {tuple(tensor.shape)}, got {mask.dtype} {tuple(mask.shape)}")
     if not (1 <= bits <= 8 or bits == FP32_BITS):
         raise ValueError(f"bits must be 1-8 or {FP32_BITS}, got {bits}")
+    if encoding.quantizer not in ("linear", "kmeans"):
+        raise ValueError(f"unknown quantizer {encoding.quantizer!r}")
     if not tensor.is_floating_point():
         raise ValueError(f"only floating-point weights can be encoded, got {tensor.dtype}")
     flat_mask = mask.numpy().reshape(-1)
     kept = int(np.count_nonzero(flat_mask))
     positions = None if kept == flat_mask.size else np.flatnonzero(flat_mask)
-    mode, k, index = ("dense", 0, b"") if positions is None else _encode_index(flat_mask.size, positions)
+    index = _encode_index(flat_mask.size, positions, encoding.huffman)
     entry = {
-        "encoding": "fp32" if bits == FP32_BITS else "linear",
+        "encoding": "fp32" if bits == FP32_BITS else encoding.quantizer,
         "dtype": "float32",
         "shape": list(tensor.shape),
         "bits": bits,
-        "index": mode,
-        "k": k,
         "kept": kept,
+        **index.entry,
     }
     if bits == FP32_BITS:
         values = tensor.to(torch.float32).numpy().reshape(-1)
         if positions is not None:
             values = values.take(positions)
-        return entry, [index, values.astype("<f4").tobytes()]
+        return entry, [index.data, values.astype("<f4").tobytes()]
+    if encoding.quantizer == "kmeans":
+        values = tensor.to(torch.float32).numpy().reshape(-1)
+        values = values if positions is None else values.take(positions)
+        centroids, codes = _codebook(values, bits)
+        entry["centroids"] = int(centroids.size)
+        coding, stream = symbol_coding.encode_symbols(codes, bits, encoding.huffman)
+        entry["codes_coding"] = coding
+        return entry, [index.data, centroids.astype("<f4").tobytes(), stream]
     q = quantization.quantize(tensor, mask, bits, positions=positions)
-    parts = [index, q.lo.astype("<f2").tobytes(), q.step.astype("<f2").tobytes(), _pack_bits(q.codes, bits)]
-    return entry, parts
+    coding, stream = symbol_coding.encode_symbols(q.codes, bits, encoding.huffman)
+    entry["codes_coding"] = coding
+    return entry, [index.data, q.lo.astype("<f2").tobytes(), q.step.astype("<f2").tobytes(), stream]
 
 
 def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.Tensor:
@@ -249,16 +267,23 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
     shape = _shape(entry)
     numel, kept, bits = _numel(shape), int(entry["kept"]), int(entry["bits"])
     encoding = entry["encoding"]
+    if not 0 <= kept <= numel:
+        raise PackFormatError(f"{_CORRUPT} (bad kept count)")
     if encoding == "fp32" and bits == FP32_BITS:
-        value_lengths = [4 * kept]
+        expected = [4 * kept]
     elif encoding == "linear" and 1 <= bits <= 8:
         channels = quantization.channel_count(shape)
-        value_lengths = [2 * channels, 2 * channels, _packed_len(kept, bits)]
+        expected = [2 * channels, 2 * channels, None]
+    elif encoding == "kmeans" and 1 <= bits <= 8 and 1 <= int(entry["centroids"]) <= 2**bits:
+        expected = [4 * int(entry["centroids"]), None]
     else:
         raise PackFormatError(f"{_CORRUPT} (bad encoding {encoding!r} / {bits} bits)")
-    if not 0 <= kept <= numel or [len(part) for part in parts[1:]] != value_lengths:
+    sizes_ok = len(parts) == len(expected) + 1 and all(
+        n is None or len(p) == n for p, n in zip(parts[1:], expected, strict=True)
+    )
+    if not sizes_ok:
         raise PackFormatError(f"{_CORRUPT} (value size mismatch)")
-    flat_mask, positions = _decode_index(entry["index"], int(entry["k"]), parts[0], numel, kept)
+    flat_mask, positions = _decode_index(entry, parts[0], numel, kept)
     if encoding == "fp32":
         values = np.frombuffer(parts[1], dtype="<f4").astype(np.float32)
         if kept == numel:
@@ -266,8 +291,19 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
         out = np.zeros(numel, dtype=np.float32)
         out[np.flatnonzero(flat_mask) if positions is None else positions] = values
         return torch.from_numpy(out).reshape(shape)
+    try:
+        codes = symbol_coding.decode_symbols(str(entry["codes_coding"]), parts[-1], bits, kept)
+    except symbol_coding.StreamError as error:
+        raise PackFormatError(f"{_CORRUPT} ({error})") from error
+    if encoding == "kmeans":
+        centroids = np.frombuffer(parts[1], dtype="<f4").astype(np.float32)
+        if kept and int(codes.max()) >= centroids.size:
+            raise PackFormatError(f"{_CORRUPT} (code outside the codebook)")
+        out = np.zeros(numel, dtype=np.float32)
+        out[np.flatnonzero(flat_mask) if positions is None else positions] = centroids[codes]
+        return torch.from_numpy(out).reshape(shape)
     q = QuantizedWeight(
-        codes=_unpack_bits(parts[3], bits, kept),
+        codes=codes,
         lo=np.frombuffer(parts[1], dtype="<f2").astype(np.float16),
         step=np.frombuffer(parts[2], dtype="<f2").astype(np.float16),
         bits=bits,
@@ -276,41 +312,66 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
     return quantization.dequantize(q, torch.from_numpy(flat_mask).reshape(shape), positions=positions)
 
 
+def _codebook(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook and codes of kept values; exact when they already take at most ``2**bits`` values."""
+    distinct = np.unique(values)
+    if distinct.size <= 2**bits:
+        return distinct.astype(np.float32), np.searchsorted(distinct, values).astype(np.uint8)
+    return kmeans.kmeans_codebook(values, bits)
+
+
 # --- sparse index ----------------------------------------------------------------
 
 
-def _encode_index(numel: int, positions: np.ndarray) -> tuple[str, int, bytes]:
-    """Smallest of the dense / bitmask / relative encodings of the kept flat positions."""
-    kept = positions.size
-    if kept == numel:
-        return "dense", 0, b""
-    bitmask_len = _packed_len(numel, 1)
-    # A relative index needs >= 2 bits per kept weight; skip it when that already loses.
-    if 2 * kept < 8 * bitmask_len:
-        gaps = np.diff(positions, prepend=-1) - 1
-        k, relative_len = _best_relative_k(gaps)
-        if relative_len < bitmask_len:
-            return "relative", k, _encode_relative(gaps, k)
+@dataclass(frozen=True)
+class _Index:
+    """A sparse index segment and the table fields that describe it."""
+
+    entry: dict[str, Any]
+    data: bytes
+
+
+def _encode_index(numel: int, positions: np.ndarray | None, allow_huffman: bool) -> _Index:
+    """Smallest of the dense / bitmask / relative (fixed or Huffman) encodings of the kept positions."""
+    if positions is None:
+        return _Index({"index": "dense"}, b"")
+    bitmask_len = packed_len(numel, 1)
+    gaps = np.diff(positions, prepend=-1) - 1
+    k, coding = _best_relative(gaps, allow_huffman)
+    symbols = _relative_symbols(gaps, k)
+    coding, data = symbol_coding.encode_symbols(symbols, k, allow_huffman=coding == symbol_coding.HUFFMAN)
+    if len(data) < bitmask_len:
+        entry = {"index": "relative", "k": k, "index_coding": coding, "index_symbols": int(symbols.size)}
+        return _Index(entry, data)
     flat_mask = np.zeros(numel, dtype=np.bool_)
     flat_mask[positions] = True
-    return "bitmask", 0, np.packbits(flat_mask).tobytes()
+    return _Index({"index": "bitmask"}, np.packbits(flat_mask).tobytes())
 
 
-def _decode_index(mode: str, k: int, data: memoryview, numel: int, kept: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode_index(entry: Mapping[str, Any], data: memoryview, numel: int, kept: int) -> tuple[np.ndarray, Any]:
     """Flat keep-mask and, when already known, the kept positions; validated against ``kept``."""
+    mode = entry["index"]
     if mode == "dense":
         if len(data) or kept != numel:
             raise PackFormatError(f"{_CORRUPT} (bad dense index)")
         return np.ones(numel, dtype=np.bool_), None
     if mode == "bitmask":
-        if len(data) != _packed_len(numel, 1):
+        if len(data) != packed_len(numel, 1):
             raise PackFormatError(f"{_CORRUPT} (bad bitmask size)")
         flat_mask = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=numel).view(np.bool_)
         if np.count_nonzero(flat_mask) != kept:
             raise PackFormatError(f"{_CORRUPT} (index does not match the tensor)")
         return flat_mask, None
+    k = int(entry.get("k", 0))
     if mode == "relative" and MIN_RELATIVE_K <= k <= MAX_RELATIVE_K:
-        positions = _decode_relative(data, k, kept)
+        try:
+            symbols = symbol_coding.decode_symbols(str(entry["index_coding"]), data, k, int(entry["index_symbols"]))
+        except symbol_coding.StreamError as error:
+            raise PackFormatError(f"{_CORRUPT} ({error})") from error
+        ends = np.flatnonzero(symbols != 2**k - 1)
+        if ends.size != kept or (kept and ends[-1] != symbols.size - 1):
+            raise PackFormatError(f"{_CORRUPT} (bad relative index)")
+        positions = np.cumsum(symbols, dtype=np.int64)[ends] + np.arange(kept)
         if kept and positions[-1] >= numel:
             raise PackFormatError(f"{_CORRUPT} (index does not match the tensor)")
         flat_mask = np.zeros(numel, dtype=np.bool_)
@@ -319,99 +380,41 @@ def _decode_index(mode: str, k: int, data: memoryview, numel: int, kept: int) ->
     raise PackFormatError(f"{_CORRUPT} (unknown index mode {mode!r})")
 
 
-def _best_relative_k(gaps: np.ndarray) -> tuple[int, int]:
-    """Symbol width 2-8 minimising the relative index's bytes, and that byte count."""
+def _symbol_counts(gap_histogram: np.ndarray, k: int) -> np.ndarray:
+    """Counts of the ``k``-bit relative-index symbols, from the histogram of gaps."""
+    escape = 2**k - 1
+    values = np.arange(gap_histogram.size)
+    counts = np.bincount(values % escape, weights=gap_histogram, minlength=2**k).astype(np.int64)
+    counts[escape] += int(gap_histogram @ (values // escape))
+    return counts
+
+
+def _best_relative(gaps: np.ndarray, allow_huffman: bool) -> tuple[int, str]:
+    """Symbol width 2-8 and coding (fixed or Huffman) minimising the relative index's bytes."""
     histogram = np.bincount(gaps) if gaps.size else np.zeros(1, dtype=np.int64)
-    values = np.arange(histogram.size)
-    best_k, best_len = MIN_RELATIVE_K, -1
+    best: tuple[int, int, str] | None = None
     for k in range(MIN_RELATIVE_K, MAX_RELATIVE_K + 1):
-        escapes = int(histogram @ (values // (2**k - 1)))
-        length = _packed_len(gaps.size + escapes, k)
-        if best_len < 0 or length < best_len:
-            best_k, best_len = k, length
-    return best_k, best_len
+        counts = _symbol_counts(histogram, k)
+        options = [(packed_len(int(counts.sum()), k), symbol_coding.FIXED)]
+        if allow_huffman:
+            lengths = huffman.code_lengths(counts)
+            huff = huffman.table_size(lengths) + -(-huffman.encoded_bits(counts, lengths) // 8)
+            options.append((huff, symbol_coding.HUFFMAN))
+        for size, coding in options:
+            if best is None or size < best[0]:
+                best = (size, k, coding)
+    assert best is not None
+    return best[1], best[2]
 
 
-def _encode_relative(gaps: np.ndarray, k: int) -> bytes:
+def _relative_symbols(gaps: np.ndarray, k: int) -> np.ndarray:
     """``k``-bit symbols: per gap, ``gap // E`` escapes ``E = 2**k - 1`` then ``gap % E``."""
     escape = 2**k - 1
     runs, remainders = np.divmod(gaps, escape)
     ends = np.cumsum(runs + 1) - 1
     symbols = np.full(int(ends[-1]) + 1 if ends.size else 0, escape, dtype=np.uint8)
     symbols[ends] = remainders
-    return _pack_bits(symbols, k)
-
-
-def _decode_relative(data: memoryview, k: int, kept: int) -> np.ndarray:
-    """Flat positions from a relative index holding ``kept`` non-escape symbols."""
-    symbols = _unpack_bits(data, k, len(data) * 8 // k)
-    ends = np.flatnonzero(symbols != 2**k - 1)[:kept]
-    if ends.size != kept or _packed_len(int(ends[-1]) + 1 if kept else 0, k) != len(data):
-        raise PackFormatError(f"{_CORRUPT} (bad relative index)")
-    advance = np.cumsum(symbols, dtype=np.int64)
-    return advance[ends] + np.arange(kept)
-
-
-# --- bit packing -----------------------------------------------------------------
-
-
-def _packed_len(count: int, bits: int) -> int:
-    """Bytes holding ``count`` values of ``bits`` bits."""
-    return (count * bits + 7) // 8
-
-
-def _pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """Pack uint8 values < 2**bits into an MSB-first bit stream (like ``np.packbits``)."""
-    values = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
-    if bits == 8:
-        return values.tobytes()
-    if bits == 1:
-        return np.packbits(values).tobytes()
-    count = values.size
-    groups = -(-count // 8)
-    padded = np.zeros(groups * 8, dtype=np.uint8)
-    padded[:count] = values
-    # Eight values per big-endian u64 word, one per byte; squeeze them together
-    # (SWAR): 8-bit lanes -> 16 -> 32 -> 64, dropping the unused high bits.
-    word = padded.view(">u8").astype(np.uint64)
-    for lane, width in ((16, bits), (32, 2 * bits), (64, 4 * bits)):
-        low = _lane_mask(lane // 2, lane)
-        high = word & ~low
-        high >>= np.uint64(lane // 2 - width)
-        word &= low
-        word |= high
-    data = word.astype(">u8").view(np.uint8).reshape(groups, 8)[:, 8 - bits :]
-    return data.tobytes()[: _packed_len(count, bits)]
-
-
-def _unpack_bits(data: memoryview | bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`_pack_bits`: the first ``count`` values as uint8."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size < _packed_len(count, bits):
-        raise PackFormatError(f"{_CORRUPT} (truncated bit stream)")
-    if bits == 8:
-        return raw[:count].copy()
-    if bits == 1:
-        return np.unpackbits(raw, count=count)
-    groups = -(-count // 8)
-    padded = np.zeros(groups * bits, dtype=np.uint8)
-    used = min(raw.size, padded.size)
-    padded[:used] = raw[:used]
-    buffer = np.zeros((groups, 8), dtype=np.uint8)
-    buffer[:, 8 - bits :] = padded.reshape(groups, bits)
-    word = buffer.view(">u8").reshape(groups).astype(np.uint64)
-    for lane, width in ((64, 4 * bits), (32, 2 * bits), (16, bits)):
-        high = word << np.uint64(lane // 2 - width)
-        high &= ~_lane_mask(lane // 2, lane)
-        word &= _lane_mask(width, lane)
-        word |= high
-    return word.astype(">u8").view(np.uint8)[:count]
-
-
-def _lane_mask(width: int, lane: int) -> np.uint64:
-    """u64 with the low ``width`` bits of every ``lane``-bit lane set."""
-    unit = (1 << width) - 1
-    return np.uint64(sum(unit << shift for shift in range(0, 64, lane)))
+    return symbols
 
 
 # --- header helpers --------------------------------------------------------------

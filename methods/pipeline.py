@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from methods.finetune import FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.finetune import QUANTIZERS, CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.packing import WeightEncoding, pack, unpack
 from methods.pruning import magnitude_mask
-from methods.quantization import quantize_dequantize
 from methods.structured import History, prune_channels, replay_pruning
 from search.policy import Policy
 
@@ -71,17 +70,17 @@ def compress(
     history = prune_channels(model, input_shape, keep, channel_multiple)
     modules = dict(model.named_modules())
     masks: dict[str, torch.Tensor] = {}
-    bits: dict[str, int] = {}
+    codes: dict[str, CodeSpec] = {}
     with torch.no_grad():
         for name, choice in policy:
             weight = modules[name].weight
             masks[name] = magnitude_mask(weight, choice.sparsity)
-            bits[name] = choice.bits
-            weight.copy_(quantize_dequantize(weight, masks[name], choice.bits))
+            codes[name] = CodeSpec(choice.bits, choice.quantizer)
+            weight.copy_(QUANTIZERS[choice.quantizer](weight, masks[name], choice.bits))
     if refinement.finetune.steps > 0:
         if refinement.train is None:
             raise ValueError("a fine-tune needs the training split")
-        masked_finetune(model, masks, bits, refinement.train, refinement.finetune, teacher=refinement.teacher)
+        masked_finetune(model, masks, codes, refinement.train, refinement.finetune, teacher=refinement.teacher)
     if refinement.calibration is not None:
         recalibrate_batchnorm(model, refinement.calibration)
     meta = {
@@ -91,7 +90,9 @@ def compress(
         "policy": policy.to_dict(),
         "history": history,
     }
-    encodings = {f"{name}.weight": WeightEncoding(masks[name], bits[name]) for name in masks}
+    encodings = {
+        f"{name}.weight": WeightEncoding(masks[name], codes[name].bits, codes[name].quantizer) for name in masks
+    }
     blob = pack(model.state_dict(), encodings, meta)
     return CompressedModel(model=decode(blob, model), blob=blob, meta=meta)
 

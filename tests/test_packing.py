@@ -20,8 +20,6 @@ from methods.packing import (
     WeightEncoding,
     _decode_index,
     _encode_index,
-    _pack_bits,
-    _unpack_bits,
     pack,
     read_packed,
     unpack,
@@ -29,6 +27,7 @@ from methods.packing import (
 )
 from methods.pruning import magnitude_mask
 from methods.quantization import FP32_BITS, quantize_dequantize
+from methods.symbol_coding import pack_bits, unpack_bits
 
 _ALL_BITS = [*range(1, 9), FP32_BITS]
 
@@ -126,19 +125,24 @@ def test_index_is_smallest_and_round_trips(numel: int, density: float, clustered
     else:
         flat_mask = rng.random(numel) < density
     positions = np.flatnonzero(flat_mask)
-    mode, k, data = _encode_index(numel, positions)
+    dense = positions.size == numel
+    fixed = _encode_index(numel, None if dense else positions, allow_huffman=False)
+    coded = _encode_index(numel, None if dense else positions, allow_huffman=True)
     candidates = {"bitmask": (numel + 7) // 8}
     for width in range(2, 9):
         candidates[f"relative{width}"] = _reference_relative_len(positions, width)
-    if positions.size == numel:
-        assert (mode, data) == ("dense", b"")
+    if dense:
+        assert (fixed.entry["index"], fixed.data) == ("dense", b"")
     else:
-        assert len(data) == min(candidates.values())
-        assert len(data) == candidates["bitmask" if mode == "bitmask" else f"relative{k}"]
-    decoded_mask, decoded_positions = _decode_index(mode, k, memoryview(data), numel, positions.size)
-    assert np.array_equal(decoded_mask, flat_mask)
-    if decoded_positions is not None:
-        assert np.array_equal(decoded_positions, positions)
+        mode, k = fixed.entry["index"], fixed.entry.get("k")
+        assert len(fixed.data) == min(candidates.values())
+        assert len(fixed.data) == candidates["bitmask" if mode == "bitmask" else f"relative{k}"]
+        assert len(coded.data) <= len(fixed.data)  # Huffman is only chosen when it is smaller
+    for index in (fixed, coded):
+        decoded_mask, decoded_positions = _decode_index(index.entry, memoryview(index.data), numel, positions.size)
+        assert np.array_equal(decoded_mask, flat_mask)
+        if decoded_positions is not None:
+            assert np.array_equal(decoded_positions, positions)
 
 
 def test_relative_index_with_long_gaps() -> None:
@@ -170,9 +174,9 @@ def test_extreme_masks(flat: list[int]) -> None:
 def test_bit_packing_matches_numpy_reference(bits: int, count: int, seed: int) -> None:
     values = np.random.default_rng(seed).integers(0, 2**bits, size=count).astype(np.uint8)
     reference = np.packbits(np.unpackbits(values[:, None], axis=1)[:, 8 - bits :]).tobytes()
-    data = _pack_bits(values, bits)
+    data = pack_bits(values, bits)
     assert data == reference
-    assert np.array_equal(_unpack_bits(data, bits, count), values)
+    assert np.array_equal(unpack_bits(data, bits, count), values)
 
 
 def test_written_file_size_and_read_back(tmp_path: Path) -> None:
@@ -226,9 +230,12 @@ def test_packed_size_shrinks_with_bits(bits: int) -> None:
     weight = torch.randn(500, 800)
     state = {"w": weight}
     full = len(pack(state, {"w": WeightEncoding(torch.ones_like(weight, dtype=torch.bool), FP32_BITS)}, {}))
-    size = len(pack(state, {"w": WeightEncoding(torch.ones_like(weight, dtype=torch.bool), bits)}, {}))
+    ones = torch.ones_like(weight, dtype=torch.bool)
+    size = len(pack(state, {"w": WeightEncoding(ones, bits, huffman=False)}, {}))
     ratio = size / full
     assert bits / 32 <= ratio < bits / 32 + 0.01
+    coded = len(pack(state, {"w": WeightEncoding(ones, bits)}, {}))
+    assert coded <= size  # Huffman coding is used only where it is smaller
     assert abs(len(pack(state, {}, {})) - full) < 64
 
 
@@ -315,3 +322,32 @@ def test_pack_rejects_bad_input() -> None:
         pack({"w": weight}, {}, {"policy": (("conv1", 4),)})
     with pytest.raises(TypeError, match="not a tensor"):
         pack({"w": 3}, {}, {})
+
+
+@pytest.mark.parametrize("bits", [2, 5, 8])
+@pytest.mark.parametrize("sparsity", [0.0, 0.9])
+def test_kmeans_weight_sharing_round_trip_is_exact(bits: int, sparsity: float) -> None:
+    from methods.kmeans import kmeans_quantize_dequantize
+
+    torch.manual_seed(bits)
+    weight = torch.randn(64, 300)
+    mask = magnitude_mask(weight, sparsity)
+    shared = kmeans_quantize_dequantize(weight, mask, bits)
+    for huffman in (False, True):
+        blob = pack({"w": shared}, {"w": WeightEncoding(mask, bits, "kmeans", huffman=huffman)}, {})
+        out = unpack(blob)[1]["w"]
+        assert _bits_equal(out, shared)
+        entry = _entry(blob, "w")
+        assert entry["encoding"] == "kmeans" and entry["centroids"] <= 2**bits
+    assert len(torch.unique(out[mask])) <= 2**bits
+
+
+def test_huffman_codes_shrink_a_skewed_layer_and_round_trip() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(100, 400) ** 3  # heavy tails: most codes sit near the middle of the grid
+    mask = torch.ones_like(weight, dtype=torch.bool)
+    fixed = pack({"w": weight}, {"w": WeightEncoding(mask, 6, huffman=False)}, {})
+    coded = pack({"w": weight}, {"w": WeightEncoding(mask, 6)}, {})
+    assert _entry(coded, "w")["codes_coding"] == "huffman"
+    assert len(coded) < 0.9 * len(fixed)
+    assert _bits_equal(unpack(coded)[1]["w"], unpack(fixed)[1]["w"])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from methods.finetune import FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.packing import write_packed
 from methods.pipeline import Refinement, compress
 from search import load_model
@@ -95,7 +95,7 @@ def test_masked_finetune_keeps_zeros_and_ends_on_the_code_grid() -> None:
     with torch.no_grad():
         model[1].weight.mul_(mask)
     start = model[1].weight.detach().clone()
-    masked_finetune(model, {"1": mask}, {"1": 3}, _data(), FinetuneSettings(steps=5, lr=1e-2, batch_size=16))
+    masked_finetune(model, {"1": mask}, {"1": CodeSpec(3)}, _data(), FinetuneSettings(steps=5, lr=1e-2, batch_size=16))
     weight = model[1].weight.detach()
     assert torch.all(weight[~mask] == 0)
     assert not torch.equal(weight, start)
@@ -139,5 +139,25 @@ def test_distilled_finetune_runs_and_moves_towards_the_teacher() -> None:
     x = data.tensors[0]
     gap_before = (student(x) - teacher(x)).abs().mean().item()
     settings = FinetuneSettings(steps=40, lr=1e-2, batch_size=32, distill_alpha=1.0, distill_temperature=1.0)
-    masked_finetune(student, {"1": mask}, {"1": 32}, data, settings, teacher=teacher)
+    masked_finetune(student, {"1": mask}, {"1": CodeSpec(32)}, data, settings, teacher=teacher)
     assert (student(x) - teacher(x)).abs().mean().item() < gap_before
+
+
+def test_kmeans_layers_share_values_through_finetune_and_file(factory, tmp_path: Path) -> None:
+    source, model = factory
+    policy = Policy.from_choices({
+        "stem": LayerChoice(sparsity=0.2, bits=3, quantizer="kmeans"),
+        "c1": LayerChoice(sparsity=0.6, bits=4, quantizer="kmeans", keep=0.5),
+        "fc": LayerChoice(sparsity=0.9, bits=5, quantizer="kmeans"),
+    })
+    data = _data()
+    refinement = Refinement(finetune=FinetuneSettings(steps=4, lr=1e-2, batch_size=16), train=data)
+    compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
+    for name, bits in (("stem", 3), ("c1", 4), ("fc", 5)):
+        weight = dict(compressed.model.named_modules())[name].weight
+        assert len(torch.unique(weight[weight != 0])) <= 2**bits
+    path = tmp_path / "k.acz"
+    write_packed(path, compressed.blob)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(load_model(path)(x), compressed.model(x))
