@@ -28,6 +28,17 @@ def write_outputs(name: str, frame: pd.DataFrame, summary: str, command: str) ->
     return OUT_DIR / f"{name}.md"
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A Markdown table of ``frame`` (floats to 4 significant digits)."""
+
+    def cell(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""
     return float(statistics.median(values))
