@@ -96,3 +96,25 @@ def test_resume_after_kill_loses_no_finished_trial(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{run / 'study.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == sum(row["status"] == "ok" for row in after)
+
+
+def test_recipe_run_reproduces_its_table_in_the_exported_file(tmp_path: Path) -> None:
+    import math
+
+    import torch
+
+    from search.recipes import recipe_policy
+
+    run = tmp_path / "run"
+    proc = _search("--task", "lenet5", "--recipe", "deep-compression", "--quiet", "--out", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _rows(run / "pareto.csv")
+    model = load_model(run / row["model_file"])
+    policy = recipe_policy("deep-compression", "lenet5", ["conv1", "conv2", "fc1", "fc2"])
+    modules = dict(model.named_modules())
+    for name, choice in policy:
+        weight = modules[name].weight.detach()
+        pruned = math.floor(round(choice.sparsity * weight.numel(), 6))
+        assert int(torch.count_nonzero(weight)) == weight.numel() - pruned
+        assert len(torch.unique(weight[weight != 0])) <= 2**choice.bits
+    assert int(row["size_bytes"]) == (run / row["model_file"]).stat().st_size
