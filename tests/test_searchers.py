@@ -13,7 +13,7 @@ from search.searchers import SEARCHERS, Finished, Searcher
 from search.space import SearchSpace, SpaceSettings
 
 SPACE = SearchSpace(("conv1", "conv2", "fc1", "fc2"), ("conv1", "conv2", "fc1"), SpaceSettings())
-BUDGET = Budget(size_bytes=40_000, latency_ms=5.0)
+BUDGET = Budget(size_bytes=40_000, latency_ms=6.0)
 
 
 def synthetic(policy: Policy) -> Result:

@@ -6,6 +6,7 @@ from search.searchers.base import Finished, Proposal, Searcher
 from search.searchers.optuna_search import NSGA2Searcher, OptunaSearcher
 from search.searchers.random_search import RandomSearcher
 from search.searchers.recipe_search import RecipeSearcher
+from search.searchers.rl_search import RLSearcher
 
 SEARCHERS: dict[str, type[Searcher]] = {
     "random": RandomSearcher,
@@ -13,6 +14,7 @@ SEARCHERS: dict[str, type[Searcher]] = {
     "optuna": OptunaSearcher,
     "nsga2": NSGA2Searcher,
     "recipe": RecipeSearcher,
+    "rl": RLSearcher,
 }
 """Searcher classes by CLI name (``optuna`` is TPE)."""
 
@@ -23,6 +25,7 @@ __all__ = [
     "OptunaSearcher",
     "Proposal",
     "RandomSearcher",
+    "RLSearcher",
     "RecipeSearcher",
     "Searcher",
 ]
