@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from methods.quantization import FP32_BITS, MAX_BITS, MIN_BITS
+from methods.quantization import FP32_BITS, check_bits, check_mask
 
 DEFAULT_ITERATIONS = 20
 
@@ -54,7 +54,7 @@ def kmeans_codebook(
     Raises:
         ValueError: On a bad bit width or iteration count, or non-finite values.
     """
-    _check_bits(bits)
+    check_bits(bits)
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     flat = np.asarray(values, dtype=np.float32).reshape(-1)
@@ -76,7 +76,7 @@ def kmeans_codebook(
 
 def kmeans_quantize(weight: torch.Tensor, mask: torch.Tensor, bits: int) -> SharedWeight:
     """Share the kept weights of ``weight`` through a ``bits``-bit k-means codebook."""
-    _check_mask(weight, mask)
+    check_mask(weight, mask)
     flat = _numpy_weight(weight).reshape(-1)
     positions = np.flatnonzero(_numpy_mask(mask).reshape(-1))
     centroids, codes = kmeans_codebook(flat[positions], bits)
@@ -110,7 +110,7 @@ def kmeans_quantize_dequantize(weight: torch.Tensor, mask: torch.Tensor, bits: i
     Bit-identical to ``kmeans_dequantize(kmeans_quantize(weight, mask, bits), mask)``.
     """
     if bits == FP32_BITS:
-        _check_mask(weight, mask)
+        check_mask(weight, mask)
         out = np.where(_numpy_mask(mask), _numpy_weight(weight), np.float32(0.0)).astype(np.float32)
         return torch.from_numpy(out)
     return kmeans_dequantize(kmeans_quantize(weight, mask, bits), mask)
@@ -174,18 +174,6 @@ def _assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """uint8 index of the nearest of the ascending ``centroids`` per value (ties: lower)."""
     wide = centroids.astype(np.float64)
     return np.searchsorted((wide[:-1] + wide[1:]) / 2, values.astype(np.float64), side="left").astype(np.uint8)
-
-
-def _check_bits(bits: int) -> None:
-    """Raise ValueError unless ``bits`` is a code width 1-8."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be in {MIN_BITS}-{MAX_BITS}, got {bits}")
-
-
-def _check_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Raise ValueError unless ``mask`` is a bool tensor of weight's shape."""
-    if mask.dtype != torch.bool or mask.shape != weight.shape:
-        raise ValueError(f"mask must be bool of shape {tuple(weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
 
 
 def _numpy_mask(mask: torch.Tensor) -> np.ndarray:

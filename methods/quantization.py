@@ -62,8 +62,8 @@ def quantize(
     Returns:
         The codes of the kept weights and per-channel float16 ``lo``/``step``.
     """
-    _check_bits(bits)
-    _check_mask(weight, mask)
+    check_bits(bits)
+    check_mask(weight, mask)
     flat_mask = _numpy_mask(mask).reshape(-1)
     lo, step, codes, _ = _quantize_dense(_numpy_weight(weight), flat_mask, bits)
     all_codes = codes.astype(np.uint8).reshape(-1)
@@ -84,7 +84,7 @@ def dequantize(q: QuantizedWeight, mask: torch.Tensor, *, positions: np.ndarray 
     Raises:
         ValueError: If the mask or the arrays do not match ``q``'s shape.
     """
-    _check_bits(q.bits)
+    check_bits(q.bits)
     shape = tuple(q.shape)
     if tuple(mask.shape) != shape or mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool of shape {shape}, got {mask.dtype} {tuple(mask.shape)}")
@@ -120,9 +120,9 @@ def quantize_dequantize(weight: torch.Tensor, mask: torch.Tensor, bits: int) -> 
     ``bits == 32`` the kept weights are returned unchanged as float32 and pruned
     positions are +0.0 (i.e. ``weight * mask``).
     """
-    _check_mask(weight, mask)
+    check_mask(weight, mask)
     if bits != FP32_BITS:
-        _check_bits(bits)
+        check_bits(bits)
     flat_mask = _numpy_mask(mask).reshape(-1)
     w = _numpy_weight(weight)
     if bits == FP32_BITS:
@@ -139,9 +139,9 @@ def fake_quantize(weight: torch.Tensor, mask: torch.Tensor, bits: int) -> torch.
     The forward value equals :func:`quantize_dequantize` bit-exactly; the
     gradient is straight-through (identity) at kept positions and 0 at pruned ones.
     """
-    _check_mask(weight, mask)
+    check_mask(weight, mask)
     if bits != FP32_BITS:
-        _check_bits(bits)
+        check_bits(bits)
     return _FakeQuantize.apply(weight, mask, bits)
 
 
@@ -237,13 +237,13 @@ def _fp16_round_up(x: np.ndarray) -> np.ndarray:
     return np.where(h.astype(np.float32) < x, above, h)
 
 
-def _check_bits(bits: int) -> None:
+def check_bits(bits: int) -> None:
     """Raise ValueError unless ``bits`` is a code width 1-8."""
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in {MIN_BITS}-{MAX_BITS}, got {bits}")
 
 
-def _check_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
+def check_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Raise ValueError unless ``mask`` is a bool tensor of weight's shape."""
     if mask.dtype != torch.bool or mask.shape != weight.shape:
         raise ValueError(f"mask must be bool of shape {tuple(weight.shape)}, got {mask.dtype} {tuple(mask.shape)}")
