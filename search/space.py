@@ -31,7 +31,7 @@ class SpaceSettings:
     """Grid step of the sparsity choice."""
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8, FP32_BITS)
     """Allowed weight code widths (32 = fp32)."""
-    quantizers: tuple[str, ...] = ("linear", "kmeans")
+    quantizers: tuple[str, ...] = ("linear",)
     """Allowed quantizers for coded weights: ``linear`` and/or ``kmeans``."""
     channel_pruning: bool = True
     """Whether structured channel keep ratios are searched."""
