@@ -1,6 +1,6 @@
 """B3: search efficiency -- hypervolume against evaluations on LeNet-5, and AMC's protocol on the ResNet.
 
-Part 1 (LeNet-5, joint per-layer sparsity + bits, channel pruning off, size budget): every searcher
+Part 1 (LeNet-5, joint per-layer sparsity + bits + quantizer, channel pruning off, size budget): every searcher
 (rl, random, tpe, nsga2) gets the same number of evaluations per seed through the runner's ask /
 evaluate / tell loop, with one shared Evaluator (its result cache only saves time: a repeated
 proposal still counts as an evaluation). The score is the exact hypervolume of the feasible
@@ -12,6 +12,7 @@ budget of 50% of the original; the RL agent against uniform pruning (the largest
 within the budget). Accuracy is measured after BatchNorm recalibration, without fine-tuning.
 
     python benchmarks/b3_search_efficiency.py [--evaluations 300] [--seeds 3] [--amc-episodes 100]
+        [--searchers rl,random,tpe,nsga2] [--name b3_search_efficiency]
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ from search.searchers.rl_search import RLOptions  # noqa: E402
 from search.space import SearchSpace, SpaceSettings  # noqa: E402
 
 SEARCHER_NAMES = ("rl", "random", "tpe", "nsga2")
+"""Searchers of part 1 by default; ``rl-no-learning`` (the RL searcher kept in warm-up: walled random
+actions with per-episode targets, no agent) is an ablation that ``--searchers`` can add."""
 ACCURACY_REF = 0.9
 """Reference accuracy of the hypervolume: models below 90% on MNIST count for nothing."""
+NAME = "b3_search_efficiency"
+"""Default output name (``benchmarks/out/<name>.md`` / ``.csv``)."""
 AMC_DEVICE = DeviceProfile(name="amc", threads=2, batch=1, warmup=0, repeats=1)
 """Part 2 does not use latency; the cheapest timing keeps its evaluations short."""
 
@@ -100,16 +105,21 @@ def curve(rows: pd.DataFrame, ref: np.ndarray, scale: float, step: int) -> list[
 def lenet_part(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     """Hypervolume against evaluations for every searcher and seed."""
     evaluator = Evaluator(load_task("lenet5", progress=True), load_device("cpu-b32"))
-    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(channel_pruning=False),
-                        tuple(evaluator.layers))
+    settings = SpaceSettings(channel_pruning=False, quantizers=("linear", "kmeans"))  # sparsity, bits, quantizer
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), settings, tuple(evaluator.layers))
     budget = Budget(size_bytes=args.budget_kb * 1000)
     latency = evaluator.evaluate(Policy()).latency_ms  # one architecture: every candidate shares this latency
     ref = np.array([-ACCURACY_REF, budget.size_bytes, 2 * latency])
     scale = float((1 - ACCURACY_REF) * ref[1] * ref[2])
+    names = args.searchers.split(",")
     rows = []
     for seed in range(args.seeds):
-        for name in SEARCHER_NAMES:
-            rows += run_searcher(name, space, budget, seed, evaluator, args.evaluations)
+        for name in names:
+            base, options = (name, None)
+            if name == "rl-no-learning":
+                base, options = "rl", RLOptions(warmup_episodes=args.evaluations)
+            found = run_searcher(base, space, budget, seed, evaluator, args.evaluations, options)
+            rows += [{**row, "searcher": name} for row in found]
     trials = pd.DataFrame(rows)
     curves = [{"searcher": n, "seed": s, "evaluation": k, "hypervolume": hv}
               for (n, s), group in trials.groupby(["searcher", "seed"])
@@ -121,29 +131,30 @@ def lenet_part(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     feasible = trials.groupby("searcher").feasible.mean()
     lines = ["| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints) + " | feasible candidates |",
              "|---|" + "---:|" * (len(checkpoints) + 1)]
-    for name in SEARCHER_NAMES:
+    for name in names:
         cells = [f"{mean.loc[name, k]:.4f} ({low.loc[name, k]:.4f}-{high.loc[name, k]:.4f})" for k in checkpoints]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * feasible[name]:.0f}% |")
     means = frame.groupby(["searcher", "evaluation"]).hypervolume.mean().unstack(0)
-    target = means["random"].iloc[-1]
-    best = means.iloc[-1].idxmax()
-    reached = means.index[means[best] >= target]
-    lines.append("")
-    lines.append(f"Best final mean hypervolume: {best}; it reaches random search's final mean hypervolume "
-                 f"({target:.4f}) after {int(reached[0]) if len(reached) else 'more than ' + str(args.evaluations)} "
-                 f"evaluations.")
-    for name in SEARCHER_NAMES:
-        hit = means.index[means[name] >= target]
-        lines.append(f"- {name}: {int(hit[0]) if len(hit) else '-'} evaluations to reach it")
+    if "random" in names:
+        target = means["random"].iloc[-1]
+        best = means.iloc[-1].idxmax()
+        reached = means.index[means[best] >= target]
+        lines.append("")
+        lines.append(f"Best final mean hypervolume: {best}; it reaches random search's final mean hypervolume "
+                     f"({target:.4f}) after {int(reached[0]) if len(reached) else 'more than ' + str(args.evaluations)}"
+                     " evaluations.")
+        for name in names:
+            hit = means.index[means[name] >= target]
+            lines.append(f"- {name}: {int(hit[0]) if len(hit) else '-'} evaluations to reach it")
     lines.append(f"\nMean and (min-max) over {args.seeds} seeds of the normalised hypervolume (1 = every model at "
                  f"100% accuracy, 0 bytes, 0 ms). Reference point: accuracy {ACCURACY_REF}, size = budget "
                  f"{budget.size_bytes} B, latency = 2x the measured {latency:.2f} ms (channel pruning is off, so all "
                  "candidates share one latency and the third axis is a constant factor).")
-    plot(means, frame, OUT_DIR / "b3_hypervolume.png")
+    plot(means, frame, names, OUT_DIR / ("b3_hypervolume.png" if args.name == NAME else f"{args.name}.png"))
     return frame.assign(part="lenet5"), "\n".join(lines)
 
 
-def plot(means: pd.DataFrame, frame: pd.DataFrame, path: Path) -> None:
+def plot(means: pd.DataFrame, frame: pd.DataFrame, names: list[str], path: Path) -> None:
     """Mean hypervolume against evaluations, min-max band over seeds."""
     import matplotlib
 
@@ -153,7 +164,7 @@ def plot(means: pd.DataFrame, frame: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     spread = frame.groupby(["searcher", "evaluation"]).hypervolume
     low, high = spread.min().unstack(0), spread.max().unstack(0)
-    for name in SEARCHER_NAMES:
+    for name in names:
         ax.plot(means.index, means[name], label=name)
         ax.fill_between(means.index, low[name], high[name], alpha=0.2)
     ax.set(xlabel="evaluations", ylabel="normalised hypervolume (feasible front)", title="B3: LeNet-5, size budget")
@@ -204,6 +215,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget-kb", type=int, default=100, help="size budget of part 1, in KB")
     parser.add_argument("--amc-episodes", type=int, default=100, help="RL episodes of part 2 (0 skips it)")
+    parser.add_argument("--searchers", default=",".join(SEARCHER_NAMES), help="part 1 searchers, comma-separated "
+                        "(also rl-no-learning)")
+    parser.add_argument("--name", default=NAME, help="output name under benchmarks/out/")
     args = parser.parse_args()
     frame, summary = lenet_part(args)
     if args.amc_episodes:
@@ -211,7 +225,9 @@ def main() -> None:
         frame, summary = pd.concat([frame, amc_frame]), f"{summary}\n\n{amc_summary}"
     command = (f"python benchmarks/b3_search_efficiency.py --evaluations {args.evaluations} --seeds {args.seeds} "
                f"--budget-kb {args.budget_kb} --amc-episodes {args.amc_episodes}")
-    path = write_outputs("b3_search_efficiency", frame, summary, command)
+    if args.searchers != ",".join(SEARCHER_NAMES) or args.name != NAME:
+        command += f" --searchers {args.searchers} --name {args.name}"
+    path = write_outputs(args.name, frame, summary, command)
     print(summary)
     print(f"written: {path}")
 

@@ -6,6 +6,11 @@ terminal step evaluates the assembled :class:`~search.policy.Policy` (with the E
 external ``evaluate`` callable such as the runner's) and returns the terminal reward; the other
 steps return 0. With a cost model, :func:`envs.budget_wall.apply_wall` clamps every action so that
 the episode stays within budget.
+
+The observation (``Box(0, 1)``) is AMC/HAQ's layer embedding (index, kind, in/out channels, kernel,
+stride, input size, share of the parameters and MACs, leader flag), then the fraction of parameters
+and MACs reduced so far, the fraction remaining, the headroom to this episode's size and latency
+limits, the episode's sampled targets, and the previous (walled) action as levels.
 """
 
 from __future__ import annotations

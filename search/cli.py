@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="your model: FILE.py:factory or package.module:factory")
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
-    parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2 or recipe (default tpe)")
+    parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl or recipe (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 60)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
