@@ -25,6 +25,7 @@ from benchmarks.common import markdown_table, median, write_outputs  # noqa: E40
 from envs.device import load_device  # noqa: E402
 from envs.evaluator import Evaluator  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
+from methods.finetune import FinetuneSettings  # noqa: E402
 from search.budget import Budget  # noqa: E402
 from search.export import finetune_steps  # noqa: E402
 from search.searchers import RandomSearcher  # noqa: E402
@@ -53,10 +54,12 @@ def main() -> None:
     )
     searcher = RandomSearcher(space, Budget(), args.seed)
     proxies = {
-        "default (BN recal, no fine-tune)": evaluator.refinement(0),
-        f"short fine-tune ({args.short_steps} steps)": evaluator.refinement(args.short_steps, lr=1e-3),
+        "default (BN recal, no fine-tune)": evaluator.refinement(),
+        f"short fine-tune ({args.short_steps} steps)": evaluator.refinement(
+            FinetuneSettings(steps=args.short_steps, lr=1e-3)
+        ),
     }
-    final = evaluator.refinement(finetune_steps(evaluator, args.final_epochs), lr=1e-4)
+    final = evaluator.refinement(FinetuneSettings(steps=finetune_steps(evaluator, args.final_epochs), lr=1e-4))
     rows = []
     for index in range(args.samples):
         policy = searcher.ask().policy

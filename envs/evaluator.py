@@ -64,29 +64,16 @@ class Evaluator:
         """Seeds the cache with an earlier measurement (used when resuming)."""
         self._cache[policy.digest()] = result
 
-    def refinement(
-        self,
-        finetune_steps: int,
-        seed: int = 0,
-        lr: float | None = None,
-        distill_alpha: float = 0.0,
-        distill_temperature: float = 4.0,
-    ) -> Refinement:
-        """BatchNorm recalibration and fine-tune settings (distilling the task's model when alpha > 0)."""
+    def refinement(self, finetune: FinetuneSettings = FinetuneSettings()) -> Refinement:
+        """BatchNorm recalibration plus ``finetune`` (distilling the task's model when its alpha > 0)."""
         calibration = None
         if self.settings.bn_recalibration and has_batchnorm(self.task.model):
             calibration = self.task.train.tensors[0][: self.settings.calibration_images]
         return Refinement(
             calibration=calibration,
-            finetune=FinetuneSettings(
-                steps=finetune_steps,
-                lr=lr or self.settings.finetune_lr,
-                seed=seed,
-                distill_alpha=distill_alpha,
-                distill_temperature=distill_temperature,
-            ),
+            finetune=finetune,
             train=self.task.train,
-            teacher=self.task.model if distill_alpha > 0 else None,
+            teacher=self.task.model if finetune.distill_alpha > 0 else None,
         )
 
     def compress(self, policy: Policy, refinement: Refinement | None = None) -> CompressedModel:
@@ -97,7 +84,8 @@ class Evaluator:
             input_shape=self.task.input_shape,
             source=self.task.source,
             channel_multiple=self.device.channel_multiple,
-            refinement=refinement or self.refinement(self.settings.finetune_steps),
+            refinement=refinement
+            or self.refinement(FinetuneSettings(steps=self.settings.finetune_steps, lr=self.settings.finetune_lr)),
         )
 
     def latency_ms(self, model: nn.Module, reuse: bool = True) -> float:

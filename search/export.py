@@ -10,6 +10,7 @@ from pathlib import Path
 
 from envs.evaluator import Evaluator
 from envs.tasks import evaluate_accuracy
+from methods.finetune import FinetuneSettings
 from methods.packing import write_packed
 from search.archive import Trial
 from search.budget import Budget
@@ -146,11 +147,13 @@ def export_front(
     """
     original_bytes = 4 * sum(spec.params for spec in evaluator.layers)
     refinement = evaluator.refinement(
-        finetune_steps(evaluator, settings.finetune_epochs),
-        seed=seed,
-        lr=settings.finetune_lr,
-        distill_alpha=settings.distill_alpha,
-        distill_temperature=settings.distill_temperature,
+        FinetuneSettings(
+            steps=finetune_steps(evaluator, settings.finetune_epochs),
+            lr=settings.finetune_lr,
+            seed=seed,
+            distill_alpha=settings.distill_alpha,
+            distill_temperature=settings.distill_temperature,
+        )
     )
     measured = []
     dropped = []

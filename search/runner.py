@@ -69,7 +69,7 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     size_budget = config.budget.size_bytes
     if size_budget is not None:
         smallest = min(
-            evaluator.compress(space.most_compressed(quantizer), evaluator.refinement(0)).size_bytes
+            evaluator.compress(space.most_compressed(quantizer), evaluator.refinement()).size_bytes
             for quantizer in config.space.quantizers
         )
         if size_budget < smallest:
@@ -153,7 +153,7 @@ def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
 
 def _baseline(prepared: Prepared) -> Baseline:
     evaluator = prepared.evaluator
-    compressed = evaluator.compress(Policy(), evaluator.refinement(0))
+    compressed = evaluator.compress(Policy(), evaluator.refinement())
     result = evaluator.measure(compressed)
     return Baseline(
         val_accuracy=result.val_accuracy,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from envs.tasks import build_architecture
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.packing import write_packed
 from methods.pipeline import Refinement, compress
@@ -49,9 +50,8 @@ POLICY = Policy.from_choices({
 def factory(tmp_path: Path) -> tuple[str, nn.Module]:
     path = tmp_path / "net.py"
     path.write_text(NET)
-    namespace: dict = {}
-    exec(compile(NET, str(path), "exec"), namespace)  # noqa: S102 - the test's own fixture source
-    return f"{path}:build", namespace["build"]().eval()
+    source = f"{path}:build"
+    return source, build_architecture({"model": source}).eval()
 
 
 def _data(n: int = 64) -> TensorDataset:
