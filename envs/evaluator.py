@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from envs.device import DeviceProfile, measure_latency
 from envs.tasks import Task, evaluate_accuracy
@@ -32,10 +33,14 @@ class EvaluatorSettings:
     """Masked quantization-aware fine-tune steps per candidate (0 = none)."""
     finetune_lr: float = 1e-4
     """Learning rate of that fine-tune."""
+    saliency_images: int = 256
+    """Training images that score weights for the ``obd`` and ``taylor`` pruning saliencies."""
 
     def __post_init__(self) -> None:
         if self.calibration_images < 1 or self.finetune_steps < 0 or self.finetune_lr <= 0:
             raise ValueError("calibration_images >= 1, finetune_steps >= 0 and finetune_lr > 0 are required")
+        if self.saliency_images < 1:
+            raise ValueError("saliency_images must be at least 1")
 
 
 class Evaluator:
@@ -74,6 +79,7 @@ class Evaluator:
             finetune=finetune,
             train=self.task.train,
             teacher=self.task.model if finetune.distill_alpha > 0 else None,
+            saliency_data=TensorDataset(*(t[: self.settings.saliency_images] for t in self.task.train.tensors)),
         )
 
     def compress(self, policy: Policy, refinement: Refinement | None = None) -> CompressedModel:

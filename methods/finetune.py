@@ -31,10 +31,15 @@ class FinetuneSettings:
     """Weight of the distillation loss against the teacher's soft targets (0 = plain cross-entropy)."""
     distill_temperature: float = 4.0
     """Softmax temperature of the soft targets."""
+    prune_rounds: int = 1
+    """Iterative pruning: the steps are split over this many prune-then-retrain rounds whose sparsity
+    rises on a cubic schedule; only the last round quantizes (1 = prune once, then fine-tune)."""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("fine-tune needs steps >= 0, lr > 0 and batch_size >= 1")
+        if isinstance(self.prune_rounds, bool) or not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
+            raise ValueError(f"prune_rounds must be a positive integer, got {self.prune_rounds!r}")
         if not 0.0 <= self.distill_alpha <= 1.0 or self.distill_temperature <= 0:
             raise ValueError("distill_alpha must be in [0, 1] and distill_temperature > 0")
 

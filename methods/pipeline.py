@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -12,10 +12,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from methods.finetune import QUANTIZERS, CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.lowrank import factor_names, factorise_layers, replay_factorisation
 from methods.packing import WeightEncoding, pack, unpack
-from methods.pruning import magnitude_mask
+from methods.pruning import apply_mask, lowest_mask
+from methods.saliency import saliency_scores
 from methods.structured import History, prune_channels, replay_pruning
-from search.policy import Policy
+from search.policy import FP32_BITS, LayerChoice, Policy
 
 PACKED_MODEL_FORMAT = 1
 
@@ -49,6 +51,57 @@ class Refinement:
     """Training split for the fine-tune."""
     teacher: nn.Module | None = None
     """Original model whose soft targets the fine-tune distils (with ``finetune.distill_alpha`` > 0)."""
+    saliency_data: TensorDataset | None = None
+    """Training samples that score weights for the ``obd`` and ``taylor`` saliencies."""
+
+
+def pruning_schedule(rounds: int) -> list[float]:
+    """Fraction of the final sparsity reached after each round: ``1 - (1 - r/R)^3`` (Zhu & Gupta, 2017).
+
+    Pruning fast at first and slowly at the end leaves the last rounds' fine-tuning to recover.
+    """
+    return [1.0 - (1.0 - r / rounds) ** 3 for r in range(1, rounds + 1)]
+
+
+def _masks(
+    model: nn.Module,
+    targets: Mapping[str, LayerChoice],
+    saliency: str,
+    data: TensorDataset | None,
+    fraction: float = 1.0,
+    previous: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keep-masks at ``fraction`` of each layer's sparsity, lowest saliency first, within ``previous``."""
+    scores = saliency_scores(model, list(targets), saliency, data)
+    masks = {
+        name: lowest_mask(scores[name], choice.sparsity * fraction, None if previous is None else previous[name])
+        for name, choice in targets.items()
+    }
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        apply_mask(modules[name].weight, mask)
+    return masks
+
+
+def _iterative_pruning(
+    model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement
+) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings]:
+    """Prune-then-retrain rounds before the last (see :func:`pruning_schedule`).
+
+    Returns:
+        The masks after the second-to-last round (``None`` with one round) and the fine-tune left
+        for the final, quantization-aware round.
+    """
+    settings = refinement.finetune
+    rounds = settings.prune_rounds if settings.steps > 0 else 1
+    steps = settings.steps // rounds
+    masks = None
+    fp32 = {name: CodeSpec(FP32_BITS) for name in targets}
+    for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
+        masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks)
+        round_settings = replace(settings, steps=steps, seed=settings.seed + number)
+        masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher)
+    return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
 
 
 def compress(
@@ -66,21 +119,25 @@ def compress(
     what the file holds.
     """
     model = copy.deepcopy(base).eval()
+    unknown = sorted({name for name, _ in policy} - {name for name, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"the policy names layers the model does not have: {', '.join(unknown)}")
     keep = {name: choice.keep for name, choice in policy if choice.keep < 1.0}
     history = prune_channels(model, input_shape, keep, channel_multiple)
+    factorised = factorise_layers(model, {name: choice.rank for name, choice in policy if choice.rank < 1.0})
+    targets = {part: choice for name, choice in policy for part in factor_names(name, factorised)}
+    if refinement.finetune.steps > 0 and refinement.train is None:
+        raise ValueError("a fine-tune needs the training split")
+    previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement)
+    masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous)
+    codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}
     modules = dict(model.named_modules())
-    masks: dict[str, torch.Tensor] = {}
-    codes: dict[str, CodeSpec] = {}
     with torch.no_grad():
-        for name, choice in policy:
+        for name, choice in targets.items():
             weight = modules[name].weight
-            masks[name] = magnitude_mask(weight, choice.sparsity)
-            codes[name] = CodeSpec(choice.bits, choice.quantizer)
             weight.copy_(QUANTIZERS[choice.quantizer](weight, masks[name], choice.bits))
-    if refinement.finetune.steps > 0:
-        if refinement.train is None:
-            raise ValueError("a fine-tune needs the training split")
-        masked_finetune(model, masks, codes, refinement.train, refinement.finetune, teacher=refinement.teacher)
+    if final_finetune.steps > 0:
+        masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher)
     if refinement.calibration is not None:
         recalibrate_batchnorm(model, refinement.calibration)
     meta = {
@@ -90,6 +147,8 @@ def compress(
         "policy": policy.to_dict(),
         "history": history,
     }
+    if factorised:
+        meta["factorised"] = factorised
     encodings = {
         f"{name}.weight": WeightEncoding(masks[name], codes[name].bits, codes[name].quantizer) for name in masks
     }
@@ -103,11 +162,12 @@ def decode(blob: bytes, architecture: nn.Module, *, replay: bool = False) -> nn.
     Args:
         blob: a packed model file's bytes.
         architecture: a module of the right shape, or of the original shape with ``replay``.
-        replay: re-apply the file's structured-pruning history first.
+        replay: re-apply the file's structured pruning and low-rank factorisation first.
     """
     meta, state = unpack(blob)
     if replay:
         replay_pruning(architecture, meta["input_shape"], meta.get("history", []))
+        replay_factorisation(architecture, meta.get("factorised", {}))
     architecture.load_state_dict(state)
     return architecture.eval()
 

@@ -37,22 +37,36 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     Returns:
         Bool tensor of ``weight``'s shape (on CPU), True = kept.
     """
-    numel = weight.numel()
+    return lowest_mask(weight.detach().abs(), sparsity)
+
+
+def lowest_mask(scores: torch.Tensor, sparsity: float, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask that prunes the ``floor(sparsity * numel)`` lowest ``scores`` (ties: earlier index first).
+
+    Args:
+        scores: Importance per weight (any shape); lower is pruned first.
+        sparsity: Fraction of weights to prune, in [0, 1).
+        previous: An earlier keep-mask; its pruned positions are pruned first, so that
+            masks only shrink over the rounds of iterative pruning.
+
+    Returns:
+        Bool tensor of ``scores``' shape (on CPU), True = kept. At least one weight is kept.
+    """
+    numel = scores.numel()
     count = pruned_count(numel, sparsity)
     keep = np.ones(numel, dtype=np.bool_)
     if count:
-        values = weight.detach().cpu()
-        if values.dtype not in (torch.float32, torch.float64):
-            values = values.to(torch.float32)
-        magnitude = np.abs(values.numpy().reshape(-1))
+        values = scores.detach().cpu().to(torch.float64).numpy().reshape(-1).copy()
+        if previous is not None:
+            values[~previous.cpu().numpy().reshape(-1)] = -np.inf
         # O(n) selection instead of a full sort: everything below the count-th
-        # smallest magnitude goes, then the earliest of the weights equal to it.
-        threshold = np.partition(magnitude, count - 1)[count - 1]
-        below = magnitude < threshold
-        ties = np.flatnonzero(magnitude == threshold)[: count - int(np.count_nonzero(below))]
+        # smallest score goes, then the earliest of the scores equal to it.
+        threshold = np.partition(values, count - 1)[count - 1]
+        below = values < threshold
+        ties = np.flatnonzero(values == threshold)[: count - int(np.count_nonzero(below))]
         keep[below] = False
         keep[ties] = False
-    return torch.from_numpy(keep).reshape(weight.shape)
+    return torch.from_numpy(keep).reshape(scores.shape)
 
 
 def apply_mask(module_weight: torch.Tensor, mask: torch.Tensor) -> None:

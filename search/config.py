@@ -103,8 +103,7 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict."""
         data = asdict(self)
-        data["space"]["bits"] = list(self.space.bits)
-        data["space"]["quantizers"] = list(self.space.quantizers)
+        data["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["space"].items()}
         return data
 
     def to_yaml(self) -> str:

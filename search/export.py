@@ -49,8 +49,12 @@ class ExportSettings:
     """Weight of knowledge distillation from the original model in that fine-tune (0 = off)."""
     distill_temperature: float = 4.0
     """Temperature of the teacher's soft targets."""
+    prune_rounds: int = 1
+    """Iterative pruning in that fine-tune: prune-then-retrain rounds on a cubic sparsity schedule."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.prune_rounds, bool) or not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
+            raise ValueError(f"prune_rounds must be a positive integer, got {self.prune_rounds!r}")
         if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.max_models < 1:
             raise ValueError("finetune_epochs >= 0, finetune_lr > 0 and max_models >= 1 are required")
         if not 0.0 <= self.distill_alpha <= 1.0 or self.distill_temperature <= 0:
@@ -153,6 +157,7 @@ def export_front(
             seed=seed,
             distill_alpha=settings.distill_alpha,
             distill_temperature=settings.distill_temperature,
+            prune_rounds=settings.prune_rounds,
         )
     )
     measured = []

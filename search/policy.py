@@ -19,6 +19,8 @@ MAX_SPARSITY = 0.99
 MIN_KEEP = 0.05
 QUANTIZERS = ("linear", "kmeans")
 """Weight quantizers: per-output-channel linear codes, or a per-layer k-means codebook (weight sharing)."""
+SALIENCIES = ("magnitude", "obd", "taylor")
+"""Fine-grained pruning criteria: weight magnitude, Optimal Brain Damage, first-order Taylor."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class LayerChoice:
     """Fraction of output channels kept by structured pruning, in [0.05, 1]."""
     quantizer: str = "linear"
     """How codes map to values when ``bits`` < 32: ``linear`` or ``kmeans``."""
+    rank: float = 1.0
+    """Fraction of the layer's full rank kept by a truncated-SVD factorisation (1 = not factorised)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity <= MAX_SPARSITY:
@@ -43,10 +47,13 @@ class LayerChoice:
             raise ValueError(f"keep must be in [{MIN_KEEP}, 1], got {self.keep}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if not 0.0 < self.rank <= 1.0:
+            raise ValueError(f"rank must be in (0, 1], got {self.rank}")
         if self.bits == FP32_BITS:
             object.__setattr__(self, "quantizer", "linear")  # fp32 has no codes: one canonical form
         object.__setattr__(self, "sparsity", round(float(self.sparsity), 6))
         object.__setattr__(self, "keep", round(float(self.keep), 6))
+        object.__setattr__(self, "rank", round(float(self.rank), 6))
         object.__setattr__(self, "bits", int(self.bits))
 
     @property
@@ -55,7 +62,7 @@ class LayerChoice:
         return self.bits != FP32_BITS
 
 
-_LATER_DEFAULTS = {"quantizer": "linear"}
+_LATER_DEFAULTS = {"quantizer": "linear", "rank": 1.0}
 """Fields added after format version 1, with the default that is left out of the JSON."""
 
 
@@ -72,22 +79,26 @@ class Policy:
     """Per-layer choices keyed by module name; layers not listed stay uncompressed."""
 
     layers: tuple[tuple[str, LayerChoice], ...] = field(default_factory=tuple)
+    saliency: str = "magnitude"
+    """Which weights fine-grained pruning removes first (one criterion for the whole network)."""
 
     def __post_init__(self) -> None:
+        if self.saliency not in SALIENCIES:
+            raise ValueError(f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError("a policy names each layer at most once")
         object.__setattr__(self, "layers", tuple(sorted(self.layers)))
 
     @classmethod
-    def from_choices(cls, choices: Mapping[str, LayerChoice]) -> Policy:
+    def from_choices(cls, choices: Mapping[str, LayerChoice], saliency: str = "magnitude") -> Policy:
         """Builds a policy from a ``{module name: LayerChoice}`` mapping."""
-        return cls(tuple(choices.items()))
+        return cls(tuple(choices.items()), saliency)
 
     @classmethod
-    def uniform(cls, names: list[str], choice: LayerChoice) -> Policy:
+    def uniform(cls, names: list[str], choice: LayerChoice, saliency: str = "magnitude") -> Policy:
         """The same choice for every named layer."""
-        return cls(tuple((name, choice) for name in names))
+        return cls(tuple((name, choice) for name in names), saliency)
 
     def __getitem__(self, name: str) -> LayerChoice:
         return self.choices.get(name, LayerChoice())
@@ -109,10 +120,13 @@ class Policy:
         Fields at their default are left out when they were added after version 1, so digests of
         earlier policies stay valid.
         """
-        return {
+        data: dict[str, Any] = {
             "version": POLICY_FORMAT_VERSION,
             "layers": {name: _choice_dict(choice) for name, choice in self.layers},
         }
+        if self.saliency != "magnitude":
+            data["saliency"] = self.saliency
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
@@ -127,7 +141,8 @@ class Policy:
         layers = data.get("layers")
         if not isinstance(layers, Mapping):
             raise ValueError("policy 'layers' must be a mapping")
-        return cls(tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items()))
+        saliency = data.get("saliency", "magnitude")
+        return cls(tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items()), saliency)
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace."""

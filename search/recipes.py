@@ -10,7 +10,7 @@ import yaml
 
 from search.errors import UsageError
 from search.paths import CONFIG_DIR
-from search.policy import LayerChoice, Policy
+from search.policy import SALIENCIES, LayerChoice, Policy
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
 
@@ -22,7 +22,7 @@ def list_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
 
 def _choice(layer: str, data: Any, path: Path) -> LayerChoice:
     if not isinstance(data, Mapping):
-        raise UsageError(f"recipe {path}: layer {layer!r} must map to sparsity/bits/keep/quantizer")
+        raise UsageError(f"recipe {path}: layer {layer!r} must map to sparsity/bits/keep/quantizer/rank")
     try:
         return LayerChoice(**dict(data))
     except (TypeError, ValueError) as exc:
@@ -43,14 +43,17 @@ def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe {path} is not valid YAML") from exc
+    saliency = data.get("saliency", "magnitude")
+    if saliency not in SALIENCIES:
+        raise UsageError(f"recipe {path}: saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
     table = (data.get("tasks") or {}).get(task)
     if table is not None:
         unknown = sorted(set(table) - set(layers))
         if unknown:
             raise UsageError(f"recipe {name!r} names layers that {task!r} lacks: {', '.join(unknown)}")
-        return Policy.from_choices({layer: _choice(layer, table[layer], path) for layer in table})
+        return Policy.from_choices({layer: _choice(layer, table[layer], path) for layer in table}, saliency)
     if "default" in data:
         default = _choice("default", data["default"], path)
-        return Policy.uniform(list(layers), default)
+        return Policy.uniform(list(layers), default, saliency)
     tasks = ", ".join(sorted(data.get("tasks") or {}))
     raise UsageError(f"recipe {name!r} has no table for task {task!r} (it covers: {tasks or 'none'})")

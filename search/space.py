@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, QUANTIZERS, LayerChoice, Policy
+from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, QUANTIZERS, SALIENCIES, LayerChoice, Policy
 from search.spec import LayerSpec
 
 
@@ -39,8 +39,18 @@ class SpaceSettings:
     """Smallest kept fraction of a channel group."""
     keep_step: float = 0.125
     """Grid step of the keep ratio."""
+    ranks: tuple[float, ...] = (1.0,)
+    """Allowed low-rank fractions of a layer's full rank (1 = not factorised); searched when more than one."""
+    saliencies: tuple[str, ...] = ("magnitude",)
+    """Allowed fine-grained pruning criteria (one per policy): ``magnitude``, ``obd``, ``taylor``."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
+        if not self.ranks or any(not 0.0 < r <= 1.0 for r in self.ranks):
+            raise ValueError(f"ranks must be a non-empty set of fractions in (0, 1], got {self.ranks}")
+        object.__setattr__(self, "saliencies", tuple(dict.fromkeys(self.saliencies)))
+        if not self.saliencies or any(c not in SALIENCIES for c in self.saliencies):
+            raise ValueError(f"saliencies must be a non-empty subset of {SALIENCIES}, got {self.saliencies}")
         object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
         if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
             raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")
@@ -85,9 +95,21 @@ class SearchSpace:
         """True when channel keep ratios are part of the space."""
         return self.settings.channel_pruning and bool(self.leaders)
 
+    def _rank_layers(self) -> set[str]:
+        """Layers with a rank choice: all of them unless their specs show grouped convs (not factorisable)."""
+        if len(self.settings.ranks) < 2:
+            return set()
+        if not self.specs:
+            return set(self.layers)
+        return {spec.name for spec in self.specs if spec.groups == 1}
+
     def sample(self, suggest: Suggest) -> Policy:
         """Builds a policy from one suggestion per decision."""
         low, high, step = self._sparsity_grid()
+        saliency = self.settings.saliencies[0]
+        if len(self.settings.saliencies) > 1:
+            saliency = suggest.categorical("saliency", self.settings.saliencies)
+        rank_layers = self._rank_layers()
         choices = {}
         for name in self.layers:
             sparsity = suggest.float(f"{name}.sparsity", low, high, step) if high > 0 else 0.0
@@ -98,8 +120,9 @@ class SearchSpace:
             keep = 1.0
             if self.searches_keep and name in self.leaders:
                 keep = suggest.float(f"{name}.keep", *self._keep_grid())
-            choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer)
-        return Policy.from_choices(choices)
+            rank = suggest.categorical(f"{name}.rank", self.settings.ranks) if name in rank_layers else 1.0
+            choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer, rank=rank)
+        return Policy.from_choices(choices, saliency)
 
     def most_compressed(self, quantizer: str | None = None) -> Policy:
         """The policy with the highest sparsity, fewest bits and fewest channels the space allows.
@@ -109,6 +132,7 @@ class SearchSpace:
         """
         keep = self._keep_grid()[0] if self.searches_keep else 1.0
         sparsity = self._sparsity_grid()[1]
+        rank_layers = self._rank_layers()
         return Policy.from_choices(
             {
                 name: LayerChoice(
@@ -116,14 +140,19 @@ class SearchSpace:
                     bits=min(self.settings.bits),
                     keep=keep if name in self.leaders else 1.0,
                     quantizer=quantizer or self.settings.quantizers[0],
+                    rank=min(self.settings.ranks) if name in rank_layers else 1.0,
                 )
                 for name in self.layers
-            }
+            },
+            self.settings.saliencies[0],
         )
 
-    def params(self, policy: Policy) -> dict[str, float | int]:
+    def params(self, policy: Policy) -> dict[str, float | int | str]:
         """The suggestion values that :meth:`sample` would need to produce ``policy``."""
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
+        if len(self.settings.saliencies) > 1:
+            values["saliency"] = policy.saliency
+        rank_layers = self._rank_layers()
         for name in self.layers:
             choice = policy[name]
             if self._sparsity_grid()[1] > 0:
@@ -133,4 +162,6 @@ class SearchSpace:
                 values[f"{name}.quantizer"] = choice.quantizer
             if self.searches_keep and name in self.leaders:
                 values[f"{name}.keep"] = choice.keep
+            if name in rank_layers:
+                values[f"{name}.rank"] = choice.rank
         return values

@@ -161,3 +161,80 @@ def test_kmeans_layers_share_values_through_finetune_and_file(factory, tmp_path:
     x = torch.randn(3, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(load_model(path)(x), compressed.model(x))
+
+
+def test_low_rank_layers_pack_and_reload_exactly(factory, tmp_path: Path) -> None:
+    source, model = factory
+    policy = Policy.from_choices({
+        "stem": LayerChoice(keep=0.5),
+        "c1": LayerChoice(sparsity=0.2, bits=4, rank=0.5),
+        "fc": LayerChoice(sparsity=0.5, bits=3, quantizer="kmeans", rank=0.5),
+    })
+    data = _data()
+    refinement = Refinement(finetune=FinetuneSettings(steps=3, batch_size=16), train=data)
+    compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
+    assert compressed.meta["factorised"] == {"c1": 2, "fc": 5}  # the residual group keeps 4 of 8 channels
+    fc = compressed.model.fc
+    assert isinstance(fc, nn.Sequential) and fc[0].weight.shape == (5, 196) and fc[1].weight.shape == (10, 5)
+    for factor in fc:
+        kept = factor.weight[factor.weight != 0]
+        assert len(torch.unique(kept)) <= 2**3
+        assert int((factor.weight == 0).sum()) >= int(0.5 * factor.weight.numel())
+    path = tmp_path / "lowrank.acz"
+    write_packed(path, compressed.blob)
+    reloaded = load_model(path)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), compressed.model(x))
+    whole = compress(model, Policy.from_choices({"fc": LayerChoice(sparsity=0.5, bits=3, quantizer="kmeans")}),
+                     input_shape=(1, 28, 28), source={"model": source})
+    assert compressed.size_bytes < whole.size_bytes
+
+
+@pytest.mark.parametrize("saliency", ["obd", "taylor"])
+def test_data_driven_saliency_picks_other_weights_and_reloads(factory, tmp_path: Path, saliency: str) -> None:
+    source, model = factory
+    choices = {"c1": LayerChoice(sparsity=0.5, bits=32), "fc": LayerChoice(sparsity=0.8, bits=6)}
+    data = _data()
+    by_magnitude = compress(model, Policy.from_choices(choices), input_shape=(1, 28, 28), source={"model": source})
+    refinement = Refinement(saliency_data=data)
+    scored = compress(model, Policy.from_choices(choices, saliency), input_shape=(1, 28, 28),
+                      source={"model": source}, refinement=refinement)
+    kept = scored.model.fc.weight != 0
+    assert int(kept.sum()) == by_magnitude.model.fc.weight.count_nonzero()
+    assert not torch.equal(kept, by_magnitude.model.fc.weight != 0)
+    assert scored.meta["policy"]["saliency"] == saliency
+    path = tmp_path / "s.acz"
+    write_packed(path, scored.blob)
+    with torch.inference_mode():
+        x = torch.randn(3, 1, 28, 28)
+        assert torch.equal(load_model(path)(x), scored.model(x))
+    with pytest.raises(ValueError, match="calibration data"):
+        compress(model, Policy.from_choices(choices, saliency), input_shape=(1, 28, 28), source={"model": source})
+
+
+def test_iterative_pruning_rounds_follow_the_schedule_and_end_exact(factory, monkeypatch) -> None:
+    from methods import pipeline
+
+    source, model = factory
+    seen: list[tuple[int, float]] = []
+    real = pipeline.masked_finetune
+
+    def spy(net, masks, codes, train, settings, teacher=None):
+        fc = masks["fc"]
+        seen.append((settings.steps, 1 - fc.float().mean().item()))
+        assert torch.all(net.fc.weight[~fc] == 0)
+        real(net, masks, codes, train, settings, teacher)
+        assert torch.all(net.fc.weight[~fc] == 0)
+
+    monkeypatch.setattr(pipeline, "masked_finetune", spy)
+    policy = Policy.from_choices({"fc": LayerChoice(sparsity=0.8, bits=4)})
+    refinement = Refinement(finetune=FinetuneSettings(steps=10, batch_size=16, prune_rounds=3), train=_data())
+    compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
+    assert [steps for steps, _ in seen] == [3, 3, 4]
+    schedule = pipeline.pruning_schedule(3)
+    assert schedule[-1] == 1.0 and schedule[0] < schedule[1] < 1.0
+    for (_, sparsity), fraction in zip(seen, schedule, strict=True):
+        assert abs(sparsity - 0.8 * fraction) < 1e-3
+    weight = compressed.model.fc.weight
+    assert int((weight == 0).sum()) == int(0.8 * weight.numel())

@@ -16,9 +16,12 @@ choices = st.builds(
     bits=st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, FP32_BITS]),
     keep=st.floats(0.05, 1.0),
     quantizer=st.sampled_from(["linear", "kmeans"]),
+    rank=st.floats(0.01, 1.0),
 )
-policies = st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6).map(
-    Policy.from_choices
+policies = st.builds(
+    Policy.from_choices,
+    st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6),
+    st.sampled_from(["magnitude", "obd", "taylor"]),
 )
 
 
@@ -54,6 +57,10 @@ def test_fields_added_later_keep_earlier_digests() -> None:
     kmeans = Policy.from_choices({"fc": LayerChoice(0.5, 4, quantizer="kmeans")})
     assert kmeans.digest() != policy.digest()
     assert LayerChoice(0.5, 32, quantizer="kmeans") == LayerChoice(0.5, 32)
+    assert Policy.from_json(earlier).saliency == "magnitude" and policy["fc"].rank == 1.0
+    low_rank = Policy.from_choices({"fc": LayerChoice(0.5, 4, rank=0.5)})
+    obd = Policy.from_choices({"fc": LayerChoice(0.5, 4)}, saliency="obd")
+    assert len({policy.digest(), low_rank.digest(), obd.digest()}) == 3
 
 
 def test_json_carries_a_version_tag_and_rejects_others() -> None:
@@ -65,11 +72,18 @@ def test_json_carries_a_version_tag_and_rejects_others() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}, {"quantizer": "pq"}]
+    "kwargs",
+    [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}, {"quantizer": "pq"},
+     {"rank": 0.0}],
 )
 def test_invalid_choices_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         LayerChoice(**kwargs)
+
+
+def test_unknown_saliency_is_rejected() -> None:
+    with pytest.raises(ValueError, match="saliency"):
+        Policy.from_choices({"a": LayerChoice()}, saliency="random")
 
 
 def test_policy_is_frozen_and_unlisted_layers_are_uncompressed() -> None:

@@ -41,3 +41,12 @@ def test_bad_recipes(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("tasks:\n  lenet5:\n    conv9: {sparsity: 0.5}\n")
     with pytest.raises(UsageError, match="conv9"):
         recipe_policy("bad", "lenet5", LENET5, recipes_dir=tmp_path)
+
+
+def test_recipes_carry_rank_and_saliency(tmp_path: Path) -> None:
+    (tmp_path / "svd.yaml").write_text("saliency: obd\ndefault: {sparsity: 0.5, bits: 4, rank: 0.25}\n")
+    policy = recipe_policy("svd", "lenet5", LENET5, recipes_dir=tmp_path)
+    assert policy.saliency == "obd" and {c.rank for _, c in policy} == {0.25}
+    (tmp_path / "bad.yaml").write_text("saliency: random\ndefault: {sparsity: 0.5}\n")
+    with pytest.raises(UsageError, match="saliency"):
+        recipe_policy("bad", "lenet5", LENET5, recipes_dir=tmp_path)

@@ -4,6 +4,7 @@ import numpy as np
 
 from search.policy import LayerChoice
 from search.space import SearchSpace, SpaceSettings
+from search.spec import LayerSpec
 
 
 class _Grid:
@@ -46,8 +47,28 @@ def test_most_compressed_is_the_extreme_of_every_grid() -> None:
     assert policy["b"].keep == 1.0
 
 
+def test_rank_and_saliency_are_searched_when_offered() -> None:
+    specs = (
+        LayerSpec("a", "conv", 8, 16, 3, 1, 1, 8, 8, 1152, 73728),
+        LayerSpec("b", "depthwise", 16, 16, 3, 1, 16, 8, 8, 144, 9216),
+    )
+    settings = SpaceSettings(ranks=(0.5, 0.25, 1.0), saliencies=("obd", "taylor"))
+    space = SearchSpace(("a", "b"), (), settings, specs)
+    grid = _Grid()
+    policy = space.sample(grid)
+    assert grid.asked["a.rank"] == (0.25, 0.5, 1.0) and "b.rank" not in grid.asked  # depthwise: no rank
+    assert grid.asked["saliency"] == ("obd", "taylor") and policy.saliency == "obd"
+    assert policy["a"].rank == 0.25 and policy["b"].rank == 1.0
+    smallest = space.most_compressed()
+    assert smallest["a"].rank == 0.25 and smallest["b"].rank == 1.0
+    default = SearchSpace(("a", "b"), (), SpaceSettings(), specs)
+    grid = _Grid()
+    assert default.sample(grid).saliency == "magnitude"
+    assert not any(k.endswith(".rank") or k == "saliency" for k in grid.asked)
+
+
 def test_params_inverts_sample() -> None:
-    space = SearchSpace(("a", "b"), ("b",), SpaceSettings())
+    space = SearchSpace(("a", "b"), ("b",), SpaceSettings(ranks=(0.5, 1.0), saliencies=("magnitude", "taylor")))
     rng = np.random.default_rng(0)
 
     class _Random:
