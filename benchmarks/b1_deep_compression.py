@@ -7,6 +7,10 @@ model with the best *validation* accuracy; its test accuracy is then read off. G
 reaches >= 1.5x the recipe's compression ratio at a test accuracy no lower than the recipe's.
 
     python benchmarks/b1_deep_compression.py [--trials 150] [--epochs 8] [--searchers random,tpe,nsga2]
+        [--prune-rounds 1] [--ranks 1.0] [--saliencies magnitude]
+
+``--prune-rounds`` applies to every row's final fine-tune (iterative pruning, as Deep Compression did);
+``--ranks`` and ``--saliencies`` widen the searchers' space (low-rank factors, OBD / Taylor saliency).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ TARGET_FACTOR = 1.5
 
 def _layers(outcome: RunOutcome, rank: int) -> str:
     model = outcome.models[rank]
-    return " / ".join(
+    text = " / ".join(
         f"{name} {100 * (1 - c.sparsity):.0f}% {c.bits}b{'k' if c.quantizer == 'kmeans' else ''}"
+        + (f" r{c.rank:g}" if c.rank < 1 else "")
         for name, c in model.policy
     )
+    return text if model.policy.saliency == "magnitude" else f"{text} ({model.policy.saliency})"
 
 
 def _row(net: str, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
@@ -65,12 +71,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=8.0, help="final fine-tune epochs, the same for every row")
     parser.add_argument("--searchers", default="random,tpe,nsga2")
     parser.add_argument("--nets", default="lenet300,lenet5")
+    parser.add_argument("--prune-rounds", type=int, default=1, help="iterative pruning rounds of the final fine-tune")
+    parser.add_argument("--ranks", default="1.0", help="low-rank fractions the searchers may pick, e.g. 0.25,0.5,1.0")
+    parser.add_argument("--saliencies", default="magnitude", help="pruning criteria, e.g. magnitude,obd,taylor")
     args = parser.parse_args()
 
     runs = OUT_DIR / "b1_runs"
     shutil.rmtree(runs, ignore_errors=True)
-    export = {"finetune_epochs": args.epochs, "max_models": 6}
-    space = {"channel_pruning": False, "quantizers": ["linear", "kmeans"]}
+    export = {"finetune_epochs": args.epochs, "max_models": 6, "prune_rounds": args.prune_rounds}
+    space = {"channel_pruning": False, "quantizers": ["linear", "kmeans"],
+             "ranks": [float(r) for r in args.ranks.split(",")], "saliencies": args.saliencies.split(",")}
     rows = []
     for net in args.nets.split(","):
         def go(name: str, net: str = net, **settings: object) -> tuple[RunOutcome, float]:
@@ -96,7 +106,8 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     table = markdown_table(frame)
     command = (f"python benchmarks/b1_deep_compression.py --trials {args.trials} --epochs {args.epochs} "
-               f"--searchers {args.searchers} --nets {args.nets}")
+               f"--searchers {args.searchers} --nets {args.nets} --prune-rounds {args.prune_rounds} "
+               f"--ranks {args.ranks} --saliencies {args.saliencies}")
     path = write_outputs("b1_deep_compression", frame, table, command)
     print(table)
     print(f"written: {path}")

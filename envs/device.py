@@ -93,6 +93,11 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], device: Device
     """Median wall time in milliseconds of one forward pass at the profile's batch and threads."""
     shape = device.input_shape or tuple(input_shape)
     example = torch.randn(device.batch, *shape, generator=torch.Generator().manual_seed(0))
+    return time_forward(model, example, device)
+
+
+def time_forward(model: nn.Module, example: torch.Tensor, device: DeviceProfile) -> float:
+    """Median wall time in milliseconds of ``model(example)`` with the profile's threads, warm-up and repeats."""
     previous_threads = torch.get_num_threads()
     was_training = model.training
     model.eval()

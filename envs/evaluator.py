@@ -11,7 +11,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from envs.device import DeviceProfile, measure_latency
+from envs.latency_model import LatencyPredictor, build_predictor
 from envs.tasks import Task, evaluate_accuracy
+from envs.tasks.registry import default_cache_dir
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.pipeline import CompressedModel, Refinement, compress
@@ -19,6 +21,23 @@ from methods.structured import channel_groups
 from search.policy import Policy
 from search.result import Result
 from search.spec import LayerSpec
+
+LATENCY_MODES = ("measured", "predicted")
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """A candidate architecture whose latency was both predicted and measured."""
+
+    predicted_ms: float
+    """The latency model's prediction."""
+    measured_ms: float
+    """The real run on the device."""
+
+    @property
+    def relative_error(self) -> float:
+        """``|predicted - measured| / measured``."""
+        return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
 
 
 @dataclass(frozen=True)
@@ -35,12 +54,22 @@ class EvaluatorSettings:
     """Learning rate of that fine-tune."""
     saliency_images: int = 256
     """Training images that score weights for the ``obd`` and ``taylor`` pruning saliencies."""
+    latency: str = "measured"
+    """``measured``: run every new architecture on the device; ``predicted``: the device's latency
+    lookup table (``envs/latency_model.py``), checked against a real run every ``latency_check_every``
+    new architectures. Exported models are always measured."""
+    latency_check_every: int = 5
+    """With predicted latency, every this-many-th new architecture is also measured, to report the error."""
 
     def __post_init__(self) -> None:
         if self.calibration_images < 1 or self.finetune_steps < 0 or self.finetune_lr <= 0:
             raise ValueError("calibration_images >= 1, finetune_steps >= 0 and finetune_lr > 0 are required")
         if self.saliency_images < 1:
             raise ValueError("saliency_images must be at least 1")
+        if self.latency not in LATENCY_MODES:
+            raise ValueError(f"latency must be one of {LATENCY_MODES}, got {self.latency!r}")
+        if self.latency_check_every < 1:
+            raise ValueError("latency_check_every must be at least 1")
 
 
 class Evaluator:
@@ -54,6 +83,9 @@ class Evaluator:
         self.groups = channel_groups(task.model, task.input_shape)
         self._cache: dict[str, Result] = {}
         self._latency_by_shape: dict[tuple, float] = {}
+        self._predictor: LatencyPredictor | None = None
+        self.latency_checks: list[LatencyCheck] = []
+        """Predicted-and-measured pairs collected while searching with predicted latency."""
 
     @property
     def layer_names(self) -> list[str]:
@@ -94,12 +126,39 @@ class Evaluator:
             or self.refinement(FinetuneSettings(steps=self.settings.finetune_steps, lr=self.settings.finetune_lr)),
         )
 
+    @property
+    def predictor(self) -> LatencyPredictor:
+        """The device's latency model for this task (built, and if needed profiled, on first use)."""
+        if self._predictor is None:
+            self._predictor = build_predictor(
+                self.task.model, self.task.input_shape, self.device, default_cache_dir(), self.leaders,
+                self.device.channel_multiple,
+            )
+        return self._predictor
+
     def latency_ms(self, model: nn.Module, reuse: bool = True) -> float:
-        """Measured latency; dense models of identical shapes run identical kernels, so they share one measurement."""
+        """Latency of ``model`` on the device: measured, or predicted when the settings say so.
+
+        Dense models of identical shapes run identical kernels, so they share one value. With
+        ``reuse=False`` the model is always run for real.
+        """
         shape = tuple(tuple(p.shape) for p in model.parameters())
-        if not reuse or shape not in self._latency_by_shape:
-            self._latency_by_shape[shape] = measure_latency(model, self.task.input_shape, self.device)
+        if not reuse:
+            return measure_latency(model, self.task.input_shape, self.device)
+        if shape not in self._latency_by_shape:
+            if self.settings.latency == "predicted":
+                predicted = self.predictor(model)
+                if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
+                    measured = measure_latency(model, self.task.input_shape, self.device)
+                    self.latency_checks.append(LatencyCheck(predicted, measured))
+                self._latency_by_shape[shape] = predicted
+            else:
+                self._latency_by_shape[shape] = measure_latency(model, self.task.input_shape, self.device)
         return self._latency_by_shape[shape]
+
+    def predicted_latency_ms(self, model: nn.Module) -> float | None:
+        """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""
+        return self.predictor(model) if self.settings.latency == "predicted" else None
 
     def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
         """Validation accuracy, packed size, latency, MACs and parameters of a compressed model."""

@@ -40,3 +40,19 @@ def test_a_candidate_that_raises_is_recorded_as_failed(evaluator: Evaluator) -> 
     result = evaluator.evaluate(broken, on_error=seen.append)
     assert not result.ok and "ValueError" in result.error and "no.such.layer" in result.error and seen
     assert evaluator.evaluate(Policy.from_choices({"fc1": LayerChoice(0.5, 8)})).ok
+
+
+def test_predicted_latency_mode_uses_the_table_and_checks_it(evaluator: Evaluator) -> None:
+    from envs.evaluator import EvaluatorSettings
+
+    predicting = Evaluator(evaluator.task, FAST, EvaluatorSettings(latency="predicted", latency_check_every=2))
+    policies = [Policy.from_choices({"fc1": LayerChoice(keep=k)}) for k in (0.5, 0.75, 0.25)]
+    results = [predicting.evaluate(p) for p in policies]
+    models = [predicting.compress(p).model for p in policies]
+    assert [r.latency_ms for r in results] == [predicting.predictor(m) for m in models]
+    assert len(predicting.latency_checks) == 2  # the 1st and 3rd new architectures were also run
+    assert all(c.measured_ms > 0 and c.predicted_ms > 0 for c in predicting.latency_checks)
+    assert predicting.predicted_latency_ms(models[0]) == results[0].latency_ms
+    assert evaluator.predicted_latency_ms(models[0]) is None
+    with pytest.raises(ValueError, match="latency"):
+        EvaluatorSettings(latency="guessed")

@@ -1,0 +1,253 @@
+"""A per-device latency model: a lookup table of per-layer latencies plus a fitted end-to-end overhead.
+
+The table holds, per device profile, the measured latency of every Conv2d and Linear configuration it
+has met (shape, kept channels, input size, precision), each timed alone at the profile's batch, threads,
+warm-up and repeats. It is stored as JSON under the cache directory and grows as new shapes appear, so
+each configuration is profiled once per device.
+
+What the layers do not cover (BatchNorm, activations, residual adds, pooling, framework dispatch) is
+the *overhead*, modelled per architecture as ``a + b * activations`` (``activations``: output elements
+of the Conv2d/Linear layers per sample) and fitted by least squares on a few real end-to-end
+measurements of the model at uniform channel-keep ratios.
+
+    latency(model) ~= sum of table[layer] + a + b * activations(model)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.device import DeviceProfile, measure_latency, time_forward
+
+TABLE_VERSION = 1
+PRECISION = "fp32"
+"""Precision of eager PyTorch layers (the only runtime so far)."""
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One Conv2d or Linear call of a forward pass."""
+
+    key: str
+    """Table key: layer type, configuration, input size and precision."""
+    module: nn.Module
+    """The layer itself (used only to build a stand-alone copy for timing)."""
+    input_shape: tuple[int, ...]
+    """Input of one sample, without the batch dimension."""
+    activations: int
+    """Output elements per sample."""
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """``a + b * activations`` milliseconds spent outside the tabled layers."""
+
+    intercept_ms: float
+    """``a``: fixed cost per forward pass."""
+    per_activation_ms: float
+    """``b``: cost per output element of the Conv2d/Linear layers (one sample)."""
+
+    def __call__(self, activations: int) -> float:
+        return self.intercept_ms + self.per_activation_ms * activations
+
+
+def _key(module: nn.Module, shape: tuple[int, ...], precision: str) -> str:
+    if isinstance(module, nn.Conv2d):
+        parts = (
+            "conv", module.in_channels, module.out_channels, *module.kernel_size, *module.stride,
+            *module.padding, *module.dilation, module.groups, module.bias is not None, *shape[1:],
+        )
+    else:
+        parts = ("linear", module.in_features, module.out_features, module.bias is not None, *shape[:-1])
+    return ":".join(str(int(p) if isinstance(p, bool) else p) for p in parts) + f":{precision}"
+
+
+def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = PRECISION) -> list[LayerCall]:
+    """The Conv2d and Linear calls of one forward pass of ``model``, in execution order."""
+    calls: list[LayerCall] = []
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        shape = tuple(int(d) for d in args[0].shape[1:])
+        calls.append(LayerCall(_key(module, shape, precision), module, shape, int(out[0].numel())))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return calls
+
+
+def _standalone(module: nn.Module) -> nn.Module:
+    """A fresh layer of the same configuration (dense fp32 timing does not depend on the values)."""
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, module.bias is not None, module.padding_mode,
+        )
+    return nn.Linear(module.in_features, module.out_features, module.bias is not None)
+
+
+def profile_digest(device: DeviceProfile) -> str:
+    """Hash of everything in a profile that changes timings (its name and description excluded)."""
+    data = asdict(device)
+    for name in ("name", "description", "ray_resource"):
+        data.pop(name)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def architecture_digest(calls: Sequence[LayerCall]) -> str:
+    """Hash of an architecture's layer sequence (the key of its fitted overhead)."""
+    return hashlib.sha256("|".join(c.key for c in calls).encode()).hexdigest()[:16]
+
+
+class LatencyTable:
+    """Per-device table of layer latencies and per-architecture overheads, persisted as JSON.
+
+    Args:
+        device: the profile whose timings the table holds.
+        path: the JSON file (created on :meth:`save`; read if it exists and matches the profile).
+    """
+
+    def __init__(self, device: DeviceProfile, path: Path):
+        self.device = device
+        self.path = Path(path)
+        self.layers: dict[str, float] = {}
+        self.overheads: dict[str, Overhead] = {}
+        self.measured_layers = 0
+        """Layer configurations profiled by this instance (not read from the file)."""
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            if data.get("version") == TABLE_VERSION and data.get("profile") == profile_digest(device):
+                self.layers = {str(k): float(v) for k, v in data.get("layers", {}).items()}
+                self.overheads = {str(k): Overhead(*map(float, v)) for k, v in data.get("overheads", {}).items()}
+
+    @classmethod
+    def for_device(cls, device: DeviceProfile, cache_dir: Path) -> LatencyTable:
+        """The device's table in ``cache_dir/latency/``."""
+        return cls(device, Path(cache_dir) / "latency" / f"{device.name}-{profile_digest(device)}.json")
+
+    def layer_ms(self, call: LayerCall) -> float:
+        """The table entry of one layer call, profiling it first if it is new."""
+        if call.key not in self.layers:
+            example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
+            self.layers[call.key] = time_forward(_standalone(call.module), example, self.device)
+            self.measured_layers += 1
+        return self.layers[call.key]
+
+    def layers_ms(self, calls: Sequence[LayerCall]) -> float:
+        """Sum of the table entries of ``calls``."""
+        return sum(self.layer_ms(call) for call in calls)
+
+    def fit_overhead(self, models: Sequence[nn.Module], input_shape: Sequence[int]) -> Overhead:
+        """Fits ``a + b * activations`` to real end-to-end measurements of ``models`` (the same architecture
+        at different widths; the first one names it) and stores it.
+        """
+        rows, residuals = [], []
+        for model in models:
+            calls = layer_calls(model, input_shape)
+            measured = measure_latency(model, input_shape, self.device)
+            rows.append((1.0, float(sum(c.activations for c in calls))))
+            residuals.append(measured - self.layers_ms(calls))
+        a, b = _nonnegative_line(np.array(rows), np.array(residuals))
+        overhead = Overhead(a, b)
+        self.overheads[architecture_digest(layer_calls(models[0], input_shape))] = overhead
+        return overhead
+
+    def predict(self, model: nn.Module, input_shape: Sequence[int], overhead: Overhead) -> float:
+        """Predicted latency in milliseconds of ``model`` on the table's device."""
+        calls = layer_calls(model, input_shape)
+        return self.layers_ms(calls) + overhead(sum(c.activations for c in calls))
+
+    def save(self) -> None:
+        """Writes the table atomically (a reader never sees half a file)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": TABLE_VERSION,
+            "profile": profile_digest(self.device),
+            "device": self.device.name,
+            "layers": self.layers,
+            "overheads": {k: [v.intercept_ms, v.per_activation_ms] for k, v in self.overheads.items()},
+        }
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+        tmp.replace(self.path)
+
+
+def _nonnegative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``y ~ a + b * x[:, 1]`` with ``a, b >= 0`` (a negative cost is not physical)."""
+    best: tuple[float, float] | None = None
+    best_error = float("inf")
+    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+    candidates = [(a, b)] if a >= 0 and b >= 0 else []
+    candidates.append((max(0.0, float(np.mean(y))), 0.0))
+    if float(np.dot(x[:, 1], x[:, 1])) > 0:
+        candidates.append((0.0, max(0.0, float(np.dot(x[:, 1], y) / np.dot(x[:, 1], x[:, 1])))))
+    for a, b in candidates:
+        error = float(np.sum((x @ np.array([a, b]) - y) ** 2))
+        if error < best_error:
+            best, best_error = (float(a), float(b)), error
+    assert best is not None
+    return best
+
+
+class LatencyPredictor:
+    """Predicts one architecture's latency on one device from a :class:`LatencyTable` and its overhead."""
+
+    def __init__(self, table: LatencyTable, overhead: Overhead, input_shape: Sequence[int]):
+        self.table = table
+        self.overhead = overhead
+        self.input_shape = tuple(input_shape)
+
+    def __call__(self, model: nn.Module) -> float:
+        """Predicted latency in milliseconds; layers not yet in the table are profiled and saved."""
+        before = self.table.measured_layers
+        latency = self.table.predict(model, self.input_shape, self.overhead)
+        if self.table.measured_layers != before:
+            self.table.save()
+        return latency
+
+
+def build_predictor(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    device: DeviceProfile,
+    cache_dir: Path,
+    leaders: Sequence[str] = (),
+    channel_multiple: int = 1,
+    keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+) -> LatencyPredictor:
+    """The device's predictor for ``model``; fits the architecture's overhead once (then cached).
+
+    The overhead is fitted on the model at each of ``keeps`` (the same kept fraction for every channel
+    group led by ``leaders``), each measured end to end on the device.
+    """
+    from methods.structured import prune_channels  # local: structured pruning pulls in torch-pruning
+
+    shape = tuple(device.input_shape or input_shape)
+    table = LatencyTable.for_device(device, cache_dir)
+    overhead = table.overheads.get(architecture_digest(layer_calls(model, shape)))
+    if overhead is None:
+        variants = []
+        for keep in keeps if leaders else (1.0,):
+            variant = copy.deepcopy(model).eval()
+            prune_channels(variant, shape, {leader: keep for leader in leaders}, channel_multiple)
+            variants.append(variant)
+        overhead = table.fit_overhead(variants, shape)
+    table.save()
+    return LatencyPredictor(table, overhead, shape)
