@@ -17,6 +17,8 @@ from search.errors import UsageError
 from search.paths import DEVICES_DIR
 
 DEFAULT_DEVICE = "cpu-b32"
+RUNTIMES = ("torch", "torch-int8")
+"""``torch``: eager fp32 PyTorch; ``torch-int8``: static int8 on PyTorch's x86 backend (``methods/int8.py``)."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class DeviceProfile:
     name: str
     """Profile name (the YAML file's stem)."""
     runtime: str = "torch"
-    """Runtime that executes the model; ``torch`` (eager fp32 on the CPU)."""
+    """Runtime that executes the model: ``torch`` (eager fp32) or ``torch-int8`` (static int8, x86 backend)."""
     threads: int = 2
     """Intra-op threads while timing."""
     batch: int = 32
@@ -45,8 +47,8 @@ class DeviceProfile:
     """Free text shown in reports."""
 
     def __post_init__(self) -> None:
-        if self.runtime != "torch":
-            raise UsageError(f"device {self.name!r}: runtime {self.runtime!r} is not supported; use 'torch'")
+        if self.runtime not in RUNTIMES:
+            raise UsageError(f"device {self.name!r}: runtime {self.runtime!r} is not supported; use one of {RUNTIMES}")
         for name in ("threads", "batch", "repeats", "channel_multiple"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"device {self.name!r}: {name} must be >= 1")
@@ -54,6 +56,11 @@ class DeviceProfile:
             raise UsageError(f"device {self.name!r}: warmup must be >= 0")
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+
+    @property
+    def int8(self) -> bool:
+        """True when models run as static int8."""
+        return self.runtime == "torch-int8"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML and reports."""

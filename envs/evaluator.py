@@ -16,6 +16,7 @@ from envs.tasks import Task, evaluate_accuracy
 from envs.tasks.registry import default_cache_dir
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
+from methods.int8 import to_int8
 from methods.pipeline import CompressedModel, Refinement, compress
 from methods.structured import channel_groups
 from search.policy import Policy
@@ -132,37 +133,58 @@ class Evaluator:
         if self._predictor is None:
             self._predictor = build_predictor(
                 self.task.model, self.task.input_shape, self.device, default_cache_dir(), self.leaders,
-                self.device.channel_multiple,
+                self.device.channel_multiple, runnable=self.runnable,
             )
         return self._predictor
 
-    def latency_ms(self, model: nn.Module, reuse: bool = True) -> float:
+    def runnable(self, model: nn.Module) -> nn.Module:
+        """What runs on the device: ``model`` itself, or its int8 conversion on an int8 runtime."""
+        if not self.device.int8:
+            return model
+        return to_int8(model, self.task.train.tensors[0][: self.settings.calibration_images])
+
+    def latency_ms(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> float:
         """Latency of ``model`` on the device: measured, or predicted when the settings say so.
 
         Dense models of identical shapes run identical kernels, so they share one value. With
         ``reuse=False`` the model is always run for real.
+
+        Args:
+            model: the decoded (fp32) model; its parameter shapes key the cache.
+            reuse: allow a cached or predicted value.
+            runnable: ``self.runnable(model)`` if already built.
         """
         shape = tuple(tuple(p.shape) for p in model.parameters())
         if not reuse:
-            return measure_latency(model, self.task.input_shape, self.device)
+            return measure_latency(runnable or self.runnable(model), self.task.input_shape, self.device)
         if shape not in self._latency_by_shape:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
-                    measured = measure_latency(model, self.task.input_shape, self.device)
+                    measured = measure_latency(runnable or self.runnable(model), self.task.input_shape, self.device)
                     self.latency_checks.append(LatencyCheck(predicted, measured))
                 self._latency_by_shape[shape] = predicted
             else:
-                self._latency_by_shape[shape] = measure_latency(model, self.task.input_shape, self.device)
+                self._latency_by_shape[shape] = measure_latency(
+                    runnable or self.runnable(model), self.task.input_shape, self.device
+                )
         return self._latency_by_shape[shape]
 
     def predicted_latency_ms(self, model: nn.Module) -> float | None:
         """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""
         return self.predictor(model) if self.settings.latency == "predicted" else None
 
+    def test_accuracy(self, compressed: CompressedModel) -> float:
+        """Test-split accuracy of the compressed model as it runs on the device (report only; never searched on)."""
+        return evaluate_accuracy(self.runnable(compressed.model), self.task.test)
+
     def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
-        """Validation accuracy, packed size, latency, MACs and parameters of a compressed model."""
+        """Validation accuracy, packed size, latency, MACs and parameters of a compressed model.
+
+        Accuracy and latency are those of the model as the device runs it (int8 on an int8 runtime).
+        """
         model = compressed.model
+        runnable = self.runnable(model)
         specs = discover_layers(model, self.task.input_shape)
         compressible = {spec.name for spec in specs}
         nonzero = sum(
@@ -171,9 +193,9 @@ class Evaluator:
             if name in compressible
         )
         return Result(
-            val_accuracy=evaluate_accuracy(model, self.task.val),
+            val_accuracy=evaluate_accuracy(runnable, self.task.val),
             size_bytes=compressed.size_bytes,
-            latency_ms=self.latency_ms(model, reuse=reuse_latency),
+            latency_ms=self.latency_ms(model, reuse=reuse_latency, runnable=runnable),
             macs=total_macs(specs),
             params=sum(p.numel() for p in model.parameters()),
             nonzero_weights=nonzero,

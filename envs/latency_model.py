@@ -19,7 +19,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from envs.device import DeviceProfile, measure_latency, time_forward
 
 TABLE_VERSION = 1
 PRECISION = "fp32"
-"""Precision of eager PyTorch layers (the only runtime so far)."""
+"""Precision of eager PyTorch layers; int8 runtimes key their entries ``int8``."""
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,20 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     return calls
 
 
-def _standalone(module: nn.Module) -> nn.Module:
-    """A fresh layer of the same configuration (dense fp32 timing does not depend on the values)."""
+def _standalone(module: nn.Module, example: torch.Tensor, int8: bool) -> nn.Module:
+    """A fresh layer of the same configuration (dense timing does not depend on the values), int8 if asked."""
     if isinstance(module, nn.Conv2d):
-        return nn.Conv2d(
+        layer: nn.Module = nn.Conv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
             module.dilation, module.groups, module.bias is not None, module.padding_mode,
         )
-    return nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    else:
+        layer = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    if not int8:
+        return layer
+    from methods.int8 import to_int8  # local: only int8 devices need torch.ao
+
+    return to_int8(nn.Sequential(layer), example)
 
 
 def profile_digest(device: DeviceProfile) -> str:
@@ -131,6 +137,8 @@ class LatencyTable:
         self.overheads: dict[str, Overhead] = {}
         self.measured_layers = 0
         """Layer configurations profiled by this instance (not read from the file)."""
+        self.precision = "int8" if device.int8 else PRECISION
+        """Precision of the layers as the device runs them."""
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             if data.get("version") == TABLE_VERSION and data.get("profile") == profile_digest(device):
@@ -146,7 +154,8 @@ class LatencyTable:
         """The table entry of one layer call, profiling it first if it is new."""
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
-            self.layers[call.key] = time_forward(_standalone(call.module), example, self.device)
+            layer = _standalone(call.module, example, self.device.int8)
+            self.layers[call.key] = time_forward(layer, example, self.device)
             self.measured_layers += 1
         return self.layers[call.key]
 
@@ -154,24 +163,34 @@ class LatencyTable:
         """Sum of the table entries of ``calls``."""
         return sum(self.layer_ms(call) for call in calls)
 
-    def fit_overhead(self, models: Sequence[nn.Module], input_shape: Sequence[int]) -> Overhead:
+    def fit_overhead(
+        self,
+        models: Sequence[nn.Module],
+        input_shape: Sequence[int],
+        runnable: Callable[[nn.Module], nn.Module] = lambda model: model,
+    ) -> Overhead:
         """Fits ``a + b * activations`` to real end-to-end measurements of ``models`` (the same architecture
         at different widths; the first one names it) and stores it.
+
+        Args:
+            models: the architecture at a few widths.
+            input_shape: one sample's shape.
+            runnable: what the device runs for a model (e.g. its int8 conversion).
         """
         rows, residuals = [], []
         for model in models:
-            calls = layer_calls(model, input_shape)
-            measured = measure_latency(model, input_shape, self.device)
+            calls = layer_calls(model, input_shape, self.precision)
+            measured = measure_latency(runnable(model), input_shape, self.device)
             rows.append((1.0, float(sum(c.activations for c in calls))))
             residuals.append(measured - self.layers_ms(calls))
         a, b = _nonnegative_line(np.array(rows), np.array(residuals))
         overhead = Overhead(a, b)
-        self.overheads[architecture_digest(layer_calls(models[0], input_shape))] = overhead
+        self.overheads[architecture_digest(layer_calls(models[0], input_shape, self.precision))] = overhead
         return overhead
 
     def predict(self, model: nn.Module, input_shape: Sequence[int], overhead: Overhead) -> float:
         """Predicted latency in milliseconds of ``model`` on the table's device."""
-        calls = layer_calls(model, input_shape)
+        calls = layer_calls(model, input_shape, self.precision)
         return self.layers_ms(calls) + overhead(sum(c.activations for c in calls))
 
     def save(self) -> None:
@@ -231,23 +250,24 @@ def build_predictor(
     leaders: Sequence[str] = (),
     channel_multiple: int = 1,
     keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+    runnable: Callable[[nn.Module], nn.Module] = lambda model: model,
 ) -> LatencyPredictor:
     """The device's predictor for ``model``; fits the architecture's overhead once (then cached).
 
     The overhead is fitted on the model at each of ``keeps`` (the same kept fraction for every channel
-    group led by ``leaders``), each measured end to end on the device.
+    group led by ``leaders``), each measured end to end on the device as ``runnable`` makes it.
     """
     from methods.structured import prune_channels  # local: structured pruning pulls in torch-pruning
 
     shape = tuple(device.input_shape or input_shape)
     table = LatencyTable.for_device(device, cache_dir)
-    overhead = table.overheads.get(architecture_digest(layer_calls(model, shape)))
+    overhead = table.overheads.get(architecture_digest(layer_calls(model, shape, table.precision)))
     if overhead is None:
         variants = []
         for keep in keeps if leaders else (1.0,):
             variant = copy.deepcopy(model).eval()
             prune_channels(variant, shape, {leader: keep for leader in leaders}, channel_multiple)
             variants.append(variant)
-        overhead = table.fit_overhead(variants, shape)
+        overhead = table.fit_overhead(variants, shape, runnable)
     table.save()
     return LatencyPredictor(table, overhead, shape)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.evaluator import Evaluator
-from envs.tasks import evaluate_accuracy
 from methods.finetune import FinetuneSettings
 from methods.packing import write_packed
 from search.archive import Trial
@@ -171,7 +170,7 @@ def export_front(
             if on_step is not None:
                 on_step()
             continue
-        test_accuracy = evaluate_accuracy(compressed.model, evaluator.task.test)
+        test_accuracy = evaluator.test_accuracy(compressed)
         measured.append((trial, compressed, result, test_accuracy))
         if on_step is not None:
             on_step()

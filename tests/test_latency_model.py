@@ -69,3 +69,12 @@ def test_predictor_fits_once_per_architecture_and_is_cached(tmp_path: Path) -> N
     assert cached.overhead == predictor.overhead and cached.table.measured_layers == 0
     assert cached.table.layers == entries
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
+
+
+def test_int8_devices_profile_int8_layers(tmp_path: Path) -> None:
+    int8 = dataclasses.replace(FAST, name="test-int8", runtime="torch-int8")
+    table = LatencyTable.for_device(int8, tmp_path)
+    calls = layer_calls(_Net(), (1, 12, 12), table.precision)
+    assert table.layers_ms(calls) > 0
+    assert all(key.endswith(":int8") for key in table.layers)
+    assert table.path != LatencyTable.for_device(FAST, tmp_path).path
