@@ -69,21 +69,38 @@ class DeviceProfile:
         return data
 
 
+AUTO_DEVICE = "auto"
+"""Device name that profiles this machine once and caches the profile (``envs/device_auto.py``)."""
+
+
 def list_devices(devices_dir: Path = DEVICES_DIR) -> list[str]:
-    """Names of the shipped device profiles."""
-    return sorted(p.stem for p in devices_dir.glob("*.yaml"))
+    """Names of the shipped device profiles, then ``auto``."""
+    return sorted(p.stem for p in devices_dir.glob("*.yaml")) + [AUTO_DEVICE]
 
 
 def load_device(name: str, devices_dir: Path = DEVICES_DIR) -> DeviceProfile:
-    """Loads ``configs/devices/<name>.yaml``.
+    """Loads ``configs/devices/<name>.yaml``, or this machine's profile for ``auto``.
 
     Raises:
         UsageError: for an unknown name or a malformed profile.
     """
+    if name == AUTO_DEVICE:
+        from envs.device_auto import auto_device  # local: profiling imports the int8 tooling
+
+        return auto_device()
     path = devices_dir / f"{name}.yaml"
     if not name or "/" in name or not path.is_file():
         known = ", ".join(list_devices(devices_dir)) or "none"
         raise UsageError(f"unknown device {name!r}; choose one of: {known}")
+    return read_profile(path, name)
+
+
+def read_profile(path: Path, name: str) -> DeviceProfile:
+    """Reads one profile file.
+
+    Raises:
+        UsageError: for a malformed profile.
+    """
     try:
         data = yaml.safe_load(path.read_text()) or {}
         known_fields = {f.name for f in fields(DeviceProfile)}

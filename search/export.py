@@ -24,6 +24,7 @@ PARETO_COLUMNS = [
     "search_val_accuracy",
     "size_bytes",
     "latency_ms",
+    "predicted_latency_ms",
     "macs",
     "params",
     "compression_ratio",
@@ -82,6 +83,8 @@ class ExportedModel:
     """Bytes of the exported file."""
     latency_ms: float
     """Latency of the exported model, measured again on the device profile."""
+    predicted_latency_ms: float | None
+    """The device's latency model's prediction for it (``None`` when the search measured latency)."""
     macs: int
     """MACs per sample."""
     params: int
@@ -99,6 +102,7 @@ class ExportedModel:
             "search_val_accuracy": self.search_val_accuracy,
             "size_bytes": self.size_bytes,
             "latency_ms": round(self.latency_ms, 4),
+            "predicted_latency_ms": "" if self.predicted_latency_ms is None else round(self.predicted_latency_ms, 4),
             "macs": self.macs,
             "params": self.params,
             "compression_ratio": round(self.compression_ratio, 3),
@@ -171,21 +175,22 @@ def export_front(
                 on_step()
             continue
         test_accuracy = evaluator.test_accuracy(compressed)
-        measured.append((trial, compressed, result, test_accuracy))
+        predicted = evaluator.predicted_latency_ms(compressed.model)
+        measured.append((trial, compressed, result, test_accuracy, predicted))
         if on_step is not None:
             on_step()
-    points = [(r.val_accuracy, float(r.size_bytes), r.latency_ms) for _, _, r, _ in measured]
+    points = [(r.val_accuracy, float(r.size_bytes), r.latency_ms) for _, _, r, _, _ in measured]
     front = set(non_dominated(points))
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)
     exported = []
-    for index, (trial, compressed, result, test_accuracy) in enumerate(measured):
+    for index, (trial, compressed, result, test_accuracy, predicted) in enumerate(measured):
         if index not in front:
             dropped.append(Dropped(trial.number, "dominated after the final fine-tune"))
             continue
         name = f"models/trial{trial.number:04d}-{trial.policy.digest()[:8]}{MODEL_SUFFIX}"
         write_packed(run_dir / name, compressed.blob)
-        exported.append((trial, name, result, test_accuracy))
+        exported.append((trial, name, result, test_accuracy, predicted))
     exported.sort(key=lambda item: (item[2].size_bytes, -item[2].val_accuracy))
     return [
         ExportedModel(
@@ -198,11 +203,12 @@ def export_front(
             test_accuracy=test_accuracy,
             size_bytes=result.size_bytes,
             latency_ms=result.latency_ms,
+            predicted_latency_ms=predicted,
             macs=result.macs,
             params=result.params,
             compression_ratio=original_bytes / result.size_bytes,
         )
-        for rank, (trial, name, result, test_accuracy) in enumerate(exported)
+        for rank, (trial, name, result, test_accuracy, predicted) in enumerate(exported)
     ], dropped
 
 
