@@ -4,22 +4,72 @@ Removing an output channel of one layer also resizes every layer that depends on
 (BatchNorm, the next layer's inputs, the other side of a residual add, ...). Coupled
 layers form one *channel group*; the group's keep ratio is the one the policy gives
 its leader (the first layer of the group in the graph).
+
+Which channels of a group go is set by an importance criterion (``CHANNEL_IMPORTANCES``),
+computed by Torch-Pruning's importance classes over the layers of the group:
+
+* ``l1``: mean group L1 magnitude of conv/linear weights and BatchNorm scales (the default);
+* ``l2``: the same with squared (L2) magnitudes;
+* ``bn``: mean ``|gamma|`` of the group's BatchNorm layers (network slimming); groups
+  without an affine BatchNorm fall back to ``l1``;
+* ``taylor``: first-order Taylor saliency ``|w * dL/dw|`` of the group's conv/linear weights
+  (Molchanov et al., 2019), from one eval-mode cross-entropy forward/backward pass over
+  calibration data given by the caller.
+
+Torch-Pruning's graph does not understand every way a forward pass can mix channels
+(``torch.roll`` or ``flip`` over channels, channel shuffles, a gate with one channel
+broadcast over many, ``chunk``, ``repeat``, weights used through ``F.conv2d``, grouped
+non-depthwise convs, ...): it may then crash, build a model that no longer runs, or one
+that silently computes something else. Every pruning step is therefore checked:
+:func:`prune_channels` raises :class:`ChannelPruningError` (a ``UsageError``) naming the
+group's leader, and :func:`channel_groups` leaves out, with a warning, the groups that fail
+a trial pruning, so that searches prune the rest of the network and never a broken group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn import functional as F
 
 from search.errors import UsageError
 
+logger = logging.getLogger(__name__)
+
 History = list[list[Any]]
 """Torch-Pruning's pruning history: ``[module name, is-out-channel, [indices]]`` entries."""
+CalibrationData = tuple[torch.Tensor, torch.Tensor]
+"""``(inputs, int64 labels)`` for the data-driven ``taylor`` criterion."""
+
+CHANNEL_IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")
+"""Channel importance criteria understood by :func:`prune_channels`."""
+TRIAL_KEEP = 0.5
+"""Keep ratio of the trial pruning with which :func:`channel_groups` tests each group."""
+CHECK_BATCH = 2
+"""Samples of the random input on which every pruning step is checked."""
+CHECK_TOLERANCE = 1e-4
+"""Relative tolerance of that check (float sums in another order differ by about 1e-7)."""
+DISABLE_HINT = "keep that group at 1.0 or disable channel pruning (space: channel_pruning: false)"
+"""How a user gets around a group that cannot be pruned."""
+
+
+class ChannelPruningError(UsageError):
+    """Pruning one channel group breaks the model (a pattern the dependency graph mis-tracks)."""
+
+    def __init__(self, leader: str, problem: str) -> None:
+        super().__init__(f"channel pruning of the group led by {leader!r} {problem}; {DISABLE_HINT}")
+        self.leader = leader
+        """Leader of the group whose pruning failed."""
+        self.problem = problem
+        """What went wrong, as a verb phrase (e.g. "left a model that no longer runs (...)")."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +85,14 @@ class ChannelGroup:
 
 
 def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph, traced in eval mode (the model's mode is restored)."""
+    was_training = model.training
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
     except Exception as exc:  # noqa: BLE001 - tracing a user's model can fail in many ways
         raise UsageError(f"cannot trace the model's channel dependencies ({exc}); disable channel pruning") from exc
+    finally:
+        model.train(was_training)
 
 
 def _classifier(model: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -52,7 +106,11 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
     names = graph._module2name  # noqa: SLF001 - Torch-Pruning exposes no public accessor
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     found = []
-    for group in graph.get_all_groups(ignored_layers=_classifier(model, graph)):
+    try:
+        all_groups = list(graph.get_all_groups(ignored_layers=_classifier(model, graph)))
+    except Exception as exc:  # noqa: BLE001 - grouping a user's model can fail in many ways
+        raise UsageError(f"cannot group the model's channels ({exc}); disable channel pruning") from exc
+    for group in all_groups:
         root = group[0].dep.target.module
         members = []
         for item in group:
@@ -60,7 +118,7 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
             if isinstance(module, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
                 members.append(names[module])
         channels = graph.get_out_channels(root)
-        if channels is None or channels < 2:
+        if not members or channels is None or channels < 2:  # e.g. led by a ConvTranspose2d
             continue
         members.sort(key=order.__getitem__)
         found.append((root, ChannelGroup(leader=members[0], members=tuple(members), channels=int(channels))))
@@ -68,8 +126,32 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
 
 
 def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
-    """Lists the model's prunable channel groups (the classifier output is excluded)."""
-    return [group for _, group in _groups(model, _graph(model, input_shape))]
+    """Lists the model's prunable channel groups (the classifier output is excluded).
+
+    Each group is tested by a trial pruning of a copy (every group at ``TRIAL_KEEP``, checked
+    as in :func:`prune_channels`); groups whose pruning breaks the model are left out, with a
+    warning naming their leader, so that the rest of the network can still be pruned.
+    """
+    found = [group for _, group in _groups(model, _graph(model, input_shape))]
+    broken = _unprunable(model, input_shape, found)
+    return [group for group in found if group.leader not in broken]
+
+
+def _unprunable(model: nn.Module, input_shape: Sequence[int], groups: Sequence[ChannelGroup]) -> set[str]:
+    """Leaders of the groups whose trial pruning fails; one fresh trial per failure found."""
+    broken: set[str] = set()
+    while len(broken) < len(groups):
+        keep = {group.leader: TRIAL_KEEP for group in groups if group.leader not in broken}
+        try:
+            prune_channels(copy.deepcopy(model), input_shape, keep)
+        except ChannelPruningError as exc:
+            if exc.leader in broken or exc.leader not in keep:
+                raise
+            logger.warning("leaving channel group %r unpruned: its trial pruning %s", exc.leader, exc.problem)
+            broken.add(exc.leader)
+            continue
+        break
+    return broken
 
 
 def kept_channels(channels: int, keep: float, multiple: int = 1) -> int:
@@ -79,9 +161,155 @@ def kept_channels(channels: int, keep: float, multiple: int = 1) -> int:
     return int(min(channels, max(kept, min(multiple, channels), 1)))
 
 
-def _importance(graph_group: Any) -> torch.Tensor:
-    scorer = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
-    return scorer(graph_group)
+def _l1() -> tp.importance.Importance:
+    return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
+
+
+def _scorer(importance: str) -> tp.importance.Importance:
+    """Torch-Pruning's scorer of one criterion; no normaliser, so scores keep their raw order."""
+    if importance == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
+    if importance == "bn":
+        return tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None)
+    if importance == "taylor":
+        return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
+    return _l1()
+
+
+def _scores(graph_group: Any, scorer: tp.importance.Importance) -> torch.Tensor:
+    """Per-channel importance of a full group; ``l1`` when ``scorer`` finds nothing to score."""
+    scores = scorer(graph_group)
+    return _l1()(graph_group) if scores is None else scores
+
+
+def _check_arguments(importance: str, data: CalibrationData | None) -> None:
+    if importance not in CHANNEL_IMPORTANCES:
+        raise ValueError(f"unknown channel importance {importance!r}; choose one of {', '.join(CHANNEL_IMPORTANCES)}")
+    if importance == "taylor":
+        if data is None:
+            raise ValueError("the 'taylor' channel importance needs calibration data: pass data=(inputs, labels)")
+        if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+            raise ValueError("data must be a pair of tensors (inputs, labels)")
+
+
+@contextmanager
+def _kept_flags(model: nn.Module) -> Iterator[None]:
+    """Restores the train/eval mode and each parameter's ``requires_grad`` on exit.
+
+    Parameters are matched by name: pruning replaces the parameter objects (and Torch-Pruning
+    switches the model to eval mode while tracing).
+    """
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    was_training = model.training
+    try:
+        yield
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags.get(name, True))
+        model.train(was_training)
+
+
+@contextmanager
+def _gradients(model: nn.Module, data: CalibrationData | None) -> Iterator[None]:
+    """Fills every parameter's ``.grad`` with the eval-mode cross-entropy gradient on ``data``.
+
+    Does nothing without data. Every ``.grad`` is cleared on exit; call under :func:`_kept_flags`.
+    """
+    if data is None:
+        yield
+        return
+    try:
+        model.eval()
+        for param in model.parameters():
+            param.grad = None
+            param.requires_grad_(True)
+        inputs, labels = data
+        with torch.enable_grad():
+            F.cross_entropy(model(inputs), labels).backward()
+        yield
+    finally:
+        for param in model.parameters():
+            param.grad = None
+
+
+def _zero_consumers(graph: tp.DependencyGraph, graph_group: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zeroes the weights with which the group's consumers read its dropped channels, in place.
+
+    Returns ``(weight, original copy)`` pairs to restore them.
+    """
+    saved = []
+    for item in graph_group:
+        module, idxs = item.dep.target.module, list(item.idxs)
+        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not idxs:
+            continue
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        weight = module.weight.data
+        saved.append((weight, weight.clone()))
+        if isinstance(module, nn.Linear):
+            weight[:, idxs] = 0
+        elif module.transposed:
+            weight[idxs] = 0
+        else:  # (out, in / groups, ...): input channel i reaches the outputs of group i // (in / groups)
+            per_group, out_per_group = module.in_channels // module.groups, module.out_channels // module.groups
+            for idx in idxs:
+                first = idx // per_group * out_per_group
+                weight[first : first + out_per_group, idx % per_group] = 0
+    return saved
+
+
+def _reference(graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """What the model computes when later layers ignore the channels ``graph_group`` drops."""
+    saved = _zero_consumers(graph, graph_group)
+    try:
+        out = model(example)
+    except Exception as exc:  # noqa: BLE001 - a user's model can fail in many ways
+        raise UsageError(f"the model fails on a random batch of shape {tuple(example.shape)} ({exc})") from exc
+    finally:
+        for weight, original in saved:
+            weight.copy_(original)
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"channel pruning needs a model that returns a tensor, not {type(out).__name__}")
+    return out
+
+
+def _prune_checked(
+    graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor, leader: str
+) -> None:
+    """Prunes one group, then checks the model's output equals :func:`_reference`'s."""
+    reference = _reference(graph, graph_group, model, example)
+    try:
+        graph_group.prune()
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on patterns it mis-tracks
+        raise ChannelPruningError(leader, f"failed inside Torch-Pruning ({type(exc).__name__}: {exc})") from exc
+    try:
+        pruned = model(example)
+    except Exception as exc:  # noqa: BLE001 - a mis-pruned model fails in many ways
+        raise ChannelPruningError(leader, f"left a model that no longer runs ({type(exc).__name__}: {exc})") from exc
+    if pruned.shape != reference.shape:
+        raise ChannelPruningError(leader, f"changed the model's output shape to {tuple(pruned.shape)}")
+    error = float((pruned - reference).abs().max()) / (float(reference.abs().max()) + 1e-12)
+    if not error <= CHECK_TOLERANCE:
+        raise ChannelPruningError(
+            leader,
+            f"changed what the kept channels compute (relative error {error:.2g}): the dependency graph "
+            "mis-tracks how this model mixes channels (e.g. torch.roll, flip, a channel shuffle, a shared weight, "
+            "a grouped conv) or a layer normalises across channels (GroupNorm, LayerNorm)",
+        )
+
+
+def _select(
+    graph: tp.DependencyGraph, root: nn.Module, group: ChannelGroup, n_keep: int, scorer: tp.importance.Importance
+) -> Any:
+    """The Torch-Pruning group that drops the ``channels - n_keep`` least important channels."""
+    pruner = graph.get_pruner_of_module(root)
+    try:
+        full = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(group.channels)))
+        order = torch.argsort(_scores(full, scorer), stable=True)
+        drop = sorted(int(i) for i in order[: group.channels - n_keep])
+        return graph.get_pruning_group(root, pruner.prune_out_channels, drop)
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on patterns it mis-tracks
+        raise ChannelPruningError(group.leader, f"failed inside Torch-Pruning ({type(exc).__name__}: {exc})") from exc
 
 
 def prune_channels(
@@ -89,31 +317,48 @@ def prune_channels(
     input_shape: Sequence[int],
     keep: Mapping[str, float],
     multiple: int = 1,
+    importance: str = "l1",
+    data: CalibrationData | None = None,
 ) -> History:
-    """Physically removes the least important (group L1) output channels, in place.
+    """Physically removes the least important output channels of each group, in place.
+
+    Groups are pruned one after the other, each scored on the model as earlier groups left it
+    (``taylor`` gradients come from one pass over the unpruned model and are pruned along).
+    After each group, the model is run in eval mode on a small random batch and compared with
+    the model before that step whose later layers ignore the dropped channels; a failure inside
+    Torch-Pruning, a model that no longer runs or a different output raises
+    :class:`ChannelPruningError` naming the group's leader. Groups that mix channel statistics
+    (GroupNorm, LayerNorm over channels) also fail this check. The model is then left partially
+    pruned: prune a copy.
 
     Args:
-        model: network to prune; modified in place.
+        model: network to prune; modified in place. Its mode and ``requires_grad`` flags are kept;
+            ``taylor`` clears every ``.grad``.
         input_shape: one sample's shape, for tracing.
         keep: kept fraction per group leader; leaders not listed keep everything.
         multiple: kept channel counts are rounded to this multiple.
+        importance: channel criterion, one of ``CHANNEL_IMPORTANCES`` (see the module docstring).
+        data: ``(inputs, labels)`` calibration batch; required by ``taylor``, unused otherwise.
 
     Returns:
         The pruning history, JSON-serialisable, replayable with :func:`replay_pruning`.
+
+    Raises:
+        ValueError: an unknown criterion, or ``taylor`` without data.
+        ChannelPruningError: pruning a group breaks the model (a :class:`UsageError`).
     """
+    _check_arguments(importance, data)
     if all(ratio >= 1.0 for ratio in keep.values()):
         return []
     graph = _graph(model, input_shape)
-    for root, group in _groups(model, graph):
-        ratio = keep.get(group.leader, 1.0)
-        n_keep = kept_channels(group.channels, ratio, multiple)
-        if n_keep >= group.channels:
-            continue
-        pruner = graph.get_pruner_of_module(root)
-        full = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(group.channels)))
-        order = torch.argsort(_importance(full), stable=True)
-        drop = sorted(int(i) for i in order[: group.channels - n_keep])
-        graph.get_pruning_group(root, pruner.prune_out_channels, drop).prune()
+    example = torch.randn(CHECK_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
+    scorer = _scorer(importance)
+    with _kept_flags(model), _gradients(model, data if importance == "taylor" else None), torch.no_grad():
+        model.eval()
+        for root, group in _groups(model, graph):
+            n_keep = kept_channels(group.channels, keep.get(group.leader, 1.0), multiple)
+            if n_keep < group.channels:
+                _prune_checked(graph, _select(graph, root, group, n_keep, scorer), model, example, group.leader)
     return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
 
 

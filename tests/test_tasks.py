@@ -24,6 +24,7 @@ from envs.tasks import (
     train_model,
 )
 from envs.tasks.data import data_fingerprint, materialize, split_indices
+from envs.tasks.mobilenet import InvertedResidual
 from envs.tasks.models import count_parameters
 from search.errors import UsageError
 
@@ -103,7 +104,7 @@ def test_materialize_casts_and_rejects_bad_datasets() -> None:
 
 
 def test_builtin_architectures() -> None:
-    assert DEFAULT_TASK == "resnet" and set(TASK_NAMES) == {"lenet300", "lenet5", "resnet"}
+    assert DEFAULT_TASK == "resnet" and set(TASK_NAMES) == {"lenet300", "lenet5", "resnet", "mobilenet"}
     assert count_parameters(build_architecture({"task": "lenet300"})) == 266_610
     assert count_parameters(build_architecture({"task": "lenet5"})) == 431_080
     resnet = build_architecture({"task": "resnet"})
@@ -112,6 +113,25 @@ def test_builtin_architectures() -> None:
     for name in TASK_NAMES:
         out = build_architecture({"task": name}).eval()(torch.zeros(2, 1, 28, 28))
         assert tuple(out.shape) == (2, 10)
+
+
+def test_mobilenet_architecture() -> None:
+    """Built from the factory only: ``load_task("mobilenet")`` would train it."""
+    model = registry.TASKS["mobilenet"].factory()
+    assert count_parameters(model) == 192_906
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    assert [b.residual for b in blocks] == [True, False, True, False, True, False, True]
+    for block in blocks:
+        depthwise = [m for m in block.block if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert len(depthwise) == 1 and depthwise[0].groups == depthwise[0].in_channels == depthwise[0].out_channels
+        assert isinstance(block.block[-1], nn.BatchNorm2d)  # linear bottleneck: no activation after the projection
+    relus = sum(isinstance(m, nn.ReLU6) for m in model.modules())
+    assert relus == 2 + 2 * 7 - 1  # stem, head, two per block but the first block has no expand conv
+    model.eval()
+    x = torch.randn(3, 1, 28, 28)
+    features = model.blocks(model.stem(x))
+    assert tuple(features.shape) == (3, 80, 7, 7)
+    assert tuple(model(x).shape) == (3, 10)
 
 
 def test_builtin_task_loads_and_caches(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from envs.tasks import models
+from envs.tasks import mobilenet, models
 from envs.tasks.data import Splits, data_fingerprint, mnist_splits
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
@@ -67,6 +68,11 @@ TASKS: dict[str, TaskSpec] = {
         models.ResNet,
         TrainRecipe(epochs=4, lr=2e-3, batch_size=32, schedule="cosine"),
         "BatchNorm ResNet (3 stages, 2.0M params, ~8 MB fp32) on MNIST-5k",
+    ),
+    "mobilenet": TaskSpec(
+        mobilenet.MobileNetV2,
+        TrainRecipe(epochs=8, lr=2e-3, batch_size=32, schedule="cosine"),
+        "MobileNetV2 (inverted residuals, depthwise convs, 193k params, ~0.8 MB fp32) on MNIST-5k",
     ),
 }
 """Registry of built-in tasks, by name."""
@@ -235,7 +241,7 @@ def load_task(
         name = task if task is not None else DEFAULT_TASK
         recipe = _builtin(name).recipe
         source = {"task": name}
-        code = hashlib.sha256(Path(models.__file__).read_bytes()).hexdigest()[:16]
+        code = hashlib.sha256(Path(inspect.getfile(_builtin(name).factory)).read_bytes()).hexdigest()[:16]
     else:
         ref = parse_factory(model, "model")
         name, recipe, source = f"user:{ref.display}", USER_RECIPE, {"model": ref.source}
