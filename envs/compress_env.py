@@ -251,7 +251,8 @@ class CompressEnv(gym.Env):
     def policy_of(self, choices: Sequence[LayerChoice]) -> Policy:
         """The policy of one choice per layer (episode order)."""
         choices_by_layer = dict(zip(self.space.layers, choices, strict=True))
-        return Policy.from_choices(choices_by_layer, self.space.settings.saliencies[0])
+        settings = self.space.settings
+        return Policy.from_choices(choices_by_layer, settings.saliencies[0], settings.channel_importances[0])
 
     @property
     def reference(self) -> Reference:

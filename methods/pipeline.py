@@ -123,7 +123,11 @@ def compress(
     if unknown:
         raise ValueError(f"the policy names layers the model does not have: {', '.join(unknown)}")
     keep = {name: choice.keep for name, choice in policy if choice.keep < 1.0}
-    history = prune_channels(model, input_shape, keep, channel_multiple)
+    data = refinement.saliency_data
+    history = prune_channels(
+        model, input_shape, keep, channel_multiple, importance=policy.channel_importance,
+        data=None if data is None else (data.tensors[0], data.tensors[1]),
+    )
     factorised = factorise_layers(model, {name: choice.rank for name, choice in policy if choice.rank < 1.0})
     targets = {part: choice for name, choice in policy for part in factor_names(name, factorised)}
     if refinement.finetune.steps > 0 and refinement.train is None:

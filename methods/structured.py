@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from search.errors import UsageError
+from search.policy import CHANNEL_IMPORTANCES
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,6 @@ History = list[list[Any]]
 """Torch-Pruning's pruning history: ``[module name, is-out-channel, [indices]]`` entries."""
 CalibrationData = tuple[torch.Tensor, torch.Tensor]
 """``(inputs, int64 labels)`` for the data-driven ``taylor`` criterion."""
-
-CHANNEL_IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn", "taylor")
-"""Channel importance criteria understood by :func:`prune_channels`."""
 TRIAL_KEEP = 0.5
 """Keep ratio of the trial pruning with which :func:`channel_groups` tests each group."""
 CHECK_BATCH = 2
@@ -85,10 +83,15 @@ class ChannelGroup:
 
 
 def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph, traced in eval mode (the model's mode is restored)."""
+    """Torch-Pruning's dependency graph, traced in eval mode (the model's mode is restored).
+
+    Tracing needs autograd, so it works even when the caller runs under ``torch.no_grad`` or
+    ``torch.inference_mode``.
+    """
     was_training = model.training
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
+        with torch.inference_mode(False), torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
     except Exception as exc:  # noqa: BLE001 - tracing a user's model can fail in many ways
         raise UsageError(f"cannot trace the model's channel dependencies ({exc}); disable channel pruning") from exc
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from envs.tasks import build_architecture
@@ -30,4 +31,5 @@ def load_model(path: str | Path) -> nn.Module:
         meta, _ = unpack(blob)
     except PackFormatError as exc:
         raise UsageError(f"{path} is not a packed model file: {exc}") from exc
-    return decode(blob, build_architecture(meta["source"]), replay=True)
+    with torch.inference_mode(False):  # rebuilding replays pruning, which traces with autograd
+        return decode(blob, build_architecture(meta["source"]), replay=True)

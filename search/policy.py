@@ -21,6 +21,8 @@ QUANTIZERS = ("linear", "kmeans")
 """Weight quantizers: per-output-channel linear codes, or a per-layer k-means codebook (weight sharing)."""
 SALIENCIES = ("magnitude", "obd", "taylor")
 """Fine-grained pruning criteria: weight magnitude, Optimal Brain Damage, first-order Taylor."""
+CHANNEL_IMPORTANCES = ("l1", "l2", "bn", "taylor")
+"""Structured pruning criteria: group L1 / L2 magnitude, BatchNorm scale, first-order Taylor."""
 
 
 @dataclass(frozen=True)
@@ -81,19 +83,27 @@ class Policy:
     layers: tuple[tuple[str, LayerChoice], ...] = field(default_factory=tuple)
     saliency: str = "magnitude"
     """Which weights fine-grained pruning removes first (one criterion for the whole network)."""
+    channel_importance: str = "l1"
+    """Which channels structured pruning removes first (one criterion for the whole network)."""
 
     def __post_init__(self) -> None:
         if self.saliency not in SALIENCIES:
             raise ValueError(f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
+        if self.channel_importance not in CHANNEL_IMPORTANCES:
+            raise ValueError(
+                f"channel_importance must be one of {CHANNEL_IMPORTANCES}, got {self.channel_importance!r}"
+            )
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError("a policy names each layer at most once")
         object.__setattr__(self, "layers", tuple(sorted(self.layers)))
 
     @classmethod
-    def from_choices(cls, choices: Mapping[str, LayerChoice], saliency: str = "magnitude") -> Policy:
+    def from_choices(
+        cls, choices: Mapping[str, LayerChoice], saliency: str = "magnitude", channel_importance: str = "l1"
+    ) -> Policy:
         """Builds a policy from a ``{module name: LayerChoice}`` mapping."""
-        return cls(tuple(choices.items()), saliency)
+        return cls(tuple(choices.items()), saliency, channel_importance)
 
     @classmethod
     def uniform(cls, names: list[str], choice: LayerChoice, saliency: str = "magnitude") -> Policy:
@@ -126,6 +136,8 @@ class Policy:
         }
         if self.saliency != "magnitude":
             data["saliency"] = self.saliency
+        if self.channel_importance != "l1":
+            data["channel_importance"] = self.channel_importance
         return data
 
     @classmethod
@@ -141,8 +153,8 @@ class Policy:
         layers = data.get("layers")
         if not isinstance(layers, Mapping):
             raise ValueError("policy 'layers' must be a mapping")
-        saliency = data.get("saliency", "magnitude")
-        return cls(tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items()), saliency)
+        choices = tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items())
+        return cls(choices, data.get("saliency", "magnitude"), data.get("channel_importance", "l1"))
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace."""

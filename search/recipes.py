@@ -10,7 +10,7 @@ import yaml
 
 from search.errors import UsageError
 from search.paths import CONFIG_DIR
-from search.policy import SALIENCIES, LayerChoice, Policy
+from search.policy import CHANNEL_IMPORTANCES, SALIENCIES, LayerChoice, Policy
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
 
@@ -46,14 +46,21 @@ def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path
     saliency = data.get("saliency", "magnitude")
     if saliency not in SALIENCIES:
         raise UsageError(f"recipe {path}: saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
+    importance = data.get("channel_importance", "l1")
+    if importance not in CHANNEL_IMPORTANCES:
+        raise UsageError(
+            f"recipe {path}: channel_importance must be one of {', '.join(CHANNEL_IMPORTANCES)}, got {importance!r}"
+        )
     table = (data.get("tasks") or {}).get(task)
     if table is not None:
         unknown = sorted(set(table) - set(layers))
         if unknown:
             raise UsageError(f"recipe {name!r} names layers that {task!r} lacks: {', '.join(unknown)}")
-        return Policy.from_choices({layer: _choice(layer, table[layer], path) for layer in table}, saliency)
+        return Policy.from_choices(
+            {layer: _choice(layer, table[layer], path) for layer in table}, saliency, importance
+        )
     if "default" in data:
         default = _choice("default", data["default"], path)
-        return Policy.uniform(list(layers), default, saliency)
+        return Policy(tuple((layer, default) for layer in layers), saliency, importance)
     tasks = ", ".join(sorted(data.get("tasks") or {}))
     raise UsageError(f"recipe {name!r} has no table for task {task!r} (it covers: {tasks or 'none'})")

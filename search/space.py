@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from search.policy import FP32_BITS, MAX_SPARSITY, MIN_KEEP, QUANTIZERS, SALIENCIES, LayerChoice, Policy
+from search.policy import (
+    CHANNEL_IMPORTANCES,
+    FP32_BITS,
+    MAX_SPARSITY,
+    MIN_KEEP,
+    QUANTIZERS,
+    SALIENCIES,
+    LayerChoice,
+    Policy,
+)
 from search.spec import LayerSpec
 
 
@@ -43,6 +52,8 @@ class SpaceSettings:
     """Allowed low-rank fractions of a layer's full rank (1 = not factorised); searched when more than one."""
     saliencies: tuple[str, ...] = ("magnitude",)
     """Allowed fine-grained pruning criteria (one per policy): ``magnitude``, ``obd``, ``taylor``."""
+    channel_importances: tuple[str, ...] = ("l1",)
+    """Allowed structured pruning criteria (one per policy): ``l1``, ``l2``, ``bn``, ``taylor``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
@@ -51,6 +62,12 @@ class SpaceSettings:
         object.__setattr__(self, "saliencies", tuple(dict.fromkeys(self.saliencies)))
         if not self.saliencies or any(c not in SALIENCIES for c in self.saliencies):
             raise ValueError(f"saliencies must be a non-empty subset of {SALIENCIES}, got {self.saliencies}")
+        object.__setattr__(self, "channel_importances", tuple(dict.fromkeys(self.channel_importances)))
+        if not self.channel_importances or any(c not in CHANNEL_IMPORTANCES for c in self.channel_importances):
+            raise ValueError(
+                f"channel_importances must be a non-empty subset of {CHANNEL_IMPORTANCES}, "
+                f"got {self.channel_importances}"
+            )
         object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
         if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
             raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")
@@ -109,6 +126,9 @@ class SearchSpace:
         saliency = self.settings.saliencies[0]
         if len(self.settings.saliencies) > 1:
             saliency = suggest.categorical("saliency", self.settings.saliencies)
+        importance = self.settings.channel_importances[0]
+        if self.searches_keep and len(self.settings.channel_importances) > 1:
+            importance = suggest.categorical("channel_importance", self.settings.channel_importances)
         rank_layers = self._rank_layers()
         choices = {}
         for name in self.layers:
@@ -122,7 +142,7 @@ class SearchSpace:
                 keep = suggest.float(f"{name}.keep", *self._keep_grid())
             rank = suggest.categorical(f"{name}.rank", self.settings.ranks) if name in rank_layers else 1.0
             choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer, rank=rank)
-        return Policy.from_choices(choices, saliency)
+        return Policy.from_choices(choices, saliency, importance)
 
     def most_compressed(self, quantizer: str | None = None) -> Policy:
         """The policy with the highest sparsity, fewest bits and fewest channels the space allows.
@@ -145,6 +165,7 @@ class SearchSpace:
                 for name in self.layers
             },
             self.settings.saliencies[0],
+            self.settings.channel_importances[0],
         )
 
     def params(self, policy: Policy) -> dict[str, float | int | str]:
@@ -152,6 +173,8 @@ class SearchSpace:
         values: dict[str, float | int | str] = {}
         if len(self.settings.saliencies) > 1:
             values["saliency"] = policy.saliency
+        if self.searches_keep and len(self.settings.channel_importances) > 1:
+            values["channel_importance"] = policy.channel_importance
         rank_layers = self._rank_layers()
         for name in self.layers:
             choice = policy[name]

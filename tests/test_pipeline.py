@@ -238,3 +238,19 @@ def test_iterative_pruning_rounds_follow_the_schedule_and_end_exact(factory, mon
         assert abs(sparsity - 0.8 * fraction) < 1e-3
     weight = compressed.model.fc.weight
     assert int((weight == 0).sum()) == int(0.8 * weight.numel())
+
+
+@pytest.mark.parametrize("importance", ["l2", "bn", "taylor"])
+def test_channel_importance_is_applied_and_replayed(factory, tmp_path: Path, importance: str) -> None:
+    source, model = factory
+    choices = {"stem": LayerChoice(keep=0.5), "fc": LayerChoice(sparsity=0.5, bits=8)}
+    refinement = Refinement(saliency_data=_data())
+    compressed = compress(model, Policy.from_choices(choices, channel_importance=importance),
+                          input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
+    assert compressed.model.stem.out_channels == 4
+    assert compressed.meta["policy"]["channel_importance"] == importance
+    path = tmp_path / "c.acz"
+    write_packed(path, compressed.blob)
+    with torch.inference_mode():
+        x = torch.randn(3, 1, 28, 28)
+        assert torch.equal(load_model(path)(x), compressed.model(x))

@@ -22,6 +22,7 @@ policies = st.builds(
     Policy.from_choices,
     st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6),
     st.sampled_from(["magnitude", "obd", "taylor"]),
+    st.sampled_from(["l1", "l2", "bn", "taylor"]),
 )
 
 
@@ -60,7 +61,9 @@ def test_fields_added_later_keep_earlier_digests() -> None:
     assert Policy.from_json(earlier).saliency == "magnitude" and policy["fc"].rank == 1.0
     low_rank = Policy.from_choices({"fc": LayerChoice(0.5, 4, rank=0.5)})
     obd = Policy.from_choices({"fc": LayerChoice(0.5, 4)}, saliency="obd")
-    assert len({policy.digest(), low_rank.digest(), obd.digest()}) == 3
+    bn = Policy.from_choices({"fc": LayerChoice(0.5, 4)}, channel_importance="bn")
+    assert len({policy.digest(), low_rank.digest(), obd.digest(), bn.digest()}) == 4
+    assert Policy.from_json(earlier).channel_importance == "l1"
 
 
 def test_json_carries_a_version_tag_and_rejects_others() -> None:
@@ -81,9 +84,11 @@ def test_invalid_choices_are_rejected(kwargs: dict) -> None:
         LayerChoice(**kwargs)
 
 
-def test_unknown_saliency_is_rejected() -> None:
+def test_unknown_criteria_are_rejected() -> None:
     with pytest.raises(ValueError, match="saliency"):
         Policy.from_choices({"a": LayerChoice()}, saliency="random")
+    with pytest.raises(ValueError, match="channel_importance"):
+        Policy.from_choices({"a": LayerChoice()}, channel_importance="random")
 
 
 def test_policy_is_frozen_and_unlisted_layers_are_uncompressed() -> None:

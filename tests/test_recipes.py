@@ -44,9 +44,12 @@ def test_bad_recipes(tmp_path: Path) -> None:
 
 
 def test_recipes_carry_rank_and_saliency(tmp_path: Path) -> None:
-    (tmp_path / "svd.yaml").write_text("saliency: obd\ndefault: {sparsity: 0.5, bits: 4, rank: 0.25}\n")
+    (tmp_path / "svd.yaml").write_text(
+        "saliency: obd\nchannel_importance: bn\ndefault: {sparsity: 0.5, bits: 4, rank: 0.25}\n"
+    )
     policy = recipe_policy("svd", "lenet5", LENET5, recipes_dir=tmp_path)
     assert policy.saliency == "obd" and {c.rank for _, c in policy} == {0.25}
+    assert policy.channel_importance == "bn"
     (tmp_path / "bad.yaml").write_text("saliency: random\ndefault: {sparsity: 0.5}\n")
     with pytest.raises(UsageError, match="saliency"):
         recipe_policy("bad", "lenet5", LENET5, recipes_dir=tmp_path)

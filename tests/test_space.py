@@ -52,12 +52,16 @@ def test_rank_and_saliency_are_searched_when_offered() -> None:
         LayerSpec("a", "conv", 8, 16, 3, 1, 1, 8, 8, 1152, 73728),
         LayerSpec("b", "depthwise", 16, 16, 3, 1, 16, 8, 8, 144, 9216),
     )
-    settings = SpaceSettings(ranks=(0.5, 0.25, 1.0), saliencies=("obd", "taylor"))
+    settings = SpaceSettings(ranks=(0.5, 0.25, 1.0), saliencies=("obd", "taylor"), channel_importances=("bn", "l2"))
     space = SearchSpace(("a", "b"), (), settings, specs)
     grid = _Grid()
     policy = space.sample(grid)
     assert grid.asked["a.rank"] == (0.25, 0.5, 1.0) and "b.rank" not in grid.asked  # depthwise: no rank
     assert grid.asked["saliency"] == ("obd", "taylor") and policy.saliency == "obd"
+    assert "channel_importance" not in grid.asked and policy.channel_importance == "bn"  # no leaders: no choice
+    grid = _Grid()
+    with_leaders = SearchSpace(("a", "b"), ("a",), settings, specs).sample(grid)
+    assert grid.asked["channel_importance"] == ("bn", "l2") and with_leaders.channel_importance == "bn"
     assert policy["a"].rank == 0.25 and policy["b"].rank == 1.0
     smallest = space.most_compressed()
     assert smallest["a"].rank == 0.25 and smallest["b"].rank == 1.0
@@ -68,7 +72,8 @@ def test_rank_and_saliency_are_searched_when_offered() -> None:
 
 
 def test_params_inverts_sample() -> None:
-    space = SearchSpace(("a", "b"), ("b",), SpaceSettings(ranks=(0.5, 1.0), saliencies=("magnitude", "taylor")))
+    settings = SpaceSettings(ranks=(0.5, 1.0), saliencies=("magnitude", "taylor"), channel_importances=("l1", "bn"))
+    space = SearchSpace(("a", "b"), ("b",), settings)
     rng = np.random.default_rng(0)
 
     class _Random:
