@@ -19,6 +19,7 @@ _EXPORTS = {
     "run_search": "search.api",
     "resume_config": "search.api",
     "Budget": "search.budget",
+    "DevicesOutcome": "search.devices",
     "parse_latency": "search.budget",
     "parse_size": "search.budget",
     "ExportSettings": "search.export",

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from search.config import SearchConfig, build_config, read_config_file
+from search.devices import DevicesOutcome, run_devices
+from search.distributed.options import RAY_SEARCHER
 from search.errors import UsageError
 from search.runner import CONFIG_FILE, RunOutcome, check_out, new_run_dir, prepare, run
 
+RESUME_SETTINGS = frozenset({"trials", "ray_address"})
+"""Settings a resumed run may change: the trial total, and where its Ray cluster is."""
 
-def resume_config(run_dir: Path, trials: int | None = None) -> SearchConfig:
-    """The configuration saved in ``run_dir``, with an optional new trial total.
+
+def resume_config(run_dir: Path, trials: int | None = None, ray_address: str | None = None) -> SearchConfig:
+    """The configuration saved in ``run_dir``, with an optional new trial total (or Ray cluster address).
 
     Raises:
-        UsageError: when ``run_dir`` holds no run.
+        UsageError: when ``run_dir`` holds no run, or a ``ray`` run is asked for a new trial total.
     """
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder of an earlier run")
-    return build_config({"trials": trials}, build_config(read_config_file(path)))
+    saved = build_config(read_config_file(path))
+    if saved.searcher == RAY_SEARCHER and trials is not None and trials != saved.trials:
+        raise UsageError(f"a {RAY_SEARCHER} run resumes its Tune experiment with its own trial total "
+                         f"({saved.trials}); start a new run for more trials")
+    return build_config({"trials": trials, "ray_address": ray_address}, saved)
+
+
+def _cluster(config: SearchConfig) -> AbstractContextManager[None]:
+    """The Ray connection of a ``ray`` run (nothing for the other searchers)."""
+    if config.searcher != RAY_SEARCHER:
+        return nullcontext()
+    from search.distributed.session import cluster_session
+
+    return cluster_session(config)
 
 
 def run_search(
@@ -29,14 +48,14 @@ def run_search(
     resume: str | Path | None = None,
     progress: bool = False,
     **settings: Any,
-) -> RunOutcome:
-    """Runs a compression search and returns its outcome.
+) -> RunOutcome | DevicesOutcome:
+    """Runs a compression search and returns its outcome (a :class:`DevicesOutcome` with ``devices``).
 
     Args:
         config: a full configuration; ``settings`` (SearchConfig fields) update it.
         out: new run folder (default: a fresh folder under results/).
         resume: folder of an interrupted run to continue (its own config is used;
-            only ``trials`` may be changed).
+            only ``trials`` and ``ray_address`` may be changed).
         progress: show progress bars on stderr.
         **settings: SearchConfig fields, e.g. ``task="lenet5", budget_mb="50KB", trials=30``.
 
@@ -44,14 +63,21 @@ def run_search(
         UsageError: for bad input; nothing is written in that case.
     """
     if resume is not None:
-        extra = set(settings) - {"trials"}
+        extra = set(settings) - RESUME_SETTINGS
         if config is not None or extra or out is not None:
             raise UsageError("a resumed run uses its own config.yaml; only the trial count may change")
         run_dir = Path(resume)
-        config = resume_config(run_dir, settings.get("trials"))
-        return run(prepare(config, progress), run_dir, progress)
+        config = resume_config(run_dir, settings.get("trials"), settings.get("ray_address"))
+        with _cluster(config):
+            if config.devices:
+                return run_devices(config, resume=run_dir, progress=progress)
+            return run(prepare(config, progress), run_dir, progress)
     config = build_config(settings, config)
-    check_out(Path(out) if out is not None else None)
-    prepared = prepare(config, progress)
-    run_dir = new_run_dir(config, Path(out) if out is not None else None)
-    return run(prepared, run_dir, progress)
+    out_dir = Path(out) if out is not None else None
+    check_out(out_dir)
+    with _cluster(config):
+        if config.devices:
+            return run_devices(config, out=out_dir, progress=progress)
+        prepared = prepare(config, progress)
+        run_dir = new_run_dir(config, out_dir)
+        return run(prepared, run_dir, progress)

@@ -6,9 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from search.errors import UsageError
+
+if TYPE_CHECKING:
+    from search.devices import DevicesOutcome
+    from search.runner import RunOutcome
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -31,11 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="your model: FILE.py:factory or package.module:factory")
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
-    parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl or recipe (default tpe)")
+    parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 60)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
+    parser.add_argument("--devices", metavar="A,B", help="tune one Pareto set per device profile (a sub-folder each)")
+    parser.add_argument("--workers", type=int, help="trials evaluated at once (--searcher ray; default 1)")
+    parser.add_argument("--ray-address", metavar="HOST:PORT",
+                        help="join this Ray cluster (--searcher ray); default: a local cluster on loopback")
     parser.add_argument("--out", type=Path, help="new run folder (default results/<time>-<task>-<searcher>)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument("--config", type=Path, metavar="FILE.yaml", help="settings file; flags override it")
@@ -48,10 +56,14 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
 
     values: dict[str, object] = read_config_file(args.config) if args.config else {}
     for name in ("budget_mb", "target_latency", "task", "model", "weights", "data", "searcher", "trials", "seed",
-                 "device"):
+                 "device", "workers", "ray_address"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
+    if args.devices is not None:
+        if args.device is not None:
+            raise UsageError("give either --device or --devices, not both")
+        values["devices"] = [name.strip() for name in args.devices.split(",")]
     if args.recipe is not None:
         values.update(searcher="recipe", searcher_options={"name": args.recipe})
         values.setdefault("trials", 1)
@@ -66,14 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         from search.api import run_search
-        from search.report import pareto_table
 
         if args.resume is not None:
-            allowed = ("resume", "trials", "quiet")
+            allowed = ("resume", "trials", "quiet", "ray_address")
             given = [k for k, v in vars(args).items() if v not in (None, False) and k not in allowed]
             if given:
                 raise UsageError(f"--resume uses the run's own config.yaml; drop --{given[0].replace('_', '-')}")
-            outcome = run_search(resume=args.resume, progress=not args.quiet, trials=args.trials)
+            outcome = run_search(resume=args.resume, progress=not args.quiet, trials=args.trials,
+                                 ray_address=args.ray_address)
         else:
             outcome = run_search(out=args.out, progress=not args.quiet, **_settings(args))
     except UsageError as exc:
@@ -82,9 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted; continue with --resume RUN_DIR\n")
         return 130
+    _print_outcome(outcome)
+    return 0
+
+
+def _print_outcome(outcome: RunOutcome | DevicesOutcome) -> None:
+    from search.devices import DevicesOutcome, summary_table
+    from search.report import pareto_table
+
+    if isinstance(outcome, DevicesOutcome):
+        print(f"\nPer-device summary ({len(outcome.outcomes)} devices):\n")
+        print(summary_table(outcome.outcomes))
+        print(f"\nresults: {outcome.run_dir} (summary.md, one run folder per device)")
+        return
     print(f"\nPareto front ({len(outcome.models)} models, {len(outcome.trials)} trials):\n")
     print(pareto_table(outcome.models) if outcome.models else "no candidate met the budget")
     print(f"\nbaseline: test accuracy {outcome.baseline.test_accuracy:.4f}, "
           f"{outcome.baseline.size_bytes} B, {outcome.baseline.latency_ms:.2f} ms")
     print(f"results: {outcome.run_dir} (report.md, pareto.csv, trials.csv, pareto.png, models/)")
-    return 0

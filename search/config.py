@@ -13,10 +13,16 @@ from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
 from search.budget import Budget, parse_latency, parse_size
+from search.distributed.options import RAY_SEARCHER, RayOptions, parse_address
 from search.errors import UsageError
 from search.export import ExportSettings
 from search.searchers import SEARCHERS
 from search.space import SpaceSettings
+
+SWEEPS: dict[str, type] = {RAY_SEARCHER: RayOptions}
+"""Searchers that drive their own distributed loop instead of ask/tell, with their options type."""
+SEARCHER_NAMES: tuple[str, ...] = (*SEARCHERS, *SWEEPS)
+"""Every ``--searcher`` name."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,12 @@ class SearchConfig:
     """Seed of the searcher and of every fine-tune."""
     device: str = DEFAULT_DEVICE
     """Device profile in configs/devices/."""
+    devices: tuple[str, ...] = ()
+    """Device profiles to tune one Pareto set each for (one run sub-folder per device); overrides ``device``."""
+    workers: int = 1
+    """Trials evaluated at once (``ray`` searcher)."""
+    ray_address: str | None = None
+    """Ray cluster to join, ``HOST:PORT`` or ``auto`` (``ray`` searcher); None starts a local one on loopback."""
     searcher_options: dict[str, Any] = field(default_factory=dict)
     """Settings of the chosen searcher (its ``options_type`` fields), e.g. the RL agent's."""
     space: SpaceSettings = field(default_factory=SpaceSettings)
@@ -55,10 +67,12 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.model is None and self.task not in TASK_NAMES:
             raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}")
-        if self.searcher not in SEARCHERS:
-            raise UsageError(f"unknown searcher {self.searcher!r}; choose one of: {', '.join(SEARCHERS)}")
+        if self.searcher not in SEARCHER_NAMES:
+            raise UsageError(f"unknown searcher {self.searcher!r}; choose one of: {', '.join(SEARCHER_NAMES)}")
         if self.device not in list_devices():
             raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(list_devices())}")
+        self._check_devices()
+        self._check_distribution()
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise UsageError(f"trials must be a positive integer, got {self.trials!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -68,6 +82,31 @@ class SearchConfig:
         self.budget  # noqa: B018 - parses both budgets so bad units fail here
         self.searcher_settings  # noqa: B018 - validates searcher_options
 
+    def _check_devices(self) -> None:
+        devices = self.devices
+        if isinstance(devices, str):
+            devices = tuple(name.strip() for name in devices.split(","))
+        if not isinstance(devices, (list, tuple)) or not all(isinstance(d, str) for d in devices):
+            raise UsageError(f"devices must be a list of device names, got {self.devices!r}")
+        devices = tuple(devices)
+        object.__setattr__(self, "devices", devices)
+        unknown = [d for d in devices if d not in list_devices()]
+        if unknown:
+            raise UsageError(f"unknown device {unknown[0]!r} in --devices; choose from: {', '.join(list_devices())}")
+        if len(set(devices)) != len(devices):
+            raise UsageError(f"--devices lists a device twice: {', '.join(devices)}")
+
+    def _check_distribution(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.searcher != RAY_SEARCHER and (self.workers != 1 or self.ray_address is not None):
+            raise UsageError(f"--workers and --ray-address need --searcher {RAY_SEARCHER}")
+        if self.ray_address is not None:
+            try:
+                parse_address(self.ray_address)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+
     @property
     def searcher_settings(self) -> Any:
         """The searcher's options object (``None`` for searchers without options).
@@ -75,7 +114,7 @@ class SearchConfig:
         Raises:
             UsageError: when ``searcher_options`` does not fit the searcher.
         """
-        options_type = SEARCHERS[self.searcher].options_type
+        options_type = SWEEPS.get(self.searcher) or SEARCHERS[self.searcher].options_type
         if options_type is None:
             if self.searcher_options:
                 raise UsageError(f"searcher {self.searcher!r} takes no searcher_options")
@@ -104,6 +143,7 @@ class SearchConfig:
         """Plain YAML-ready dict."""
         data = asdict(self)
         data["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["space"].items()}
+        data["devices"] = list(self.devices)
         return data
 
     def to_yaml(self) -> str:

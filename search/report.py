@@ -9,6 +9,7 @@ from pathlib import Path
 from search.archive import Trial
 from search.budget import Budget
 from search.export import Dropped, ExportedModel
+from search.result import STATUS_STOPPED
 
 
 @dataclass(frozen=True)
@@ -121,13 +122,15 @@ def write_report(
     """Writes report.md."""
     ok = sum(t.result.ok for t in trials)
     feasible = sum(t.feasible for t in trials)
-    failed = [t for t in trials if not t.result.ok]
+    stopped = sum(t.result.status == STATUS_STOPPED for t in trials)
+    failed = [t for t in trials if not t.result.ok and t.result.status != STATUS_STOPPED]
     lines = [
         f"# {title}",
         "",
         f"- Budget: {_budget_text(budget)}",
         f"- Device: {device_text}",
-        f"- Trials: {len(trials)} ({ok} ok, {feasible} within budget, {len(failed)} failed);"
+        f"- Trials: {len(trials)} ({ok} ok, {feasible} within budget, {len(failed)} failed"
+        f"{f', {stopped} stopped early by ASHA' if stopped else ''});"
         f" search {search_seconds:.1f} s, final fine-tune and export {export_seconds:.1f} s",
         "",
         "## Uncompressed baseline",

@@ -7,6 +7,8 @@ from typing import Any
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_STOPPED = "stopped"
+"""A candidate stopped early by a multi-fidelity scheduler (only a partial fine-tune was measured)."""
 
 
 @dataclass(frozen=True)
@@ -14,7 +16,7 @@ class Result:
     """Measurements of one compressed candidate."""
 
     status: str = STATUS_OK
-    """``ok`` or ``failed``."""
+    """``ok``, ``failed`` or ``stopped`` (early, by ASHA)."""
     val_accuracy: float = float("nan")
     """Top-1 accuracy on the validation split."""
     size_bytes: int = 0

@@ -15,6 +15,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import Task, evaluate_accuracy, load_task
 from search.archive import Trial, TrialArchive
 from search.config import SearchConfig
+from search.distributed.options import RAY_SEARCHER
 from search.errors import UsageError
 from search.export import ExportedModel, candidates, export_front, write_pareto_csv
 from search.paths import RESULTS_DIR
@@ -64,7 +65,12 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     """
     device = load_device(config.device)
     task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress)
-    evaluator = Evaluator(task, device, config.evaluator)
+    evaluator_type = Evaluator
+    if config.searcher == RAY_SEARCHER:  # latency is measured on the device's Ray node
+        from search.distributed.latency import RemoteLatencyEvaluator
+
+        evaluator_type = RemoteLatencyEvaluator
+    evaluator = evaluator_type(task, device, config.evaluator)
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
     size_budget = config.budget.size_bytes
     if size_budget is not None:
@@ -121,6 +127,10 @@ def _best_text(trials: list[Trial]) -> str:
 
 def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
     config = prepared.config
+    if config.searcher == RAY_SEARCHER:
+        from search.distributed.sweep import sweep
+
+        return sweep(prepared, run_dir, progress)
     archive = TrialArchive(run_dir / "trials.csv", config.budget)
     for trial in archive.trials:
         prepared.evaluator.remember(trial.policy, trial.result)

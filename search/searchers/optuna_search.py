@@ -34,7 +34,7 @@ def _sqlite_storage(path: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"creator": connect})
 
 
-class _TrialSuggest:
+class TrialSuggest:
     """Routes the space's decisions to an Optuna trial."""
 
     def __init__(self, trial: Trial):
@@ -77,7 +77,7 @@ class OptunaSearcher(Searcher):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self.study.ask()
-        policy = self.space.sample(_TrialSuggest(trial))
+        policy = self.space.sample(TrialSuggest(trial))
         trial.set_user_attr(_DIGEST, policy.digest())
         return Proposal(policy, handle=trial)
 

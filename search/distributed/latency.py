@@ -1,0 +1,96 @@
+"""Latency measured on the node that holds the device: an actor pinned by the device's custom resource."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray import cloudpickle
+from torch import nn
+
+from envs.device import DeviceProfile, measure_latency
+from envs.evaluator import Evaluator
+
+RESOURCE_SHARE = 0.01
+"""Amount of the device's custom resource the latency meter holds (so many runs can share a device node)."""
+TIMEOUT_S = 900.0
+"""Longest wait for one latency measurement (e.g. while the device's node is down) before the caller fails."""
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class LatencyMeter:
+    """Times models on a node holding the device's custom resource, one model at a time.
+
+    A long-lived actor rather than a task per measurement: no worker process (and torch import)
+    is started per candidate, and measurements never overlap on the device. It reserves no CPU,
+    so a trial waiting for it can never starve it; if its node dies it is restarted on another
+    node with the resource, and the pending measurement is retried.
+    """
+
+    def measure(self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile) -> tuple[float, str]:
+        """Median latency in ms of ``model`` on ``device``, and this node's Ray id."""
+        return measure_latency(model, input_shape, device), ray.get_runtime_context().get_node_id()
+
+
+def start_meter(device: DeviceProfile) -> Any:
+    """A :class:`LatencyMeter` on a node with ``device.ray_resource`` (``None`` for a device without one)."""
+    if device.ray_resource is None:
+        return None
+    # "DEFAULT": outside the calling trial's placement group, so it can live on another node.
+    return LatencyMeter.options(resources={device.ray_resource: RESOURCE_SHARE}, scheduling_strategy="DEFAULT").remote()
+
+
+def ship_model_code(model: nn.Module) -> None:
+    """Pickles the classes of ``model`` by value when other processes could not import their module.
+
+    A ``--model FILE.py:factory`` is loaded under a private module name that Ray workers cannot
+    import; registered by value, its code travels with the model.
+    """
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        top = name.split(".")[0]
+        if name in sys.modules and top not in sys.builtin_module_names and name != "__main__" \
+                and importlib.machinery.PathFinder.find_spec(top) is None:
+            cloudpickle.register_pickle_by_value(sys.modules[name])
+
+
+class RemoteLatencyEvaluator(Evaluator):
+    """An :class:`Evaluator` whose latencies come from the device's node; everything else runs locally."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        ship_model_code(self.task.model)
+        self._device_latency: dict[tuple, tuple[float, str]] = {}
+        self._meter: Any = None
+        self.last_latency_node = ""
+        """Ray node id that measured the latency returned last."""
+
+    def start_meter(self) -> None:
+        """Starts the device's latency meter once; call it before shipping the evaluator, so trials share it."""
+        if self._meter is None:
+            self._meter = start_meter(self.device)
+
+    def _time_on_device(self, model: nn.Module) -> tuple[float, str]:
+        if self.device.ray_resource is None:
+            return measure_latency(model, self.task.input_shape, self.device), ray.get_runtime_context().get_node_id()
+        self.start_meter()
+        return ray.get(self._meter.measure.remote(model, tuple(self.task.input_shape), self.device), timeout=TIMEOUT_S)
+
+    def latency_ms(self, model: nn.Module, reuse: bool = True, **kwargs: Any) -> float:
+        """Latency measured on the device's node; models of identical shapes share one measurement.
+
+        A predicted latency (``evaluator.latency: predicted``) needs no device and stays local.
+        ``kwargs`` are the base class's (e.g. the ``runnable`` form of ``model`` the device runs).
+        """
+        if getattr(self.settings, "latency", "measured") != "measured":
+            return super().latency_ms(model, reuse, **kwargs)
+        shape = tuple(tuple(p.shape) for p in model.parameters())
+        if not reuse or shape not in self._device_latency:
+            runnable = kwargs.get("runnable")
+            if runnable is None:
+                runnable = self.runnable(model) if hasattr(self, "runnable") else model
+            self._device_latency[shape] = self._time_on_device(runnable)
+        latency, self.last_latency_node = self._device_latency[shape]
+        return latency

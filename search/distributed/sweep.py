@@ -1,0 +1,132 @@
+"""Runs (or restores) the Ray Tune experiment of a run folder and returns its trials."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from search.archive import Trial, TrialArchive
+from search.distributed.latency import RemoteLatencyEvaluator
+from search.distributed.options import RayOptions, fidelity_steps
+from search.distributed.optuna_adapter import make_searcher
+from search.distributed.recorder import ARCHIVE_FILE, SweepRecorder, TrialQuota
+from search.distributed.trial import ACCURACY_KEY, STEPS_KEY, TrialContext, run_trial
+from search.errors import UsageError
+
+if TYPE_CHECKING:
+    from search.runner import Prepared
+
+EXPERIMENT_DIR = "tune"
+"""The Tune experiment inside the run folder (what ``--resume`` restores)."""
+ORIGIN_FILE = "tune_origin.json"
+"""Where the experiment was created: Tune's pickled state holds absolute paths into the run folder."""
+CHECKPOINT_PERIOD_S = "2"
+"""Seconds between snapshots of the experiment state (Tune's default adapts from 10 s up)."""
+
+
+def trial_dirname(trial: tune.experiment.Trial) -> str:
+    """Short, unique trial folder names (the default embeds the whole config)."""
+    return f"trial-{trial.trial_id}"
+
+
+def _scheduler(options: RayOptions, finetune_steps: int) -> TrialScheduler:
+    fidelities = fidelity_steps(finetune_steps, options)
+    if len(fidelities) < 2:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr=STEPS_KEY, metric=ACCURACY_KEY, mode="max", max_t=finetune_steps,
+                         grace_period=fidelities[0], reduction_factor=options.reduction_factor)
+
+
+@contextmanager
+def _tune_session(progress: bool) -> Iterator[None]:
+    """Tune's start-up settings for the block: frequent state snapshots, its console output off stdout."""
+    name, previous = "TUNE_GLOBAL_CHECKPOINT_S", os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")
+    os.environ[name] = CHECKPOINT_PERIOD_S
+    try:
+        with contextlib.redirect_stdout(sys.stderr if progress else io.StringIO()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def _check_origin(run_dir: Path) -> None:
+    """Refuses to restore an experiment whose run folder was moved since it was created.
+
+    Raises:
+        UsageError: when the folder was moved.
+    """
+    path = run_dir / ORIGIN_FILE
+    origin = json.loads(path.read_text()).get("run_dir") if path.is_file() else None
+    if origin is not None and Path(origin) != run_dir.resolve():
+        raise UsageError(f"this run's Tune experiment was created in {origin} and Ray's experiment state "
+                         "points there; resume it from that folder")
+
+
+def sweep(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
+    """Evaluates the run's remaining trials on the Ray cluster; rows land in ``run_dir/trials.csv``.
+
+    A run folder holding a restorable experiment is resumed with ``Tuner.restore`` (finished
+    trials are kept, unfinished ones restarted); otherwise a new experiment evaluates the
+    trials still missing from trials.csv.
+
+    Raises:
+        UsageError: when the run folder of a restorable experiment was moved.
+    """
+    config = prepared.config
+    options: RayOptions = config.searcher_settings
+    run_dir = run_dir.resolve()
+    if isinstance(prepared.evaluator, RemoteLatencyEvaluator):
+        prepared.evaluator.start_meter()  # before the evaluator is shipped: every trial uses this one meter
+    context = TrialContext(prepared.evaluator, config.budget, fidelity_steps(config.evaluator.finetune_steps, options),
+                           options.threads_per_trial)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                    {"cpu": options.threads_per_trial})
+    experiment = run_dir / EXPERIMENT_DIR
+    with _tune_session(progress):
+        if tune.Tuner.can_restore(experiment):
+            _check_origin(run_dir)
+            tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True).fit()
+        else:
+            remaining = config.trials - len(TrialArchive(run_dir / ARCHIVE_FILE, config.budget).trials)
+            if remaining > 0:
+                (run_dir / ORIGIN_FILE).write_text(json.dumps({"run_dir": str(run_dir)}))
+                _new_tuner(prepared, run_dir, trainable, remaining, progress).fit()
+    return TrialArchive(run_dir / ARCHIVE_FILE, config.budget).trials
+
+
+def _new_tuner(prepared: Prepared, run_dir: Path, trainable: Any, samples: int, progress: bool) -> tune.Tuner:
+    config = prepared.config
+    options: RayOptions = config.searcher_settings
+    quota = TrialQuota(str(run_dir), config.trials)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(prepared.space, options, config.seed, config.workers > 1, quota),
+            scheduler=_scheduler(options, config.evaluator.finetune_steps),
+            num_samples=samples,
+            max_concurrent_trials=config.workers,
+            reuse_actors=True,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_DIR,
+            storage_path=str(run_dir),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            callbacks=[SweepRecorder(run_dir, config.budget, config.trials, progress)],
+            verbose=0,
+        ),
+    )
