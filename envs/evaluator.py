@@ -156,19 +156,21 @@ class Evaluator:
         """
         shape = tuple(tuple(p.shape) for p in model.parameters())
         if not reuse:
-            return measure_latency(runnable or self.runnable(model), self.task.input_shape, self.device)
+            return self.time_on_device(runnable or self.runnable(model))
         if shape not in self._latency_by_shape:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
-                    measured = measure_latency(runnable or self.runnable(model), self.task.input_shape, self.device)
+                    measured = self.time_on_device(runnable or self.runnable(model))
                     self.latency_checks.append(LatencyCheck(predicted, measured))
                 self._latency_by_shape[shape] = predicted
             else:
-                self._latency_by_shape[shape] = measure_latency(
-                    runnable or self.runnable(model), self.task.input_shape, self.device
-                )
+                self._latency_by_shape[shape] = self.time_on_device(runnable or self.runnable(model))
         return self._latency_by_shape[shape]
+
+    def time_on_device(self, runnable: nn.Module) -> float:
+        """Runs ``runnable`` as the device profile says and returns its median latency in milliseconds."""
+        return measure_latency(runnable, self.task.input_shape, self.device)
 
     def predicted_latency_ms(self, model: nn.Module) -> float | None:
         """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""

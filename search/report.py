@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.evaluator import LatencyCheck
 from search.archive import Trial
 from search.budget import Budget
 from search.export import Dropped, ExportedModel
@@ -45,17 +47,38 @@ def _budget_text(budget: Budget) -> str:
 
 
 def pareto_table(models: Sequence[ExportedModel]) -> str:
-    """A Markdown table of the exported models."""
+    """A Markdown table of the exported models (with the latency model's prediction when there is one)."""
+    predicted = any(m.predicted_latency_ms is not None for m in models)
+    extra = " predicted (ms) |" if predicted else ""
     lines = [
-        "| rank | test acc | val acc | size | ratio | latency (ms) | MMACs | file |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| rank | test acc | val acc | size | ratio | latency (ms) |{extra} MMACs | file |",
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "") + "---:|---|",
     ]
     for m in models:
+        cell = " - |" if predicted else ""
+        if m.predicted_latency_ms is not None:
+            cell = f" {m.predicted_latency_ms:.2f} |"
         lines.append(
             f"| {m.rank} | {m.test_accuracy:.4f} | {m.val_accuracy:.4f} | {_size(m.size_bytes)} "
-            f"| {m.compression_ratio:.1f}x | {m.latency_ms:.2f} | {m.macs / 1e6:.2f} | {m.model_file} |"
+            f"| {m.compression_ratio:.1f}x | {m.latency_ms:.2f} |{cell} {m.macs / 1e6:.2f} | {m.model_file} |"
         )
     return "\n".join(lines)
+
+
+def _predictor_lines(checks: Sequence[LatencyCheck], models: Sequence[ExportedModel]) -> list[str]:
+    """The latency model's error over the candidates run for real, and over the exported models."""
+    exported = [abs(m.predicted_latency_ms - m.latency_ms) / m.latency_ms
+                for m in models if m.predicted_latency_ms is not None]
+    errors = [c.relative_error for c in checks]
+    if not errors and not exported:
+        return []
+    parts = []
+    if errors:
+        parts.append(f"median absolute error {100 * statistics.median(errors):.1f}% over {len(errors)} "
+                     f"candidates also run for real")
+    if exported:
+        parts.append(f"{100 * statistics.median(exported):.1f}% over the {len(exported)} exported models")
+    return [f"- Latency model: {'; '.join(parts)}", ""]
 
 
 def plot_front(
@@ -118,6 +141,7 @@ def write_report(
     dropped: Sequence[Dropped],
     search_seconds: float,
     export_seconds: float,
+    latency_checks: Sequence[LatencyCheck] = (),
 ) -> None:
     """Writes report.md."""
     ok = sum(t.result.ok for t in trials)
@@ -133,6 +157,7 @@ def write_report(
         f"{f', {stopped} stopped early by ASHA' if stopped else ''});"
         f" search {search_seconds:.1f} s, final fine-tune and export {export_seconds:.1f} s",
         "",
+        *_predictor_lines(latency_checks, models),
         "## Uncompressed baseline",
         "",
         f"test accuracy {baseline.test_accuracy:.4f}, val accuracy {baseline.val_accuracy:.4f}, "

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
 from envs.device import DeviceProfile, load_device
-from envs.evaluator import Evaluator
-from envs.tasks import Task, evaluate_accuracy, load_task
+from envs.evaluator import Evaluator, LatencyCheck
+from envs.tasks import Task, load_task
 from search.archive import Trial, TrialArchive
 from search.config import SearchConfig
 from search.distributed.options import RAY_SEARCHER
@@ -55,6 +55,8 @@ class RunOutcome:
     """The exported Pareto front."""
     baseline: Baseline
     """The uncompressed model's measurements."""
+    latency_checks: list[LatencyCheck] = field(default_factory=list)
+    """Candidates whose latency was both predicted and measured (with ``evaluator.latency: predicted``)."""
 
 
 def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
@@ -167,7 +169,7 @@ def _baseline(prepared: Prepared) -> Baseline:
     result = evaluator.measure(compressed)
     return Baseline(
         val_accuracy=result.val_accuracy,
-        test_accuracy=evaluate_accuracy(compressed.model, prepared.task.test),
+        test_accuracy=evaluator.test_accuracy(compressed),
         size_bytes=result.size_bytes,
         latency_ms=result.latency_ms,
         macs=result.macs,
@@ -214,5 +216,6 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
         dropped=dropped,
         search_seconds=search_seconds,
         export_seconds=export_seconds,
+        latency_checks=prepared.evaluator.latency_checks,
     )
-    return RunOutcome(run_dir, trials, models, baseline)
+    return RunOutcome(run_dir, trials, models, baseline, prepared.evaluator.latency_checks)

@@ -118,3 +118,18 @@ def test_recipe_run_reproduces_its_table_in_the_exported_file(tmp_path: Path) ->
         assert int(torch.count_nonzero(weight)) == weight.numel() - pruned
         assert len(torch.unique(weight[weight != 0])) <= 2**choice.bits
     assert int(row["size_bytes"]) == (run / row["model_file"]).stat().st_size
+
+
+def test_predicted_latency_search_reports_prediction_and_measurement(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = tmp_path / "predicted.yaml"
+    config.write_text("evaluator: {latency: predicted, latency_check_every: 2}\nexport: {finetune_epochs: 0.5}\n")
+    proc = _search("--task", "lenet300", "--target-latency", "50ms", "--searcher", "random", "--trials", "8",
+                   "--config", str(config), "--out", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    pareto = _rows(run / "pareto.csv")
+    assert pareto
+    for row in pareto:
+        assert float(row["predicted_latency_ms"]) > 0 and float(row["latency_ms"]) > 0
+    report = (run / "report.md").read_text()
+    assert "Latency model: median absolute error" in report and "predicted (ms)" in report

@@ -62,7 +62,6 @@ class RemoteLatencyEvaluator(Evaluator):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         ship_model_code(self.task.model)
-        self._device_latency: dict[tuple, tuple[float, str]] = {}
         self._meter: Any = None
         self.last_latency_node = ""
         """Ray node id that measured the latency returned last."""
@@ -72,25 +71,14 @@ class RemoteLatencyEvaluator(Evaluator):
         if self._meter is None:
             self._meter = start_meter(self.device)
 
-    def _time_on_device(self, model: nn.Module) -> tuple[float, str]:
+    def time_on_device(self, runnable: nn.Module) -> float:
+        """Latency measured on a node that holds the device's Ray resource (this process without one)."""
         if self.device.ray_resource is None:
-            return measure_latency(model, self.task.input_shape, self.device), ray.get_runtime_context().get_node_id()
+            latency = measure_latency(runnable, self.task.input_shape, self.device)
+            self.last_latency_node = ray.get_runtime_context().get_node_id()
+            return latency
         self.start_meter()
-        return ray.get(self._meter.measure.remote(model, tuple(self.task.input_shape), self.device), timeout=TIMEOUT_S)
-
-    def latency_ms(self, model: nn.Module, reuse: bool = True, **kwargs: Any) -> float:
-        """Latency measured on the device's node; models of identical shapes share one measurement.
-
-        A predicted latency (``evaluator.latency: predicted``) needs no device and stays local.
-        ``kwargs`` are the base class's (e.g. the ``runnable`` form of ``model`` the device runs).
-        """
-        if getattr(self.settings, "latency", "measured") != "measured":
-            return super().latency_ms(model, reuse, **kwargs)
-        shape = tuple(tuple(p.shape) for p in model.parameters())
-        if not reuse or shape not in self._device_latency:
-            runnable = kwargs.get("runnable")
-            if runnable is None:
-                runnable = self.runnable(model) if hasattr(self, "runnable") else model
-            self._device_latency[shape] = self._time_on_device(runnable)
-        latency, self.last_latency_node = self._device_latency[shape]
+        latency, self.last_latency_node = ray.get(
+            self._meter.measure.remote(runnable, tuple(self.task.input_shape), self.device), timeout=TIMEOUT_S
+        )
         return latency
