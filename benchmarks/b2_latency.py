@@ -10,11 +10,12 @@ fractions of it (default 50% and 30%). For each target, side by side and with th
   ranking of all channel groups) at the largest pruning ratio that meets the target; the widths it
   leaves are then applied through this project's pipeline, so every row is packed and measured alike;
 * each searcher: channel keep ratios only (fp32 weights, no sparsity), the latency target as its budget,
-  the device's latency lookup table as the latency model during the search, and the exported model with
+  the device's latency lookup table as the latency model during the search (``--proxy-steps``: a short
+  fine-tune of each candidate before its validation accuracy is read), and the exported model with
   the best validation accuracy as its result. Every exported model is measured for real; one over its
   target is dropped by the export stage.
 
-Columns: test accuracy, measured latency, its ratio to fp32, MMACs, packed size, the predictor's latency
+Columns: test accuracy, measured latency, its ratio to fp32, MMACs, parameters, packed size, the predictor's latency
 for the searched model, evaluations and seconds. A last table gives the latency predictor's median
 absolute error over every candidate checked against a real run.
 
@@ -126,6 +127,7 @@ def _fixed_row(
         "test_accuracy": evaluator.test_accuracy(compressed),
         "latency_ms": result.latency_ms,
         "mmacs": result.macs / 1e6,
+        "params": result.params,
         "size_bytes": result.size_bytes,
         "predicted_ms": evaluator.predictor(compressed.model),
     }
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--searchers", default="tpe,nsga2,random,rl")
     parser.add_argument("--epochs", type=float, default=2.0, help="final fine-tune epochs, the same for every row")
+    parser.add_argument("--proxy-steps", type=int, default=0,
+                        help="fine-tune steps (lr 1e-3) per searched candidate before its val accuracy is read")
     args = parser.parse_args()
 
     task = load_task(args.task, progress=True)
@@ -165,7 +169,8 @@ def main() -> None:
                 task=args.task, device=args.device, searcher=searcher, trials=args.trials,
                 target_latency=f"{target}ms", out=runs / f"{fraction:g}-{searcher}",
                 space={"bits": [32], "sparsity_max": 0.0, "keep_step": 0.0625, "keep_min": 0.0625},
-                evaluator={"latency": "predicted"}, export={"finetune_epochs": args.epochs, "max_models": 4},
+                evaluator={"latency": "predicted", "finetune_steps": args.proxy_steps, "finetune_lr": 1e-3},
+                export={"finetune_epochs": args.epochs, "max_models": 4},
             )
             seconds = time.perf_counter() - start
             checks += [c.relative_error for c in outcome.latency_checks]
@@ -177,7 +182,8 @@ def main() -> None:
             rows.append({
                 "target": label, "target_ms": target, "method": f"{searcher} (searched widths)",
                 "test_accuracy": best.test_accuracy,
-                "latency_ms": best.latency_ms, "mmacs": best.macs / 1e6, "size_bytes": best.size_bytes,
+                "latency_ms": best.latency_ms, "mmacs": best.macs / 1e6, "params": best.params,
+                "size_bytes": best.size_bytes,
                 "predicted_ms": best.predicted_latency_ms, "evaluations": len(outcome.trials),
                 "seconds": round(seconds, 1),
             })
@@ -194,8 +200,10 @@ def main() -> None:
                f"{markdown_table(frame)}\n\nLatency predictor against real runs during the searches:\n\n"
                f"{markdown_table(errors)}")
     command = (f"python benchmarks/b2_latency.py --task {args.task} --device {args.device} --targets {args.targets} "
-               f"--trials {args.trials} --searchers {args.searchers} --epochs {args.epochs}")
-    path = write_outputs(f"b2_latency_{args.task}_{args.device}", frame, summary, command)
+               f"--trials {args.trials} --searchers {args.searchers} --epochs {args.epochs} "
+               f"--proxy-steps {args.proxy_steps}")
+    name = f"b2_latency_{args.task}_{args.device}" + (f"_proxy{args.proxy_steps}" if args.proxy_steps else "")
+    path = write_outputs(name, frame, summary, command)
     print(summary)
     print(f"written: {path}")
 
