@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from envs.device import DeviceProfile, measure_latency, time_forward
+from methods.discovery import trace_layers
 
 TABLE_VERSION = 1
 PRECISION = "fp32"
@@ -76,20 +77,11 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     """The Conv2d and Linear calls of one forward pass of ``model``, in execution order."""
     calls: list[LayerCall] = []
 
-    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        shape = tuple(int(d) for d in args[0].shape[1:])
+    def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
+        shape = tuple(int(d) for d in inp.shape[1:])
         calls.append(LayerCall(_key(module, shape, precision), module, shape, int(out[0].numel())))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    trace_layers(model, input_shape, record)
     return calls
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -56,25 +56,44 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerS
         input_shape: shape of one sample, without the batch dimension.
     """
     specs: dict[str, LayerSpec] = {}
-    hooks = []
+
+    def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
+        if name not in specs:
+            specs[name] = _spec(name, module, inp, out)
+
+    trace_layers(model, input_shape, record)
+    return list(specs.values())
+
+
+def trace_layers(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    on_call: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None],
+) -> None:
+    """Runs one zero sample through ``model`` in eval mode and reports every Conv2d/Linear call.
+
+    Args:
+        model: the network; its mode is restored afterwards.
+        input_shape: shape of one sample, without the batch dimension.
+        on_call: called with (module name, module, input, output) for each call, in execution order.
+    """
+    handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
 
             def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-                if name not in specs:
-                    specs[name] = _spec(name, mod, args[0], out)
+                on_call(name, mod, args[0], out)
 
-            hooks.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             model(torch.zeros(1, *input_shape))
     finally:
-        for handle in hooks:
+        for handle in handles:
             handle.remove()
         model.train(was_training)
-    return list(specs.values())
 
 
 def total_macs(specs: Sequence[LayerSpec]) -> int:

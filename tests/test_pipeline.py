@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from envs.tasks import build_architecture
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.packing import write_packed
-from methods.pipeline import Refinement, compress
+from methods.pipeline import CompressedModel, Refinement, compress
 from search import load_model
 from search.policy import LayerChoice, Policy
 
@@ -58,6 +58,14 @@ def _data(n: int = 64) -> TensorDataset:
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(n, 1, 28, 28, generator=generator)
     return TensorDataset(inputs, torch.randint(0, 10, (n,), generator=generator))
+
+
+def _assert_reloads_exactly(compressed: CompressedModel, path: Path) -> None:
+    """The packed file, written and loaded back, computes exactly what the compressed model does."""
+    write_packed(path, compressed.blob)
+    with torch.inference_mode():
+        x = torch.randn(3, 1, 28, 28)
+        assert torch.equal(load_model(path)(x), compressed.model(x))
 
 
 @pytest.mark.parametrize("steps", [0, 3])
@@ -204,11 +212,7 @@ def test_data_driven_saliency_picks_other_weights_and_reloads(factory, tmp_path:
     assert int(kept.sum()) == by_magnitude.model.fc.weight.count_nonzero()
     assert not torch.equal(kept, by_magnitude.model.fc.weight != 0)
     assert scored.meta["policy"]["saliency"] == saliency
-    path = tmp_path / "s.acz"
-    write_packed(path, scored.blob)
-    with torch.inference_mode():
-        x = torch.randn(3, 1, 28, 28)
-        assert torch.equal(load_model(path)(x), scored.model(x))
+    _assert_reloads_exactly(scored, tmp_path / "s.acz")
     with pytest.raises(ValueError, match="calibration data"):
         compress(model, Policy.from_choices(choices, saliency), input_shape=(1, 28, 28), source={"model": source})
 
@@ -249,8 +253,4 @@ def test_channel_importance_is_applied_and_replayed(factory, tmp_path: Path, imp
                           input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
     assert compressed.model.stem.out_channels == 4
     assert compressed.meta["policy"]["channel_importance"] == importance
-    path = tmp_path / "c.acz"
-    write_packed(path, compressed.blob)
-    with torch.inference_mode():
-        x = torch.randn(3, 1, 28, 28)
-        assert torch.equal(load_model(path)(x), compressed.model(x))
+    _assert_reloads_exactly(compressed, tmp_path / "c.acz")
