@@ -46,7 +46,6 @@ from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
 from methods.finetune import FinetuneSettings  # noqa: E402
 from methods.pipeline import CompressedModel  # noqa: E402
-from methods.structured import channel_groups  # noqa: E402
 from search import run_search  # noqa: E402
 from search.export import finetune_steps  # noqa: E402
 from search.policy import MIN_KEEP, LayerChoice, Policy  # noqa: E402
@@ -96,7 +95,7 @@ def global_magnitude_keeps(evaluator: Evaluator, ratio: float) -> dict[str, floa
     pruner.step()
     return {
         group.leader: model.get_submodule(group.leader).weight.shape[0] / group.channels
-        for group in channel_groups(evaluator.task.model, evaluator.task.input_shape)
+        for group in evaluator.groups
     }
 
 

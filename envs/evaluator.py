@@ -106,7 +106,7 @@ class Evaluator:
         """BatchNorm recalibration plus ``finetune`` (distilling the task's model when its alpha > 0)."""
         calibration = None
         if self.settings.bn_recalibration and has_batchnorm(self.task.model):
-            calibration = self.task.train.tensors[0][: self.settings.calibration_images]
+            calibration = self._calibration_inputs
         return Refinement(
             calibration=calibration,
             finetune=finetune,
@@ -128,6 +128,11 @@ class Evaluator:
         )
 
     @property
+    def _calibration_inputs(self) -> torch.Tensor:
+        """Training images for BatchNorm recalibration and int8 activation ranges."""
+        return self.task.train.tensors[0][: self.settings.calibration_images]
+
+    @property
     def predictor(self) -> LatencyPredictor:
         """The device's latency model for this task (built, and if needed profiled, on first use)."""
         if self._predictor is None:
@@ -141,7 +146,7 @@ class Evaluator:
         """What runs on the device: ``model`` itself, or its int8 conversion on an int8 runtime."""
         if not self.device.int8:
             return model
-        return to_int8(model, self.task.train.tensors[0][: self.settings.calibration_images])
+        return to_int8(model, self._calibration_inputs)
 
     def latency_ms(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> float:
         """Latency of ``model`` on the device: measured, or predicted when the settings say so.
@@ -154,18 +159,20 @@ class Evaluator:
             reuse: allow a cached or predicted value.
             runnable: ``self.runnable(model)`` if already built.
         """
-        shape = tuple(tuple(p.shape) for p in model.parameters())
-        if not reuse:
+        def measured() -> float:
             return self.time_on_device(runnable or self.runnable(model))
+
+        if not reuse:
+            return measured()
+        shape = tuple(tuple(p.shape) for p in model.parameters())
         if shape not in self._latency_by_shape:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
-                    measured = self.time_on_device(runnable or self.runnable(model))
-                    self.latency_checks.append(LatencyCheck(predicted, measured))
+                    self.latency_checks.append(LatencyCheck(predicted, measured()))
                 self._latency_by_shape[shape] = predicted
             else:
-                self._latency_by_shape[shape] = self.time_on_device(runnable or self.runnable(model))
+                self._latency_by_shape[shape] = measured()
         return self._latency_by_shape[shape]
 
     def time_on_device(self, runnable: nn.Module) -> float:

@@ -2,9 +2,8 @@
 
 Every process (head, workers, drivers) runs inside ``unshare -rnpf --kill-child --mount-proc sh -c ...``:
 the network namespace has only loopback (nothing is reachable from outside), and when the shell
-ends the kernel ends every process of the namespace, so no Ray process outlives a test. Nothing
-here ever runs ``ray stop``, ``pkill`` or ``killall``; scenario scripts kill processes by PID,
-inside the namespace only.
+ends the kernel ends every process of the namespace, so no Ray process outlives a test. Processes
+are never ended by name: scenario scripts end them by PID, inside the namespace only.
 """
 
 from __future__ import annotations
