@@ -1,16 +1,21 @@
-"""A per-device latency model: a lookup table of per-layer latencies plus a fitted end-to-end overhead.
+"""A per-device latency model: a lookup table of per-layer latencies plus a fitted end-to-end correction.
 
 The table holds, per device profile, the measured latency of every Conv2d and Linear configuration it
 has met (shape, kept channels, input size, precision), each timed alone at the profile's batch, threads,
-warm-up and repeats. It is stored as JSON under the cache directory and grows as new shapes appear, so
-each configuration is profiled once per device.
+warm-up and repeats. An int8 layer is timed as its quantized kernel on an already quantized input, as it
+runs inside an int8 model (the model quantizes once at its input and dequantizes once at its output).
+The table is stored as JSON under the cache directory and grows as new shapes appear, so each
+configuration is profiled once per device.
 
-What the layers do not cover (BatchNorm, activations, residual adds, pooling, framework dispatch) is
-the *overhead*, modelled per architecture as ``a + b * activations`` (``activations``: output elements
-of the Conv2d/Linear layers per sample) and fitted by least squares on a few real end-to-end
-measurements of the model at uniform channel-keep ratios.
+A layer timed alone is not timed as it runs in the network (caches, thread start-up), and the table
+does not cover BatchNorm, activations, residual adds, pooling or framework dispatch. Both are the
+*correction*, modelled per architecture as
 
-    latency(model) ~= sum of table[layer] + a + b * activations(model)
+    latency(model) ~= a + s * sum of table[layer] + b * activations(model)
+
+(``activations``: output elements of the Conv2d/Linear layers per sample), with ``a, s, b >= 0`` fitted
+by non-negative least squares on real end-to-end runs of the architecture at a few widths: uniform
+channel-keep ratios from full width down to very thin, and a few seeded non-uniform ones.
 """
 
 from __future__ import annotations
@@ -19,18 +24,20 @@ import copy
 import hashlib
 import json
 import os
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 from torch import nn
 
 from envs.device import DeviceProfile, measure_latency, time_forward
 from methods.discovery import trace_layers
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 PRECISION = "fp32"
 """Precision of eager PyTorch layers; int8 runtimes key their entries ``int8``."""
 
@@ -51,15 +58,17 @@ class LayerCall:
 
 @dataclass(frozen=True)
 class Overhead:
-    """``a + b * activations`` milliseconds spent outside the tabled layers."""
+    """``a + s * layers_ms + b * activations`` milliseconds: the end-to-end latency from the table's layer sum."""
 
     intercept_ms: float
     """``a``: fixed cost per forward pass."""
+    layer_scale: float
+    """``s``: ratio of a layer's cost inside the network to its cost timed alone."""
     per_activation_ms: float
     """``b``: cost per output element of the Conv2d/Linear layers (one sample)."""
 
-    def __call__(self, activations: int) -> float:
-        return self.intercept_ms + self.per_activation_ms * activations
+    def __call__(self, layers_ms: float, activations: int) -> float:
+        return self.intercept_ms + self.layer_scale * layers_ms + self.per_activation_ms * activations
 
 
 def _key(module: nn.Module, shape: tuple[int, ...], precision: str) -> str:
@@ -85,8 +94,12 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     return calls
 
 
-def _standalone(module: nn.Module, example: torch.Tensor, int8: bool) -> nn.Module:
-    """A fresh layer of the same configuration (dense timing does not depend on the values), int8 if asked."""
+def _timing_case(module: nn.Module, example: torch.Tensor, int8: bool) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh layer of the same configuration (dense timing does not depend on the values) and its input.
+
+    On int8 it is the quantized kernel itself with a quantized input, so that the quantize and dequantize
+    steps around a stand-alone layer are not counted: an int8 network runs them once, not per layer.
+    """
     if isinstance(module, nn.Conv2d):
         layer: nn.Module = nn.Conv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
@@ -95,10 +108,17 @@ def _standalone(module: nn.Module, example: torch.Tensor, int8: bool) -> nn.Modu
     else:
         layer = nn.Linear(module.in_features, module.out_features, module.bias is not None)
     if not int8:
-        return layer
+        return layer, example
     from methods.int8 import to_int8  # local: only int8 devices need torch.ao
 
-    return to_int8(nn.Sequential(layer), example)
+    converted = to_int8(nn.Sequential(layer), example)
+    kernel = converted.get_submodule("0")
+    scale = float(getattr(converted, "0_input_scale_0"))
+    zero_point = int(getattr(converted, "0_input_zero_point_0"))
+    quantized = torch.quantize_per_tensor(example, scale, zero_point, torch.quint8)
+    if quantized.dim() == 4:  # int8 convolutions produce (and so receive) channels-last tensors
+        quantized = quantized.contiguous(memory_format=torch.channels_last)
+    return kernel, quantized
 
 
 def profile_digest(device: DeviceProfile) -> str:
@@ -146,7 +166,7 @@ class LatencyTable:
         """The table entry of one layer call, profiling it first if it is new."""
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
-            layer = _standalone(call.module, example, self.device.int8)
+            layer, example = _timing_case(call.module, example, self.device.int8)
             self.layers[call.key] = time_forward(layer, example, self.device)
             self.measured_layers += 1
         return self.layers[call.key]
@@ -169,21 +189,19 @@ class LatencyTable:
             input_shape: one sample's shape.
             runnable: what the device runs for a model (e.g. its int8 conversion).
         """
-        rows, residuals = [], []
+        rows, measured = [], []
         for model in models:
             calls = layer_calls(model, input_shape, self.precision)
-            measured = measure_latency(runnable(model), input_shape, self.device)
-            rows.append((1.0, float(sum(c.activations for c in calls))))
-            residuals.append(measured - self.layers_ms(calls))
-        a, b = _nonnegative_line(np.array(rows), np.array(residuals))
-        overhead = Overhead(a, b)
+            measured.append(measure_latency(runnable(model), input_shape, self.device))
+            rows.append((1.0, self.layers_ms(calls), float(sum(c.activations for c in calls))))
+        overhead = Overhead(*fit_nonnegative(np.array(rows), np.array(measured)))
         self.overheads[architecture_digest(layer_calls(models[0], input_shape, self.precision))] = overhead
         return overhead
 
     def predict(self, model: nn.Module, input_shape: Sequence[int], overhead: Overhead) -> float:
         """Predicted latency in milliseconds of ``model`` on the table's device."""
         calls = layer_calls(model, input_shape, self.precision)
-        return self.layers_ms(calls) + overhead(sum(c.activations for c in calls))
+        return overhead(self.layers_ms(calls), sum(c.activations for c in calls))
 
     def save(self) -> None:
         """Writes the table atomically (a reader never sees half a file)."""
@@ -193,28 +211,22 @@ class LatencyTable:
             "profile": profile_digest(self.device),
             "device": self.device.name,
             "layers": self.layers,
-            "overheads": {k: [v.intercept_ms, v.per_activation_ms] for k, v in self.overheads.items()},
+            "overheads": {k: list(astuple(v)) for k, v in self.overheads.items()},
         }
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
         tmp.replace(self.path)
 
 
-def _nonnegative_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``y ~ a + b * x[:, 1]`` with ``a, b >= 0`` (a negative cost is not physical)."""
-    best: tuple[float, float] | None = None
-    best_error = float("inf")
-    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
-    candidates = [(a, b)] if a >= 0 and b >= 0 else []
-    candidates.append((max(0.0, float(np.mean(y))), 0.0))
-    if float(np.dot(x[:, 1], x[:, 1])) > 0:
-        candidates.append((0.0, max(0.0, float(np.dot(x[:, 1], y) / np.dot(x[:, 1], x[:, 1])))))
-    for a, b in candidates:
-        error = float(np.sum((x @ np.array([a, b]) - y) ** 2))
-        if error < best_error:
-            best, best_error = (float(a), float(b)), error
-    assert best is not None
-    return best
+def fit_nonnegative(x: np.ndarray, y: np.ndarray) -> tuple[float, ...]:
+    """Least-squares coefficients of ``y ~ x`` constrained to be non-negative (a negative cost is not physical).
+
+    Columns are scaled to unit norm before solving so that milliseconds and element counts weigh alike.
+    """
+    norms = np.linalg.norm(x, axis=0)
+    norms[norms == 0] = 1.0
+    coefficients, _ = nnls(x / norms, y)
+    return tuple(float(c) for c in coefficients / norms)
 
 
 class LatencyPredictor:
@@ -234,6 +246,23 @@ class LatencyPredictor:
         return latency
 
 
+def fit_widths(
+    leaders: Sequence[str], keeps: Sequence[float], mixed: int, seed: int = 0
+) -> list[dict[str, float]]:
+    """Keep ratios per channel-group leader at which an architecture's correction is fitted.
+
+    One uniform setting per entry of ``keeps``, then ``mixed`` seeded settings drawn per leader between
+    the smallest and the largest of ``keeps`` (searched widths are rarely uniform).
+    """
+    if not leaders:
+        return [{}]
+    widths = [{leader: keep for leader in leaders} for keep in keeps]
+    rng = random.Random(seed)
+    low, high = min(keeps), max(keeps)
+    widths += [{leader: rng.uniform(low, high) for leader in leaders} for _ in range(mixed)]
+    return widths
+
+
 def build_predictor(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -241,13 +270,15 @@ def build_predictor(
     cache_dir: Path,
     leaders: Sequence[str] = (),
     channel_multiple: int = 1,
-    keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.25),
+    keeps: Sequence[float] = (1.0, 0.75, 0.5, 0.35, 0.25, 0.125),
+    mixed: int = 3,
     runnable: Callable[[nn.Module], nn.Module] = lambda model: model,
 ) -> LatencyPredictor:
-    """The device's predictor for ``model``; fits the architecture's overhead once (then cached).
+    """The device's predictor for ``model``; fits the architecture's correction once (then cached).
 
-    The overhead is fitted on the model at each of ``keeps`` (the same kept fraction for every channel
-    group led by ``leaders``), each measured end to end on the device as ``runnable`` makes it.
+    The correction is fitted on the model at the widths of :func:`fit_widths` (``keeps`` and ``mixed``
+    for the channel groups led by ``leaders``), each measured end to end on the device as ``runnable``
+    makes it.
     """
     from methods.structured import prune_channels  # local: structured pruning pulls in torch-pruning
 
@@ -256,9 +287,9 @@ def build_predictor(
     overhead = table.overheads.get(architecture_digest(layer_calls(model, shape, table.precision)))
     if overhead is None:
         variants = []
-        for keep in keeps if leaders else (1.0,):
+        for widths in fit_widths(leaders, keeps, mixed):
             variant = copy.deepcopy(model).eval()
-            prune_channels(variant, shape, {leader: keep for leader in leaders}, channel_multiple)
+            prune_channels(variant, shape, widths, channel_multiple)
             variants.append(variant)
         overhead = table.fit_overhead(variants, shape, runnable)
     table.save()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from envs.device import DeviceProfile
-from envs.latency_model import LatencyTable, _nonnegative_line, build_predictor, layer_calls
+from envs.latency_model import LatencyTable, _timing_case, build_predictor, fit_nonnegative, fit_widths, layer_calls
 
 FAST = DeviceProfile(name="test-cpu", threads=1, batch=2, warmup=0, repeats=1)
 
@@ -52,20 +52,43 @@ def test_table_profiles_each_configuration_once_and_reloads(tmp_path: Path) -> N
     assert other.layers == {} and other.path != table.path  # another profile never reuses these timings
 
 
-def test_nonnegative_overhead_fit() -> None:
-    x = np.array([[1.0, v] for v in (10.0, 20.0, 40.0)])
-    assert _nonnegative_line(x, 2.0 + 0.5 * x[:, 1]) == pytest.approx((2.0, 0.5))
-    a, b = _nonnegative_line(x, 5.0 - 0.1 * x[:, 1])  # a falling cost is clipped to a constant
-    assert b == 0.0 and a == pytest.approx(np.mean(5.0 - 0.1 * x[:, 1]))
+def test_nonnegative_fit_recovers_coefficients_of_mixed_units() -> None:
+    rng = np.random.default_rng(0)
+    x = np.column_stack([np.ones(8), rng.uniform(1, 30, 8), rng.uniform(1e4, 1e6, 8)])  # 1, ms, elements
+    assert fit_nonnegative(x, x @ np.array([0.5, 1.2, 3e-6])) == pytest.approx((0.5, 1.2, 3e-6), rel=1e-6)
+    a, s, b = fit_nonnegative(x, x @ np.array([-2.0, 1.0, 1e-5]))  # a negative fixed cost is clipped
+    assert a == 0.0 and s > 0 and b >= 0
+
+
+def test_fit_widths_are_uniform_then_seeded_mixed() -> None:
+    widths = fit_widths(["a", "b"], (1.0, 0.5, 0.25), mixed=2)
+    assert widths[:3] == [{"a": k, "b": k} for k in (1.0, 0.5, 0.25)]
+    assert all(0.25 <= v <= 1.0 for w in widths[3:] for v in w.values()) and widths[3]["a"] != widths[3]["b"]
+    assert widths == fit_widths(["a", "b"], (1.0, 0.5, 0.25), mixed=2)
+    assert fit_widths([], (1.0, 0.5), mixed=3) == [{}]
+
+
+def test_int8_layers_are_timed_as_kernels_on_quantized_channels_last_input() -> None:
+    example = torch.randn(2, 8, 12, 12)
+    kernel, quantized = _timing_case(nn.Conv2d(8, 16, 3, padding=1), example, int8=True)
+    assert quantized.is_quantized and quantized.is_contiguous(memory_format=torch.channels_last)
+    assert "quantized" in type(kernel).__module__  # the bare kernel: no quantize/dequantize around it
+    with torch.inference_mode():
+        assert kernel(quantized).shape == (2, 16, 12, 12)
+    kernel, quantized = _timing_case(nn.Linear(8, 4), torch.randn(2, 8), int8=True)
+    with torch.inference_mode():
+        assert kernel(quantized).is_quantized
+    layer, same = _timing_case(nn.Linear(8, 4), example[:, :, 0, :8], int8=False)
+    assert isinstance(layer, nn.Linear) and same is not None and not same.is_quantized
 
 
 def test_predictor_fits_once_per_architecture_and_is_cached(tmp_path: Path) -> None:
     model = _Net().eval()
-    predictor = build_predictor(model, (1, 12, 12), FAST, tmp_path, leaders=["a"], keeps=(1.0, 0.5))
-    assert predictor.overhead.intercept_ms >= 0 and predictor.overhead.per_activation_ms >= 0
+    predictor = build_predictor(model, (1, 12, 12), FAST, tmp_path, leaders=["a"], keeps=(1.0, 0.5), mixed=1)
+    assert min(dataclasses.astuple(predictor.overhead)) >= 0
     assert predictor(model) > 0
     entries = dict(predictor.table.layers)
-    cached = build_predictor(model, (1, 12, 12), FAST, tmp_path, leaders=["a"], keeps=(1.0, 0.5))
+    cached = build_predictor(model, (1, 12, 12), FAST, tmp_path, leaders=["a"], keeps=(1.0, 0.5), mixed=1)
     assert cached.overhead == predictor.overhead and cached.table.measured_layers == 0
     assert cached.table.layers == entries
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
