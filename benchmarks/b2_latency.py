@@ -10,17 +10,18 @@ fractions of it (default 50% and 30%). For each target, side by side and with th
   ranking of all channel groups) at the largest pruning ratio that meets the target; the widths it
   leaves are then applied through this project's pipeline, so every row is packed and measured alike;
 * each searcher: channel keep ratios only (fp32 weights, no sparsity), the latency target as its budget,
-  the device's latency lookup table as the latency model during the search (``--proxy-steps``: a short
-  fine-tune of each candidate before its validation accuracy is read), and the exported model with
-  the best validation accuracy as its result. Every exported model is measured for real; one over its
-  target is dropped by the export stage.
+  the device's latency lookup table as the latency model during the search, each proposal's widths
+  scaled together to just under the target by that model (``--latency-fill``, ``search/latency_fill.py``;
+  0 turns it off), optionally a short fine-tune of each candidate before its validation accuracy is read
+  (``--proxy-steps``), and the exported model with the best validation accuracy as its result. Every
+  exported model is measured for real; one over its target is dropped by the export stage.
 
 Columns: test accuracy, measured latency, its ratio to fp32, MMACs, parameters, packed size, the predictor's latency
 for the searched model, evaluations and seconds. A last table gives the latency predictor's median
 absolute error over every candidate checked against a real run.
 
     python benchmarks/b2_latency.py [--task resnet] [--device cpu-b32] [--targets 0.5,0.3] [--trials 60]
-        [--searchers tpe,nsga2,random,rl] [--epochs 2]
+        [--searchers tpe,nsga2,random,rl] [--epochs 2] [--latency-fill 0.95] [--proxy-steps 0]
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--searchers", default="tpe,nsga2,random,rl")
     parser.add_argument("--epochs", type=float, default=2.0, help="final fine-tune epochs, the same for every row")
+    parser.add_argument("--latency-fill", type=float, default=0.95,
+                        help="searched widths are scaled to this fraction of the target (0 = as proposed)")
     parser.add_argument("--proxy-steps", type=int, default=0,
                         help="fine-tune steps (lr 1e-3) per searched candidate before its val accuracy is read")
     args = parser.parse_args()
@@ -167,7 +170,8 @@ def main() -> None:
             outcome = run_search(
                 task=args.task, device=args.device, searcher=searcher, trials=args.trials,
                 target_latency=f"{target}ms", out=runs / f"{fraction:g}-{searcher}",
-                space={"bits": [32], "sparsity_max": 0.0, "keep_step": 0.0625, "keep_min": 0.0625},
+                space={"bits": [32], "sparsity_max": 0.0, "keep_step": 0.0625, "keep_min": 0.0625,
+                       "latency_fill": args.latency_fill},
                 evaluator={"latency": "predicted", "finetune_steps": args.proxy_steps, "finetune_lr": 1e-3},
                 export={"finetune_epochs": args.epochs, "max_models": 4},
             )
@@ -200,7 +204,7 @@ def main() -> None:
                f"{markdown_table(errors)}")
     command = (f"python benchmarks/b2_latency.py --task {args.task} --device {args.device} --targets {args.targets} "
                f"--trials {args.trials} --searchers {args.searchers} --epochs {args.epochs} "
-               f"--proxy-steps {args.proxy_steps}")
+               f"--latency-fill {args.latency_fill} --proxy-steps {args.proxy_steps}")
     name = f"b2_latency_{args.task}_{args.device}" + (f"_proxy{args.proxy_steps}" if args.proxy_steps else "")
     path = write_outputs(name, frame, summary, command)
     print(summary)

@@ -104,6 +104,35 @@ def _iterative_pruning(
     return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
 
 
+def _restructure(
+    model: nn.Module,
+    policy: Policy,
+    input_shape: Sequence[int],
+    channel_multiple: int,
+    importance: str,
+    data: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[History, dict[str, int]]:
+    """Removes the policy's channels from ``model`` in place, then factorises its low-rank layers."""
+    unknown = sorted({name for name, _ in policy} - {name for name, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"the policy names layers the model does not have: {', '.join(unknown)}")
+    keep = {name: choice.keep for name, choice in policy if choice.keep < 1.0}
+    history = prune_channels(model, input_shape, keep, channel_multiple, importance=importance, data=data)
+    factorised = factorise_layers(model, {name: choice.rank for name, choice in policy if choice.rank < 1.0})
+    return history, factorised
+
+
+def architecture(base: nn.Module, policy: Policy, input_shape: Sequence[int], channel_multiple: int = 1) -> nn.Module:
+    """A copy of ``base`` with the layer shapes ``policy`` gives it (kept channels, low-rank factors).
+
+    Only the shapes are meaningful (channels are chosen by L1 magnitude, weights are neither pruned
+    nor quantized), which is all a latency model needs.
+    """
+    model = copy.deepcopy(base).eval()
+    _restructure(model, policy, input_shape, channel_multiple, "l1", None)
+    return model
+
+
 def compress(
     base: nn.Module,
     policy: Policy,
@@ -119,16 +148,11 @@ def compress(
     what the file holds.
     """
     model = copy.deepcopy(base).eval()
-    unknown = sorted({name for name, _ in policy} - {name for name, _ in model.named_modules()})
-    if unknown:
-        raise ValueError(f"the policy names layers the model does not have: {', '.join(unknown)}")
-    keep = {name: choice.keep for name, choice in policy if choice.keep < 1.0}
     data = refinement.saliency_data
-    history = prune_channels(
-        model, input_shape, keep, channel_multiple, importance=policy.channel_importance,
-        data=None if data is None else (data.tensors[0], data.tensors[1]),
+    history, factorised = _restructure(
+        model, policy, input_shape, channel_multiple, policy.channel_importance,
+        None if data is None else (data.tensors[0], data.tensors[1]),
     )
-    factorised = factorise_layers(model, {name: choice.rank for name, choice in policy if choice.rank < 1.0})
     targets = {part: choice for name, choice in policy for part in factor_names(name, factorised)}
     if refinement.finetune.steps > 0 and refinement.train is None:
         raise ValueError("a fine-tune needs the training split")

@@ -101,6 +101,8 @@ class SearchConfig:
             raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
         if self.searcher != RAY_SEARCHER and (self.workers != 1 or self.ray_address is not None):
             raise UsageError(f"--workers and --ray-address need --searcher {RAY_SEARCHER}")
+        if self.searcher == RAY_SEARCHER and self.space.latency_fill > 0:
+            raise UsageError(f"space.latency_fill is not available with --searcher {RAY_SEARCHER}; set it to 0")
         if self.ray_address is not None:
             try:
                 parse_address(self.ray_address)

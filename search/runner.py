@@ -18,6 +18,7 @@ from search.config import SearchConfig
 from search.distributed.options import RAY_SEARCHER
 from search.errors import UsageError
 from search.export import ExportedModel, candidates, export_front, write_pareto_csv
+from search.latency_fill import latency_fill
 from search.paths import RESULTS_DIR
 from search.policy import Policy
 from search.report import Baseline, plot_front, write_report
@@ -145,6 +146,7 @@ def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
         options=config.searcher_settings,
     )
     searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
+    fill = latency_fill(prepared.evaluator, prepared.space, config.budget)
     remaining = max(0, config.trials - len(archive.trials))
     bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
@@ -152,8 +154,9 @@ def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
     try:
         for _ in range(remaining):
             proposal = searcher.ask()
-            result = prepared.evaluator.evaluate(proposal.policy)
-            archive.append(config.searcher, proposal.policy, result)
+            policy = proposal.policy if fill is None else fill(proposal.policy)
+            result = prepared.evaluator.evaluate(policy)
+            archive.append(config.searcher, policy, result)
             searcher.tell(proposal, result)
             bar.update(1)
             bar.set_postfix_str(_best_text(archive.trials))

@@ -54,6 +54,10 @@ class SpaceSettings:
     """Allowed fine-grained pruning criteria (one per policy): ``magnitude``, ``obd``, ``taylor``."""
     channel_importances: tuple[str, ...] = ("l1",)
     """Allowed structured pruning criteria (one per policy): ``l1``, ``l2``, ``bn``, ``taylor``."""
+    latency_fill: float = 0.0
+    """With a latency target and searched keep ratios: when > 0, each proposed policy's keep ratios are scaled
+    together (their proportions kept, on the keep grid) to the widest the latency model predicts within this
+    fraction of the target (``search/latency_fill.py``); 0 leaves proposals as they are."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
@@ -82,6 +86,8 @@ class SpaceSettings:
             raise ValueError(f"keep_min must be in [{MIN_KEEP}, 1]")
         if not 0.0 < self.keep_step <= 1.0:
             raise ValueError("keep_step must be in (0, 1]")
+        if not 0.0 <= self.latency_fill <= 1.0:
+            raise ValueError("latency_fill must be in [0, 1] (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,15 @@ class SearchSpace:
         high = math.floor(self.settings.sparsity_max / step + 1e-9) * step
         return 0.0, round(high, 6), step
 
-    def _keep_grid(self) -> tuple[float, float, float]:
+    def snap_keep(self, keep: float) -> float:
+        """The largest keep-grid value not above ``keep`` (the grid's smallest for anything below it)."""
+        low, high, step = self.keep_grid()
+        if keep >= high:
+            return high
+        return round(low + max(0, math.floor((keep - low) / step + 1e-9)) * step, 6)
+
+    def keep_grid(self) -> tuple[float, float, float]:
+        """Smallest keep ratio, largest (1) and step of the keep grid."""
         step = self.settings.keep_step
         n = math.floor((1.0 - self.settings.keep_min) / step + 1e-9)
         return round(1.0 - n * step, 6), 1.0, step
@@ -139,7 +153,7 @@ class SearchSpace:
                 quantizer = suggest.categorical(f"{name}.quantizer", self.settings.quantizers)
             keep = 1.0
             if self.searches_keep and name in self.leaders:
-                keep = suggest.float(f"{name}.keep", *self._keep_grid())
+                keep = suggest.float(f"{name}.keep", *self.keep_grid())
             rank = suggest.categorical(f"{name}.rank", self.settings.ranks) if name in rank_layers else 1.0
             choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer, rank=rank)
         return Policy.from_choices(choices, saliency, importance)
@@ -150,7 +164,7 @@ class SearchSpace:
         Args:
             quantizer: the quantizer of every layer (default: the first allowed one).
         """
-        keep = self._keep_grid()[0] if self.searches_keep else 1.0
+        keep = self.keep_grid()[0] if self.searches_keep else 1.0
         sparsity = self._sparsity_grid()[1]
         rank_layers = self._rank_layers()
         return Policy.from_choices(

@@ -1,0 +1,157 @@
+"""Which int8 runtime to run compressed models on: PyTorch's x86 static int8 against ONNX Runtime's.
+
+For each task, at full width and at a uniform channel keep (``--keeps``; BatchNorm recalibrated, no
+fine-tune), four executions of the same model are timed side by side at a device profile's batch and
+threads (interleaved rounds, medians):
+
+* ``torch fp32``: eager PyTorch (the ``torch`` runtime);
+* ``torch int8``: FX static int8 on the x86 (fbgemm) backend, as ``methods/int8.py`` builds it (the
+  ``torch-int8`` runtime);
+* ``onnxruntime fp32``: the model exported to ONNX (opset 17), all graph optimisations on;
+* ``onnxruntime int8``: ONNX Runtime static QDQ quantization of that export (per-channel int8 weights,
+  uint8 activations, ranges from the same calibration images), all graph optimisations on.
+
+Columns: test accuracy, median latency, and its ratio to torch fp32. ONNX Runtime needs ``pip install onnx``
+for its quantizer; the script says so and stops if it is missing.
+
+    python benchmarks/int8_runtimes.py [--tasks resnet,mobilenet] [--device cpu-int8] [--keeps 1.0,0.5]
+        [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import markdown_table, median, write_outputs  # noqa: E402
+from envs.device import DeviceProfile, load_device  # noqa: E402
+from envs.tasks import Task, load_task  # noqa: E402
+from methods.finetune import recalibrate_batchnorm  # noqa: E402
+from methods.int8 import to_int8  # noqa: E402
+from methods.structured import channel_groups, prune_channels  # noqa: E402
+
+CALIBRATION_IMAGES = 512
+"""Training images that set the activation ranges of both int8 runtimes."""
+
+
+def _onnx_sessions(model: torch.nn.Module, task: Task, device: DeviceProfile, folder: Path) -> tuple:
+    """ONNX Runtime fp32 and static-int8 sessions of ``model``."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    fp32_path, int8_path = folder / "model.onnx", folder / "model-int8.onnx"
+    example = torch.zeros(1, *task.input_shape)
+    torch.onnx.export(model, example, fp32_path, dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
+    images = task.train.tensors[0][:CALIBRATION_IMAGES].numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": images[i : i + 64]} for i in range(0, len(images), 64)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = device.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return tuple(ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                 for p in (fp32_path, int8_path))
+
+
+def _session_forward(session) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001 - onnxruntime type
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+
+
+def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls after one warm-up call."""
+    forward(example)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(example)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * median(times)
+
+
+def _accuracy(forward: Callable[[torch.Tensor], torch.Tensor], task: Task) -> float:
+    images, labels = task.test.tensors
+    correct = sum(int((forward(images[i : i + 256]).argmax(1) == labels[i : i + 256]).sum())
+                  for i in range(0, len(images), 256))
+    return correct / len(labels)
+
+
+def compare(task: Task, keep: float, device: DeviceProfile, rounds: int) -> list[dict]:
+    """The four executions of ``task``'s model at ``keep``: accuracy and median latency."""
+    model = copy.deepcopy(task.model).eval()
+    if keep < 1.0:
+        leaders = [group.leader for group in channel_groups(model, task.input_shape)]
+        prune_channels(model, task.input_shape, {leader: keep for leader in leaders}, device.channel_multiple)
+    calibration = task.train.tensors[0][:CALIBRATION_IMAGES]
+    if keep < 1.0:  # no fine-tune here: BatchNorm statistics are re-estimated so the accuracy means something
+        recalibrate_batchnorm(model, task.train.tensors[0])
+        model.eval()
+    torch_int8 = to_int8(model, calibration)
+    with tempfile.TemporaryDirectory() as folder:
+        ort_fp32, ort_int8 = _onnx_sessions(model, task, device, Path(folder))
+    runs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "torch fp32": model, "torch int8": torch_int8,
+        "onnxruntime fp32": _session_forward(ort_fp32), "onnxruntime int8": _session_forward(ort_int8),
+    }
+    example = torch.randn(device.batch, *task.input_shape, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    torch.set_num_threads(device.threads)
+    with torch.inference_mode():
+        accuracy = {name: _accuracy(forward, task) for name, forward in runs.items()}
+        for _ in range(rounds):
+            for name, forward in runs.items():
+                times[name].append(_time_once(forward, example, device.repeats))
+    base = median(times["torch fp32"])
+    return [{"task": task.name, "keep": keep, "runtime": name, "test_accuracy": accuracy[name],
+             "latency_ms": median(times[name]), "vs_torch_fp32": median(times[name]) / base,
+             "spread_ms": float(np.max(times[name]) - np.min(times[name]))} for name in runs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="resnet,mobilenet")
+    parser.add_argument("--device", default="cpu-int8", help="profile whose batch, threads and repeats are used")
+    parser.add_argument("--keeps", default="1.0,0.5", help="uniform channel-keep ratios to compare at")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (medians are reported)")
+    args = parser.parse_args()
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        print(f"error: {exc.name} is not installed; run `pip install onnx onnxruntime` first", file=sys.stderr)
+        sys.exit(2)
+    device = load_device(args.device)
+    rows = []
+    for name in args.tasks.split(","):
+        task = load_task(name, progress=True)
+        for keep in (float(k) for k in args.keeps.split(",")):
+            rows += compare(task, keep, device, args.rounds)
+            print(markdown_table(pd.DataFrame(rows[-4:])), file=sys.stderr)
+    frame = pd.DataFrame(rows)
+    summary = (f"Device profile {device.name}: batch {device.batch}, {device.threads} threads, medians of "
+               f"{args.rounds} interleaved rounds of {device.repeats} runs.\n\n{markdown_table(frame)}")
+    command = "python benchmarks/int8_runtimes.py " + " ".join(sys.argv[1:])
+    print(write_outputs("int8_runtimes", frame, summary, command.strip()).read_text())
+
+
+if __name__ == "__main__":
+    main()

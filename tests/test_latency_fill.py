@@ -1,0 +1,101 @@
+"""Latency filling: proposals are widened or narrowed together to just under the latency target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envs.device import DeviceProfile, load_device
+from envs.evaluator import Evaluator, EvaluatorSettings
+from envs.tasks import load_task
+from methods.pipeline import architecture
+from search import run_search
+from search.budget import Budget
+from search.errors import UsageError
+from search.latency_fill import LatencyFill, latency_fill
+from search.policy import LayerChoice, Policy
+from search.space import SearchSpace, SpaceSettings
+
+LEADERS = ("a", "b", "c")
+SPACE = SearchSpace(("a", "b", "c", "d"), LEADERS, SpaceSettings(keep_min=0.125, keep_step=0.125, latency_fill=0.9))
+FAST = DeviceProfile(name="test-fill", threads=1, batch=4, warmup=0, repeats=2)
+
+
+def _summed_keeps(target_ms: float) -> LatencyFill:
+    """A filler whose 'latency' is the sum of the leaders' keep ratios (monotone, exact)."""
+    return LatencyFill(
+        SPACE, target_ms, 0.9,
+        latency_of=lambda policy: sum(policy[name].keep for name in LEADERS),  # type: ignore[attr-defined]
+        architecture_of=lambda policy: policy,  # type: ignore[arg-type,return-value]
+    )
+
+
+PROPOSAL = Policy.from_choices({
+    "a": LayerChoice(sparsity=0.5, bits=4, keep=0.25),
+    "b": LayerChoice(keep=0.5),
+    "c": LayerChoice(keep=1.0),
+    "d": LayerChoice(sparsity=0.3, bits=6),
+})
+
+
+def test_fill_scales_keeps_together_to_just_under_the_aim() -> None:
+    filled = _summed_keeps(2.0)(PROPOSAL)
+    keeps = [filled[name].keep for name in LEADERS]
+    assert sum(keeps) <= 0.9 * 2.0
+    assert sum(keeps) > 0.9 * 2.0 - len(LEADERS) * 0.125  # at most one grid step short per group
+    assert keeps == sorted(keeps) and keeps[0] < keeps[2]  # the width profile keeps its shape
+    assert all(k in {i * 0.125 for i in range(1, 9)} for k in keeps)
+    assert filled["d"] == PROPOSAL["d"]
+    assert (filled["a"].sparsity, filled["a"].bits) == (0.5, 4)
+    widened = _summed_keeps(3.0)(PROPOSAL)  # room to spare: wider than proposed
+    assert all(widened[n].keep >= PROPOSAL[n].keep for n in LEADERS) and widened["a"].keep > 0.25
+
+
+def test_fill_saturates_at_the_ends_of_the_grid() -> None:
+    assert [_summed_keeps(100.0)(PROPOSAL)[n].keep for n in LEADERS] == [1.0, 1.0, 1.0]
+    assert [_summed_keeps(0.01)(PROPOSAL)[n].keep for n in LEADERS] == [0.125, 0.125, 0.125]
+
+
+def test_fill_is_off_without_a_fraction_a_target_or_keep_ratios() -> None:
+    evaluator = Evaluator(load_task("lenet300"), FAST)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(latency_fill=0.9))
+    assert latency_fill(evaluator, space, Budget(latency_ms=1.0)) is not None
+    assert latency_fill(evaluator, space, Budget(size_bytes=1000)) is None
+    off = SearchSpace(space.layers, space.leaders, SpaceSettings())
+    assert latency_fill(evaluator, off, Budget(latency_ms=1.0)) is None
+    no_keep = SearchSpace(space.layers, space.leaders, SpaceSettings(latency_fill=0.9, channel_pruning=False))
+    assert latency_fill(evaluator, no_keep, Budget(latency_ms=1.0)) is None
+    with pytest.raises(ValueError, match="latency_fill"):
+        SpaceSettings(latency_fill=1.5)
+
+
+def test_fill_with_the_device_latency_model(tmp_path: Path) -> None:
+    evaluator = Evaluator(load_task("lenet300"), FAST, EvaluatorSettings(latency="predicted"))
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(latency_fill=0.95))
+    task = evaluator.task
+    half = evaluator.predictor(architecture(task.model, _uniform(evaluator, 0.5), task.input_shape))
+    filler = LatencyFill.for_evaluator(evaluator, space, 1.0001 * half / 0.95, 0.95)  # aim: the half-width latency
+    filled = filler(_uniform(evaluator, 0.25))
+    assert evaluator.predictor(architecture(task.model, filled, task.input_shape)) <= half
+    assert all(filled[name].keep >= 0.5 for name in evaluator.leaders)  # widened into the unused budget
+
+
+def _uniform(evaluator: Evaluator, keep: float) -> Policy:
+    return Policy.from_choices({name: LayerChoice(keep=keep) for name in evaluator.leaders})
+
+
+def test_search_evaluates_filled_policies_and_ray_refuses_the_option(tmp_path: Path) -> None:
+    evaluator = Evaluator(load_task("lenet300"), load_device("cpu-b32"), EvaluatorSettings(latency="predicted"))
+    target = 0.6 * evaluator.predictor(evaluator.task.model)  # the run's device and latency table
+    outcome = run_search(
+        task="lenet300", searcher="random", trials=3, target_latency=f"{target}ms", out=tmp_path / "run",
+        space={"bits": [32], "sparsity_max": 0.0, "latency_fill": 0.9}, evaluator={"latency": "predicted"},
+        export={"finetune_epochs": 0.0, "max_models": 1},
+    )
+    latencies = [t.result.latency_ms for t in outcome.trials if t.result.ok]
+    assert len(latencies) == 3 and all(0.5 * target < ms <= 0.9 * target for ms in latencies)
+    with pytest.raises(UsageError, match="latency_fill"):
+        run_search(task="lenet300", searcher="ray", trials=1, target_latency="1ms", out=tmp_path / "ray",
+                   space={"latency_fill": 0.9})
+    assert not (tmp_path / "ray").exists()
