@@ -11,8 +11,8 @@ threads (interleaved rounds, medians):
 * ``onnxruntime int8``: ONNX Runtime static QDQ quantization of that export (per-channel int8 weights,
   uint8 activations, ranges from the same calibration images), all graph optimisations on.
 
-Columns: test accuracy, median latency, and its ratio to torch fp32. ONNX Runtime needs ``pip install onnx``
-for its quantizer; the script says so and stops if it is missing.
+Columns: test accuracy, median latency, and its ratio to torch fp32. The conversions are the device
+runtimes' own (``envs/runtimes.py``).
 
     python benchmarks/int8_runtimes.py [--tasks resnet,mobilenet] [--device cpu-int8] [--keeps 1.0,0.5]
         [--rounds 7]
@@ -23,9 +23,9 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,45 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, median, write_outputs  # noqa: E402
 from envs.device import DeviceProfile, load_device  # noqa: E402
+from envs.runtimes import runnable_for  # noqa: E402
 from envs.tasks import Task, load_task  # noqa: E402
 from methods.finetune import recalibrate_batchnorm  # noqa: E402
-from methods.int8 import to_int8  # noqa: E402
 from methods.structured import channel_groups, prune_channels  # noqa: E402
 
-CALIBRATION_IMAGES = 512
-"""Training images that set the activation ranges of both int8 runtimes."""
-
-
-def _onnx_sessions(model: torch.nn.Module, task: Task, device: DeviceProfile, folder: Path) -> tuple:
-    """ONNX Runtime fp32 and static-int8 sessions of ``model``."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    fp32_path, int8_path = folder / "model.onnx", folder / "model-int8.onnx"
-    example = torch.zeros(1, *task.input_shape)
-    torch.onnx.export(model, example, fp32_path, dynamo=False, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
-    images = task.train.tensors[0][:CALIBRATION_IMAGES].numpy()
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"x": images[i : i + 64]} for i in range(0, len(images), 64)])
-
-        def get_next(self) -> dict | None:
-            return next(self.batches, None)
-
-    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = device.threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return tuple(ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                 for p in (fp32_path, int8_path))
-
-
-def _session_forward(session) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001 - onnxruntime type
-    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+CALIBRATION_IMAGES = 500
+"""Training images that set the activation ranges of both int8 runtimes (as the evaluator uses)."""
+RUNTIME_LABELS = {
+    "torch fp32": "torch", "torch int8": "torch-int8",
+    "onnxruntime fp32": "onnxruntime", "onnxruntime int8": "onnxruntime-int8",
+}
 
 
 def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, repeats: int) -> float:
@@ -105,12 +77,9 @@ def compare(task: Task, keep: float, device: DeviceProfile, rounds: int) -> list
     if keep < 1.0:  # no fine-tune here: BatchNorm statistics are re-estimated so the accuracy means something
         recalibrate_batchnorm(model, task.train.tensors[0])
         model.eval()
-    torch_int8 = to_int8(model, calibration)
-    with tempfile.TemporaryDirectory() as folder:
-        ort_fp32, ort_int8 = _onnx_sessions(model, task, device, Path(folder))
     runs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "torch fp32": model, "torch int8": torch_int8,
-        "onnxruntime fp32": _session_forward(ort_fp32), "onnxruntime int8": _session_forward(ort_int8),
+        label: runnable_for(model, replace(device, runtime=runtime), task.input_shape, calibration)
+        for label, runtime in RUNTIME_LABELS.items()
     }
     example = torch.randn(device.batch, *task.input_shape, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -133,12 +102,6 @@ def main() -> None:
     parser.add_argument("--keeps", default="1.0,0.5", help="uniform channel-keep ratios to compare at")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (medians are reported)")
     args = parser.parse_args()
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        print(f"error: {exc.name} is not installed; run `pip install onnx onnxruntime` first", file=sys.stderr)
-        sys.exit(2)
     device = load_device(args.device)
     rows = []
     for name in args.tasks.split(","):

@@ -17,8 +17,10 @@ from search.errors import UsageError
 from search.paths import DEVICES_DIR
 
 DEFAULT_DEVICE = "cpu-b32"
-RUNTIMES = ("torch", "torch-int8")
-"""``torch``: eager fp32 PyTorch; ``torch-int8``: static int8 on PyTorch's x86 backend (``methods/int8.py``)."""
+RUNTIMES = ("torch", "torch-int8", "onnxruntime", "onnxruntime-int8")
+"""``torch``: eager fp32 PyTorch; ``torch-int8``: static int8 on PyTorch's x86 backend (``methods/int8.py``);
+``onnxruntime`` / ``onnxruntime-int8``: the ONNX export on ONNX Runtime's CPU provider, fp32 or static int8
+(``methods/onnx_runtime.py``). ``envs/runtimes.py`` converts a model for each."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class DeviceProfile:
     name: str
     """Profile name (the YAML file's stem)."""
     runtime: str = "torch"
-    """Runtime that executes the model: ``torch`` (eager fp32) or ``torch-int8`` (static int8, x86 backend)."""
+    """Runtime that executes the model: one of :data:`RUNTIMES`."""
     threads: int = 2
     """Intra-op threads while timing."""
     batch: int = 32
@@ -60,7 +62,7 @@ class DeviceProfile:
     @property
     def int8(self) -> bool:
         """True when models run as static int8."""
-        return self.runtime == "torch-int8"
+        return self.runtime.endswith("-int8")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML and reports."""

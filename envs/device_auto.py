@@ -1,7 +1,8 @@
 """``--device auto``: profile this machine once and cache the resulting device profile.
 
-The profile uses every CPU core this process may run on, batches of 32, and the faster of the two
-runtimes (eager fp32 or static int8) on a reference CNN, timed side by side in alternating rounds.
+The profile uses every CPU core this process may run on, batches of 32, and the fastest runtime on a
+reference CNN (each of :data:`envs.device.RUNTIMES` this machine can run), timed side by side in
+alternating rounds.
 It is written as YAML to ``<cache>/devices/auto-<machine>.yaml`` (``<cache>`` is ``$AUTOCOMPRESS_CACHE``
 or ``~/.cache/autocompress``) and read from there afterwards; delete the file to profile again.
 """
@@ -12,6 +13,7 @@ import hashlib
 import os
 import platform
 import statistics
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import torch
 import yaml
 from torch import nn
 
-from envs.device import AUTO_DEVICE, DeviceProfile, read_profile, time_forward
+from envs.device import AUTO_DEVICE, RUNTIMES, DeviceProfile, read_profile, time_forward
+from envs.runtimes import RuntimeConversionError, runnable_for
 
 AUTO_BATCH = 32
 ROUNDS = 5
@@ -51,7 +54,7 @@ def reference_cnn() -> nn.Module:
 
 
 def profile_machine(name: str = AUTO_DEVICE, rounds: int = ROUNDS) -> tuple[DeviceProfile, dict[str, float]]:
-    """Times the reference CNN at fp32 and int8 on all cores; the faster runtime goes into the profile.
+    """Times the reference CNN on every runtime on all cores; the fastest goes into the profile.
 
     Args:
         name: the profile's name.
@@ -60,15 +63,16 @@ def profile_machine(name: str = AUTO_DEVICE, rounds: int = ROUNDS) -> tuple[Devi
     Returns:
         The profile and the median milliseconds per runtime.
     """
-    from methods.int8 import int8_supported, to_int8
-
     threads = _cores()
     base = DeviceProfile(name=name, threads=threads, batch=AUTO_BATCH, warmup=3, repeats=10)
     example = torch.randn(AUTO_BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     model = reference_cnn()
-    runs = {"torch": model}
-    if int8_supported():
-        runs["torch-int8"] = to_int8(model, example)
+    runs = {}
+    for runtime in RUNTIMES:
+        try:
+            runs[runtime] = runnable_for(model, replace(base, runtime=runtime), (1, 28, 28), example)
+        except RuntimeConversionError:
+            continue  # e.g. a PyTorch build without the x86 quantized engine
     times: dict[str, list[float]] = {runtime: [] for runtime in runs}
     for _ in range(rounds):
         for runtime, runnable in runs.items():

@@ -12,11 +12,11 @@ from torch.utils.data import TensorDataset
 
 from envs.device import DeviceProfile, measure_latency
 from envs.latency_model import LatencyPredictor, build_predictor
+from envs.runtimes import runnable_for
 from envs.tasks import Task, evaluate_accuracy
 from envs.tasks.registry import default_cache_dir
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
-from methods.int8 import to_int8
 from methods.pipeline import CompressedModel, Refinement, compress
 from methods.structured import channel_groups
 from search.policy import Policy
@@ -143,10 +143,8 @@ class Evaluator:
         return self._predictor
 
     def runnable(self, model: nn.Module) -> nn.Module:
-        """What runs on the device: ``model`` itself, or its int8 conversion on an int8 runtime."""
-        if not self.device.int8:
-            return model
-        return to_int8(model, self._calibration_inputs)
+        """What runs on the device: ``model`` itself, or its conversion for the device's runtime."""
+        return runnable_for(model, self.device, self.task.input_shape, self._calibration_inputs)
 
     def latency_ms(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> float:
         """Latency of ``model`` on the device: measured, or predicted when the settings say so.

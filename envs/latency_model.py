@@ -35,6 +35,7 @@ from scipy.optimize import nnls
 from torch import nn
 
 from envs.device import DeviceProfile, measure_latency, time_forward
+from envs.runtimes import runnable_for
 from methods.discovery import trace_layers
 
 TABLE_VERSION = 2
@@ -94,11 +95,13 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     return calls
 
 
-def _timing_case(module: nn.Module, example: torch.Tensor, int8: bool) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh layer of the same configuration (dense timing does not depend on the values) and its input.
+def _timing_case(module: nn.Module, example: torch.Tensor, device: DeviceProfile) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh layer of the same configuration (dense timing does not depend on the values) and its input,
+    as the device's runtime runs it.
 
-    On int8 it is the quantized kernel itself with a quantized input, so that the quantize and dequantize
-    steps around a stand-alone layer are not counted: an int8 network runs them once, not per layer.
+    On PyTorch's int8 runtime it is the quantized kernel itself with a quantized input, so that the quantize
+    and dequantize steps around a stand-alone layer are not counted: an int8 network runs them once, not per
+    layer. On ONNX Runtime it is a one-layer session (its fixed per-call cost is left to the fitted correction).
     """
     if isinstance(module, nn.Conv2d):
         layer: nn.Module = nn.Conv2d(
@@ -107,8 +110,10 @@ def _timing_case(module: nn.Module, example: torch.Tensor, int8: bool) -> tuple[
         )
     else:
         layer = nn.Linear(module.in_features, module.out_features, module.bias is not None)
-    if not int8:
+    if device.runtime == "torch":
         return layer, example
+    if device.runtime != "torch-int8":
+        return runnable_for(nn.Sequential(layer).eval(), device, tuple(example.shape[1:]), example), example
     from methods.int8 import to_int8  # local: only int8 devices need torch.ao
 
     converted = to_int8(nn.Sequential(layer), example)
@@ -166,7 +171,7 @@ class LatencyTable:
         """The table entry of one layer call, profiling it first if it is new."""
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
-            layer, example = _timing_case(call.module, example, self.device.int8)
+            layer, example = _timing_case(call.module, example, self.device)
             self.layers[call.key] = time_forward(layer, example, self.device)
             self.measured_layers += 1
         return self.layers[call.key]

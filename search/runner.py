@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from envs.device import DeviceProfile, load_device
 from envs.evaluator import Evaluator, LatencyCheck
+from envs.runtimes import RuntimeConversionError
 from envs.tasks import Task, load_task
 from search.archive import Trial, TrialArchive
 from search.config import SearchConfig
@@ -74,6 +75,10 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
 
         evaluator_type = RemoteLatencyEvaluator
     evaluator = evaluator_type(task, device, config.evaluator)
+    try:
+        evaluator.runnable(task.model)
+    except RuntimeConversionError as exc:
+        raise UsageError(f"device {device.name!r}: {exc}; choose a device whose runtime is torch") from exc
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
     size_budget = config.budget.size_bytes
     if size_budget is not None:

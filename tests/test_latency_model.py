@@ -14,6 +14,7 @@ from envs.device import DeviceProfile
 from envs.latency_model import LatencyTable, _timing_case, build_predictor, fit_nonnegative, fit_widths, layer_calls
 
 FAST = DeviceProfile(name="test-cpu", threads=1, batch=2, warmup=0, repeats=1)
+INT8 = dataclasses.replace(FAST, name="test-int8", runtime="torch-int8")
 
 
 class _Net(nn.Module):
@@ -70,15 +71,15 @@ def test_fit_widths_are_uniform_then_seeded_mixed() -> None:
 
 def test_int8_layers_are_timed_as_kernels_on_quantized_channels_last_input() -> None:
     example = torch.randn(2, 8, 12, 12)
-    kernel, quantized = _timing_case(nn.Conv2d(8, 16, 3, padding=1), example, int8=True)
+    kernel, quantized = _timing_case(nn.Conv2d(8, 16, 3, padding=1), example, INT8)
     assert quantized.is_quantized and quantized.is_contiguous(memory_format=torch.channels_last)
     assert "quantized" in type(kernel).__module__  # the bare kernel: no quantize/dequantize around it
     with torch.inference_mode():
         assert kernel(quantized).shape == (2, 16, 12, 12)
-    kernel, quantized = _timing_case(nn.Linear(8, 4), torch.randn(2, 8), int8=True)
+    kernel, quantized = _timing_case(nn.Linear(8, 4), torch.randn(2, 8), INT8)
     with torch.inference_mode():
         assert kernel(quantized).is_quantized
-    layer, same = _timing_case(nn.Linear(8, 4), example[:, :, 0, :8], int8=False)
+    layer, same = _timing_case(nn.Linear(8, 4), example[:, :, 0, :8], FAST)
     assert isinstance(layer, nn.Linear) and same is not None and not same.is_quantized
 
 
@@ -94,10 +95,11 @@ def test_predictor_fits_once_per_architecture_and_is_cached(tmp_path: Path) -> N
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
 
 
-def test_int8_devices_profile_int8_layers(tmp_path: Path) -> None:
-    int8 = dataclasses.replace(FAST, name="test-int8", runtime="torch-int8")
-    table = LatencyTable.for_device(int8, tmp_path)
+@pytest.mark.parametrize("runtime", ["torch-int8", "onnxruntime-int8", "onnxruntime"])
+def test_each_runtime_profiles_its_own_layers(tmp_path: Path, runtime: str) -> None:
+    device = dataclasses.replace(FAST, name=f"test-{runtime}", runtime=runtime)
+    table = LatencyTable.for_device(device, tmp_path)
     calls = layer_calls(_Net(), (1, 12, 12), table.precision)
-    assert table.layers_ms(calls) > 0
-    assert all(key.endswith(":int8") for key in table.layers)
+    assert table.layers_ms(calls) > 0 and table.measured_layers == 3
+    assert all(key.endswith(":int8" if device.int8 else ":fp32") for key in table.layers)
     assert table.path != LatencyTable.for_device(FAST, tmp_path).path

@@ -1,0 +1,89 @@
+"""ONNX Runtime execution: fp32 matches PyTorch, int8 is close, sessions pickle, and failures are clear."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from envs.device import DeviceProfile
+from envs.evaluator import Evaluator
+from envs.runtimes import RuntimeConversionError, runnable_for
+from envs.tasks import evaluate_accuracy, load_task
+from search.cli import main
+from search.policy import LayerChoice, Policy
+
+ORT = DeviceProfile(name="test-ort", runtime="onnxruntime", threads=1, batch=8, warmup=1, repeats=3)
+ORT_INT8 = DeviceProfile(name="test-ort-int8", runtime="onnxruntime-int8", threads=1, batch=8, warmup=1, repeats=3)
+
+
+class _SvdNet(nn.Module):
+    """A model with an operator the ONNX exporter does not support."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 100)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svdvals(self.fc(x.flatten(1)).view(x.shape[0], 10, 10))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return load_task("lenet5")
+
+
+def test_fp32_session_matches_pytorch_and_pickles(task) -> None:
+    images = task.val.tensors[0][:32]
+    session = runnable_for(task.model, ORT, task.input_shape, task.train.tensors[0][:64])
+    with torch.inference_mode():
+        expected = task.model.eval()(images)
+        assert torch.allclose(session(images), expected, atol=1e-4)
+        assert torch.equal(pickle.loads(pickle.dumps(session))(images), session(images))
+
+
+def test_int8_session_is_close_to_fp32_and_an_ort_device_measures_it(task) -> None:
+    evaluator = Evaluator(task, ORT_INT8)
+    policy = Policy.from_choices({"conv2": LayerChoice(keep=0.5), "fc1": LayerChoice(0.5, 6)})
+    compressed = evaluator.compress(policy)
+    result = evaluator.measure(compressed)
+    runnable = evaluator.runnable(compressed.model)
+    assert result.val_accuracy == evaluate_accuracy(runnable, task.val)
+    assert abs(result.val_accuracy - evaluate_accuracy(compressed.model, task.val)) <= 0.015
+    graph = runnable.onnx_bytes
+    assert b"QuantizeLinear" in graph and b"DequantizeLinear" in graph  # quantized, not just exported
+    assert result.latency_ms > 0 and result.size_bytes == len(compressed.blob)
+
+
+def test_a_model_the_exporter_cannot_take_gets_one_clear_error(
+    tmp_path: Path, write_file, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(RuntimeConversionError, match="svdvals"):
+        runnable_for(_SvdNet().eval(), ORT, (1, 28, 28), torch.randn(8, 1, 28, 28))
+    source = write_file("svd.py", "import torch\nfrom torch import nn\n" + _SOURCE)
+    weights = tmp_path / "svd.pt"
+    torch.save(_SvdNet().state_dict(), weights)  # given weights: nothing is trained before the check
+    out = tmp_path / "run"
+    code = main(["--model", f"{source}:build", "--weights", str(weights), "--device", "cpu-ort-int8",
+                 "--trials", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1 and "cpu-ort-int8" in err
+    assert not out.exists()
+
+
+_SOURCE = '''
+class SvdNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 100)
+
+    def forward(self, x):
+        return torch.linalg.svdvals(self.fc(x.flatten(1)).view(x.shape[0], 10, 10))
+
+
+def build():
+    return SvdNet()
+'''
