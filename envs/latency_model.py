@@ -38,7 +38,10 @@ from envs.device import DeviceProfile, measure_latency, time_forward
 from envs.runtimes import runnable_for
 from methods.discovery import trace_layers
 
-TABLE_VERSION = 2
+TABLE_VERSION = 3
+PROFILE_ROUNDS = 3
+"""Every table entry and every fitting run is the fastest of this many medians (noise on a shared machine only
+ever adds time, and an entry, once written, is used for every later prediction)."""
 PRECISION = "fp32"
 """Precision of eager PyTorch layers; int8 runtimes key their entries ``int8``."""
 
@@ -172,7 +175,7 @@ class LatencyTable:
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
             layer, example = _timing_case(call.module, example, self.device)
-            self.layers[call.key] = time_forward(layer, example, self.device)
+            self.layers[call.key] = min(time_forward(layer, example, self.device) for _ in range(PROFILE_ROUNDS))
             self.measured_layers += 1
         return self.layers[call.key]
 
@@ -197,7 +200,8 @@ class LatencyTable:
         rows, measured = [], []
         for model in models:
             calls = layer_calls(model, input_shape, self.precision)
-            measured.append(measure_latency(runnable(model), input_shape, self.device))
+            device_model = runnable(model)
+            measured.append(min(measure_latency(device_model, input_shape, self.device) for _ in range(PROFILE_ROUNDS)))
             rows.append((1.0, self.layers_ms(calls), float(sum(c.activations for c in calls))))
         overhead = Overhead(*fit_nonnegative(np.array(rows), np.array(measured)))
         self.overheads[architecture_digest(layer_calls(models[0], input_shape, self.precision))] = overhead

@@ -151,7 +151,7 @@ def _search(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
         options=config.searcher_settings,
     )
     searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
-    fill = latency_fill(prepared.evaluator, prepared.space, config.budget)
+    fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
     remaining = max(0, config.trials - len(archive.trials))
     bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)

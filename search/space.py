@@ -57,7 +57,8 @@ class SpaceSettings:
     latency_fill: float = 0.0
     """With a latency target and searched keep ratios: when > 0, each proposed policy's keep ratios are scaled
     together (their proportions kept, on the keep grid) to the widest the latency model predicts within this
-    fraction of the target (``search/latency_fill.py``); 0 leaves proposals as they are."""
+    fraction of the target (``search/latency_fill.py``); 0 leaves proposals as they are. The RL agent bounds
+    its own actions (AMC's budget wall) and is not filled."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))

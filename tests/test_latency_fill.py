@@ -99,3 +99,10 @@ def test_search_evaluates_filled_policies_and_ray_refuses_the_option(tmp_path: P
         run_search(task="lenet300", searcher="ray", trials=1, target_latency="1ms", out=tmp_path / "ray",
                    space={"latency_fill": 0.9})
     assert not (tmp_path / "ray").exists()
+
+
+def test_only_searchers_without_their_own_budget_wall_are_filled() -> None:
+    from search.searchers import SEARCHERS
+
+    assert SEARCHERS["rl"].bounds_latency  # AMC's wall already clamps each action to the budget
+    assert not any(SEARCHERS[name].bounds_latency for name in ("tpe", "nsga2", "random"))

@@ -43,6 +43,8 @@ class Searcher(ABC):
 
     options_type: type | None = None
     """Dataclass of this searcher's own settings (``searcher_options`` in the config), if any."""
+    bounds_latency: bool = False
+    """True when the searcher keeps its own proposals within the latency target (no latency fill is applied)."""
 
     def __init__(
         self,

@@ -145,6 +145,7 @@ class RLSearcher(Searcher):
     """One episode per candidate; works with or without an evaluator (without: no wall, spec-free features)."""
 
     options_type = RLOptions
+    bounds_latency = True  # AMC's budget wall clamps every action (envs/budget_wall.py)
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
         super().__init__(space, budget, seed, run_dir, **kwargs)
