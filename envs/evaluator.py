@@ -26,6 +26,11 @@ from search.spec import LayerSpec
 LATENCY_MODES = ("measured", "predicted")
 
 
+def _architecture_key(model: nn.Module) -> tuple[tuple[int, ...], ...]:
+    """The parameter shapes of ``model``: dense models with equal keys run the same kernels."""
+    return tuple(tuple(p.shape) for p in model.parameters())
+
+
 @dataclass(frozen=True)
 class LatencyCheck:
     """A candidate architecture whose latency was both predicted and measured."""
@@ -162,7 +167,7 @@ class Evaluator:
 
         if not reuse:
             return measured()
-        shape = tuple(tuple(p.shape) for p in model.parameters())
+        shape = _architecture_key(model)
         if shape not in self._latency_by_shape:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
@@ -172,6 +177,12 @@ class Evaluator:
             else:
                 self._latency_by_shape[shape] = measured()
         return self._latency_by_shape[shape]
+
+    def remember_latency(self, model: nn.Module, predicted_ms: float, measured_ms: float) -> None:
+        """Records a real run of ``model``'s architecture: every candidate of these shapes reuses it, and the
+        pair counts as a check of the latency model."""
+        self._latency_by_shape[_architecture_key(model)] = measured_ms
+        self.latency_checks.append(LatencyCheck(predicted_ms, measured_ms))
 
     def time_on_device(self, runnable: nn.Module) -> float:
         """Runs ``runnable`` as the device profile says and returns its median latency in milliseconds."""

@@ -7,11 +7,17 @@ multiplied by one factor ``alpha`` (their proportions, and so the *shape* of the
 kept), snapped down to the keep grid and clipped to it, with ``alpha`` chosen by bisection as the
 largest whose latency-model prediction is within ``fraction`` of the target. The searcher then learns
 the shape; the budget sets the overall width.
+
+A search exploits its latency model's errors: among networks predicted equally fast it keeps the most
+accurate, which are disproportionately those the model under-predicts. So the chosen width is then run
+for real: while it is over the aim it is narrowed in proportion and run again, and the ratio of measured
+to predicted latency, over the recent candidates, corrects the aim of the next bisections.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -25,17 +31,23 @@ from search.space import SearchSpace
 
 BISECTION_STEPS = 10
 """Latency-model probes per proposal (on ``log alpha``)."""
+VERIFY_RUNS = 3
+"""Real runs per proposal, at most (each over the aim narrows the widths in proportion)."""
+CALIBRATION_WINDOW = 15
+"""Recent measured/predicted ratios whose median corrects the latency model."""
 
 
 class LatencyFill:
-    """Scales policies' keep ratios together to the widest predicted within a fraction of a latency target.
+    """Scales policies' keep ratios together to the widest within a fraction of a latency target.
 
     Args:
         space: the search space (its keep grid and leaders).
         target_ms: the latency target in milliseconds.
-        fraction: fill up to ``fraction * target_ms`` of predicted latency.
+        fraction: fill up to ``fraction * target_ms``.
         latency_of: predicted latency in milliseconds of a model.
         architecture_of: the model a policy gives (only its layer shapes matter).
+        measure_of: measured latency of a model on the device; ``None`` trusts the prediction.
+        on_measured: called with each measured model, its prediction and its measurement.
     """
 
     def __init__(
@@ -45,22 +57,38 @@ class LatencyFill:
         fraction: float,
         latency_of: Callable[[nn.Module], float],
         architecture_of: Callable[[Policy], nn.Module],
+        measure_of: Callable[[nn.Module], float] | None = None,
+        on_measured: Callable[[nn.Module, float, float], None] | None = None,
     ):
         self.space = space
         self.aim_ms = fraction * target_ms
         self.latency_of = latency_of
         self.architecture_of = architecture_of
+        self.measure_of = measure_of
+        self.on_measured = on_measured
+        self.ratios: list[float] = []
+        """Measured over predicted latency of every verified candidate, in order."""
         self._predicted: dict[tuple[float, ...], float] = {}
 
     @classmethod
     def for_evaluator(cls, evaluator: Evaluator, space: SearchSpace, target_ms: float, fraction: float) -> LatencyFill:
-        """The filler of an evaluator's task and device, predicting with the device's latency model."""
+        """The filler of an evaluator's task and device: predicts with the device's latency model, verifies on
+        the device, and hands each real run to the evaluator (the candidate's latency, and a model check)."""
         task = evaluator.task
 
         def architecture_of(policy: Policy) -> nn.Module:
             return architecture(task.model, policy, task.input_shape, evaluator.device.channel_multiple)
 
-        return cls(space, target_ms, fraction, evaluator.predictor, architecture_of)
+        def measure_of(model: nn.Module) -> float:
+            return evaluator.time_on_device(evaluator.runnable(model))
+
+        return cls(space, target_ms, fraction, evaluator.predictor, architecture_of, measure_of,
+                   evaluator.remember_latency)
+
+    @property
+    def correction(self) -> float:
+        """Median measured/predicted ratio of the recent candidates (1 before any)."""
+        return statistics.median(self.ratios[-CALIBRATION_WINDOW:]) if self.ratios else 1.0
 
     def _scaled(self, policy: Policy, alpha: float) -> Policy:
         choices = policy.choices
@@ -75,22 +103,41 @@ class LatencyFill:
             self._predicted[widths] = self.latency_of(self.architecture_of(policy))
         return self._predicted[widths]
 
+    def _bisect(self, policy: Policy, low: float, high: float, aim: float) -> float:
+        """The largest ``log alpha`` in ``[low, high]`` predicted within ``aim`` (``low`` if none)."""
+        if self._latency(self._scaled(policy, math.exp(high))) <= aim:
+            return high
+        for _ in range(BISECTION_STEPS):
+            mid = (low + high) / 2
+            if self._latency(self._scaled(policy, math.exp(mid))) <= aim:
+                low = mid
+            else:
+                high = mid
+        return low
+
     def __call__(self, policy: Policy) -> Policy:
         """``policy`` with its keep ratios scaled to fill the target (the narrowest grid point if none fits)."""
         keeps = [policy[name].keep for name in self.space.leaders]
         if not keeps:
             return policy
-        low_keep = self.space.keep_grid()[0]
-        low, high = math.log(low_keep / max(keeps)), math.log(1.0 / min(keeps))
-        if self._latency(self._scaled(policy, math.exp(high))) <= self.aim_ms:
-            return self._scaled(policy, math.exp(high))
-        for _ in range(BISECTION_STEPS):
-            mid = (low + high) / 2
-            if self._latency(self._scaled(policy, math.exp(mid))) <= self.aim_ms:
-                low = mid
-            else:
-                high = mid
-        return self._scaled(policy, math.exp(low))
+        low = math.log(self.space.keep_grid()[0] / max(keeps))
+        log_alpha = self._bisect(policy, low, math.log(1.0 / min(keeps)), self.aim_ms / self.correction)
+        filled = self._scaled(policy, math.exp(log_alpha))
+        if self.measure_of is None:
+            return filled
+        for run in range(VERIFY_RUNS):
+            model = self.architecture_of(filled)
+            predicted, measured = self._latency(filled), self.measure_of(model)
+            self.ratios.append(measured / predicted)
+            if self.on_measured is not None:
+                self.on_measured(model, predicted, measured)
+            if measured <= self.aim_ms or log_alpha <= low or run == VERIFY_RUNS - 1:
+                break
+            narrower = max(low, log_alpha + math.log(self.aim_ms / measured))
+            while narrower > low and self._scaled(policy, math.exp(narrower)) == filled:
+                narrower = max(low, narrower - math.log(1.0 + self.space.settings.keep_step))
+            log_alpha, filled = narrower, self._scaled(policy, math.exp(narrower))
+        return filled
 
 
 def latency_fill(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> LatencyFill | None:

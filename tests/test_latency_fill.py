@@ -70,15 +70,19 @@ def test_fill_is_off_without_a_fraction_a_target_or_keep_ratios() -> None:
         SpaceSettings(latency_fill=1.5)
 
 
-def test_fill_with_the_device_latency_model(tmp_path: Path) -> None:
-    evaluator = Evaluator(load_task("lenet300"), FAST, EvaluatorSettings(latency="predicted"))
+def test_fill_with_the_device_latency_model_verifies_on_the_device(tmp_path: Path) -> None:
+    device = DeviceProfile(name="test-fill-steady", threads=1, batch=32, warmup=2, repeats=10)
+    evaluator = Evaluator(load_task("lenet300"), device, EvaluatorSettings(latency="predicted"))
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(latency_fill=0.95))
     task = evaluator.task
-    half = evaluator.predictor(architecture(task.model, _uniform(evaluator, 0.5), task.input_shape))
-    filler = LatencyFill.for_evaluator(evaluator, space, 1.0001 * half / 0.95, 0.95)  # aim: the half-width latency
+    full = evaluator.predictor(architecture(task.model, Policy(), task.input_shape))
+    filler = LatencyFill.for_evaluator(evaluator, space, full, 0.95)
     filled = filler(_uniform(evaluator, 0.25))
-    assert evaluator.predictor(architecture(task.model, filled, task.input_shape)) <= half
-    assert all(filled[name].keep >= 0.5 for name in evaluator.leaders)  # widened into the unused budget
+    assert all(filled[name].keep > 0.25 for name in evaluator.leaders)  # widened into the unused budget
+    assert 1 <= len(evaluator.latency_checks) <= 3 and len(filler.ratios) == len(evaluator.latency_checks)
+    measured = evaluator.latency_checks[-1].measured_ms
+    model = evaluator.compress(filled).model
+    assert evaluator.latency_ms(model) == measured  # the candidate's latency is the real run, not the model's
 
 
 def _uniform(evaluator: Evaluator, keep: float) -> Policy:
@@ -93,8 +97,8 @@ def test_search_evaluates_filled_policies_and_ray_refuses_the_option(tmp_path: P
         space={"bits": [32], "sparsity_max": 0.0, "latency_fill": 0.9}, evaluator={"latency": "predicted"},
         export={"finetune_epochs": 0.0, "max_models": 1},
     )
-    latencies = [t.result.latency_ms for t in outcome.trials if t.result.ok]
-    assert len(latencies) == 3 and all(0.5 * target < ms <= 0.9 * target for ms in latencies)
+    measured = {check.measured_ms for check in outcome.latency_checks}
+    assert len(outcome.trials) == 3 and all(t.result.latency_ms in measured for t in outcome.trials)
     with pytest.raises(UsageError, match="latency_fill"):
         run_search(task="lenet300", searcher="ray", trials=1, target_latency="1ms", out=tmp_path / "ray",
                    space={"latency_fill": 0.9})
@@ -106,3 +110,23 @@ def test_only_searchers_without_their_own_budget_wall_are_filled() -> None:
 
     assert SEARCHERS["rl"].bounds_latency  # AMC's wall already clamps each action to the budget
     assert not any(SEARCHERS[name].bounds_latency for name in ("tpe", "nsga2", "random"))
+
+
+def test_filled_widths_are_verified_by_real_runs_and_the_aim_is_corrected() -> None:
+    runs: list[tuple[float, float]] = []
+
+    def summed(policy) -> float:  # noqa: ANN001 - the stand-in architecture is the policy itself
+        return sum(policy[name].keep for name in LEADERS)
+
+    filler = LatencyFill(
+        SPACE, 2.0, 0.9, latency_of=summed, architecture_of=lambda policy: policy,  # type: ignore[arg-type,return-value]
+        measure_of=lambda policy: 1.25 * summed(policy),  # the model under-predicts by a fifth
+        on_measured=lambda model, predicted, measured: runs.append((predicted, measured)),
+    )
+    first = filler(PROPOSAL)
+    assert 1.25 * summed(first) <= 0.9 * 2.0 and len(runs) >= 2  # narrowed after a run over the aim
+    assert filler.correction == pytest.approx(1.25)
+    runs.clear()
+    second = filler(PROPOSAL)
+    assert len(runs) == 1 and runs[0][1] <= 0.9 * 2.0  # the corrected aim is right the first time
+    assert 1.25 * summed(second) > 0.9 * 2.0 - len(LEADERS) * 0.125 * 1.25
