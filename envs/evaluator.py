@@ -26,9 +26,10 @@ from search.spec import LayerSpec
 LATENCY_MODES = ("measured", "predicted")
 
 
-def _architecture_key(model: nn.Module) -> tuple[tuple[int, ...], ...]:
-    """The parameter shapes of ``model``: dense models with equal keys run the same kernels."""
-    return tuple(tuple(p.shape) for p in model.parameters())
+def _architecture_key(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The parameter names and shapes of ``model``, by name (a decoded model may register them in another order):
+    dense models with equal keys run the same kernels."""
+    return tuple(sorted((name, tuple(p.shape)) for name, p in model.named_parameters()))
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,19 @@ def test_predicted_latency_mode_uses_the_table_and_checks_it(evaluator: Evaluato
     assert evaluator.predicted_latency_ms(models[0]) is None
     with pytest.raises(ValueError, match="latency"):
         EvaluatorSettings(latency="guessed")
+
+
+def test_architecture_key_ignores_parameter_registration_order() -> None:
+    from torch import nn
+
+    from envs.evaluator import _architecture_key
+
+    first = nn.Sequential(nn.Linear(4, 3))
+    second = nn.Sequential(nn.Linear(4, 3))
+    weight, bias = second[0].weight, second[0].bias
+    del second[0].weight, second[0].bias
+    second[0].register_parameter("bias", bias)  # a decoded model may register them in this order
+    second[0].register_parameter("weight", weight)
+    assert [tuple(p.shape) for p in first.parameters()] != [tuple(p.shape) for p in second.parameters()]
+    assert _architecture_key(first) == _architecture_key(second)
+    assert _architecture_key(first) != _architecture_key(nn.Sequential(nn.Linear(4, 2)))
