@@ -26,7 +26,7 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from envs.device import DeviceProfile, measure_latency, time_forward
 from envs.runtimes import runnable_for
 from methods.discovery import trace_layers
 
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 PROFILE_ROUNDS = 3
 """Every table entry and every fitting run is the fastest of this many medians (noise on a shared machine only
 ever adds time, and an entry, once written, is used for every later prediction)."""
@@ -156,6 +156,7 @@ class LatencyTable:
         self.layers: dict[str, float] = {}
         self.overheads: dict[str, Overhead] = {}
         self.measured_layers = 0
+        self._call_costs: dict[tuple[int, ...], float] = {}
         """Layer configurations profiled by this instance (not read from the file)."""
         self.precision = "int8" if device.int8 else PRECISION
         """Precision of the layers as the device runs them."""
@@ -175,9 +176,22 @@ class LatencyTable:
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
             layer, example = _timing_case(call.module, example, self.device)
-            self.layers[call.key] = min(time_forward(layer, example, self.device) for _ in range(PROFILE_ROUNDS))
+            timed = min(time_forward(layer, example, self.device) for _ in range(PROFILE_ROUNDS))
+            self.layers[call.key] = max(0.0, timed - self._call_cost(example))
             self.measured_layers += 1
         return self.layers[call.key]
+
+    def _call_cost(self, example: torch.Tensor) -> float:
+        """What a one-layer ONNX Runtime session costs besides its layer (0 on PyTorch runtimes): the time of an
+        identity session on the same input (input conversion, session dispatch, output copy), which a whole
+        network pays once, not once per layer."""
+        if not self.device.runtime.startswith("onnxruntime"):
+            return 0.0
+        shape = tuple(example.shape)
+        if shape not in self._call_costs:
+            identity = runnable_for(nn.Identity(), replace(self.device, runtime="onnxruntime"), shape[1:], example)
+            self._call_costs[shape] = min(time_forward(identity, example, self.device) for _ in range(PROFILE_ROUNDS))
+        return self._call_costs[shape]
 
     def layers_ms(self, calls: Sequence[LayerCall]) -> float:
         """Sum of the table entries of ``calls``."""

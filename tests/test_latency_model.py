@@ -103,3 +103,13 @@ def test_each_runtime_profiles_its_own_layers(tmp_path: Path, runtime: str) -> N
     assert table.layers_ms(calls) > 0 and table.measured_layers == 3
     assert all(key.endswith(":int8" if device.int8 else ":fp32") for key in table.layers)
     assert table.path != LatencyTable.for_device(FAST, tmp_path).path
+
+
+def test_onnx_runtime_entries_leave_out_the_per_call_cost_of_a_session(tmp_path: Path) -> None:
+    example = torch.randn(2, 8, 12, 12)
+    assert LatencyTable.for_device(FAST, tmp_path)._call_cost(example) == 0.0  # PyTorch runs no session per layer
+    ort = LatencyTable.for_device(dataclasses.replace(FAST, name="test-ort", runtime="onnxruntime"), tmp_path)
+    cost = ort._call_cost(example)
+    assert cost > 0 and ort._call_cost(example) == cost  # timed once per input shape
+    call = layer_calls(_Net(), (1, 12, 12), ort.precision)[1]
+    assert 0.0 <= ort.layer_ms(call)
