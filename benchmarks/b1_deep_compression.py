@@ -105,12 +105,7 @@ def main() -> None:
         print(pd.DataFrame(rows).to_string(), file=sys.stderr)
     frame = pd.DataFrame(rows)
     table = markdown_table(frame)
-    command = (f"python benchmarks/b1_deep_compression.py --trials {args.trials} --epochs {args.epochs} "
-               f"--searchers {args.searchers} --nets {args.nets} --prune-rounds {args.prune_rounds} "
-               f"--ranks {args.ranks} --saliencies {args.saliencies}")
-    path = write_outputs("b1_deep_compression", frame, table, command)
-    print(table)
-    print(f"written: {path}")
+    write_outputs("b1_deep_compression", frame, table, args)
 
 
 if __name__ == "__main__":

@@ -202,13 +202,8 @@ def main() -> None:
     summary = (f"Task {args.task}, device {args.device}; fp32 latency {fp32:.2f} ms (median of 3).\n\n"
                f"{markdown_table(frame)}\n\nLatency predictor against real runs during the searches:\n\n"
                f"{markdown_table(errors)}")
-    command = (f"python benchmarks/b2_latency.py --task {args.task} --device {args.device} --targets {args.targets} "
-               f"--trials {args.trials} --searchers {args.searchers} --epochs {args.epochs} "
-               f"--latency-fill {args.latency_fill} --proxy-steps {args.proxy_steps}")
     name = f"b2_latency_{args.task}_{args.device}" + (f"_proxy{args.proxy_steps}" if args.proxy_steps else "")
-    path = write_outputs(name, frame, summary, command)
-    print(summary)
-    print(f"written: {path}")
+    write_outputs(name, frame, summary, args)
 
 
 if __name__ == "__main__":

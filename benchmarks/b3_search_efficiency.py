@@ -223,13 +223,7 @@ def main() -> None:
     if args.amc_episodes:
         amc_frame, amc_summary = amc_part(args)
         frame, summary = pd.concat([frame, amc_frame]), f"{summary}\n\n{amc_summary}"
-    command = (f"python benchmarks/b3_search_efficiency.py --evaluations {args.evaluations} --seeds {args.seeds} "
-               f"--budget-kb {args.budget_kb} --amc-episodes {args.amc_episodes}")
-    if args.searchers != ",".join(SEARCHER_NAMES) or args.name != NAME:
-        command += f" --searchers {args.searchers} --name {args.name}"
-    path = write_outputs(args.name, frame, summary, command)
-    print(summary)
-    print(f"written: {path}")
+    write_outputs(args.name, frame, summary, args)
 
 
 if __name__ == "__main__":

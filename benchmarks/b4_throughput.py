@@ -107,10 +107,7 @@ def main() -> None:
     summary = "\n".join(lines) + (
         f"\n\n{args.rounds} rounds x {args.per_round} candidates per loop, loops alternating within each round."
     )
-    path = write_outputs("b4_throughput", frame, summary,
-                         f"python benchmarks/b4_throughput.py --rounds {args.rounds} --per-round {args.per_round}")
-    print(summary)
-    print(f"written: {path}")
+    write_outputs("b4_throughput", frame, summary, args)
 
 
 if __name__ == "__main__":

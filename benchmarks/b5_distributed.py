@@ -105,11 +105,7 @@ def main() -> None:
         "trial, FIFO scheduler, local Ray cluster with 2 CPUs in a private network namespace; the order of the "
         "two sweeps alternates between rounds. Machine: 2 cores, shared, so rates are noisy.",
     ])
-    command = (f"python benchmarks/b5_distributed.py --rounds {args.rounds} --trials {args.trials} "
-               f"--finetune-steps {args.finetune_steps}")
-    path = write_outputs("b5_distributed", frame, summary, command)
-    print(summary)
-    print(f"written: {path}")
+    write_outputs("b5_distributed", frame, summary, args)
 
 
 if __name__ == "__main__":

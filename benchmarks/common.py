@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
+import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -19,13 +21,24 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, {platform.system()}"
 
 
-def write_outputs(name: str, frame: pd.DataFrame, summary: str, command: str) -> Path:
-    """Writes ``out/<name>.csv`` and ``out/<name>.md`` (command, date, machine, tables)."""
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run: the running script with every option, defaults included."""
+    script = Path(sys.argv[0]).resolve().relative_to(Path(__file__).resolve().parents[1])
+    options = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in vars(args).items())
+    return f"python {script.as_posix()} {options}".strip()
+
+
+def write_outputs(name: str, frame: pd.DataFrame, summary: str, args: argparse.Namespace) -> Path:
+    """Writes ``out/<name>.csv`` and ``out/<name>.md`` (command, date, machine, tables), prints the summary and
+    where it went, and returns the Markdown file."""
     OUT_DIR.mkdir(exist_ok=True)
     frame.to_csv(OUT_DIR / f"{name}.csv", index=False)
-    text = f"Command: `{command}`\nDate: {date.today()}\nMachine: {machine()}\n\n{summary}\n"
-    (OUT_DIR / f"{name}.md").write_text(text)
-    return OUT_DIR / f"{name}.md"
+    text = f"Command: `{command_line(args)}`\nDate: {date.today()}\nMachine: {machine()}\n\n{summary}\n"
+    path = OUT_DIR / f"{name}.md"
+    path.write_text(text)
+    print(summary)
+    print(f"written: {path}")
+    return path
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

@@ -112,8 +112,7 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     summary = (f"Device profile {device.name}: batch {device.batch}, {device.threads} threads, medians of "
                f"{args.rounds} interleaved rounds of {device.repeats} runs.\n\n{markdown_table(frame)}")
-    command = "python benchmarks/int8_runtimes.py " + " ".join(sys.argv[1:])
-    print(write_outputs("int8_runtimes", frame, summary, command.strip()).read_text())
+    write_outputs("int8_runtimes", frame, summary, args)
 
 
 if __name__ == "__main__":

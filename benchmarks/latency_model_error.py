@@ -80,9 +80,7 @@ def main() -> None:
         shown[column] = [f"{100 * v:+.1f}%" if "signed" in column else f"{100 * v:.1f}%" for v in frame[column]]
     summary = (f"Random kept fraction per channel group in [{args.low}, 1], {args.samples} models per row; "
                f"latency model `a + s * sum(table) + b * activations`.\n\n{markdown_table(shown)}")
-    command = (f"python benchmarks/latency_model_error.py --tasks {args.tasks} --devices {args.devices} "
-               f"--samples {args.samples} --low {args.low}")
-    print(write_outputs("latency_model_error", frame, summary, command).read_text())
+    write_outputs("latency_model_error", frame, summary, args)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,7 @@ def main() -> None:
                   "seconds per candidate (median)": round(median(frame["final seconds"]), 3)})
     table = markdown_table(pd.DataFrame(lines))
     summary = f"Task {args.task}, {args.samples} random candidates of the default search space.\n\n{table}"
-    command = (f"python benchmarks/proxy_fidelity.py --task {args.task} --samples {args.samples} "
-               f"--short-steps {args.short_steps} --final-epochs {args.final_epochs}")
-    path = write_outputs(f"proxy_fidelity_{args.task}", frame, summary, command)
-    print(summary)
-    print(f"written: {path}")
+    write_outputs(f"proxy_fidelity_{args.task}", frame, summary, args)
 
 
 if __name__ == "__main__":
