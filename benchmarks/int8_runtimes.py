@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, median, write_outputs  # noqa: E402
-from envs.device import DeviceProfile, load_device  # noqa: E402
+from envs.device import DeviceProfile, load_device, time_forward  # noqa: E402
 from envs.runtimes import runnable_for  # noqa: E402
-from envs.tasks import Task, load_task  # noqa: E402
+from envs.tasks import Task, evaluate_accuracy, load_task  # noqa: E402
 from methods.finetune import recalibrate_batchnorm  # noqa: E402
 from methods.structured import channel_groups, prune_channels  # noqa: E402
 
@@ -49,46 +47,25 @@ RUNTIME_LABELS = {
 }
 
 
-def _time_once(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls after one warm-up call."""
-    forward(example)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward(example)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * median(times)
-
-
-def _accuracy(forward: Callable[[torch.Tensor], torch.Tensor], task: Task) -> float:
-    images, labels = task.test.tensors
-    correct = sum(int((forward(images[i : i + 256]).argmax(1) == labels[i : i + 256]).sum())
-                  for i in range(0, len(images), 256))
-    return correct / len(labels)
-
-
 def compare(task: Task, keep: float, device: DeviceProfile, rounds: int) -> list[dict]:
     """The four executions of ``task``'s model at ``keep``: accuracy and median latency."""
     model = copy.deepcopy(task.model).eval()
-    if keep < 1.0:
+    if keep < 1.0:  # no fine-tune here: BatchNorm statistics are re-estimated so the accuracy means something
         leaders = [group.leader for group in channel_groups(model, task.input_shape)]
         prune_channels(model, task.input_shape, {leader: keep for leader in leaders}, device.channel_multiple)
-    calibration = task.train.tensors[0][:CALIBRATION_IMAGES]
-    if keep < 1.0:  # no fine-tune here: BatchNorm statistics are re-estimated so the accuracy means something
         recalibrate_batchnorm(model, task.train.tensors[0])
         model.eval()
-    runs: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    calibration = task.train.tensors[0][:CALIBRATION_IMAGES]
+    runs = {
         label: runnable_for(model, replace(device, runtime=runtime), task.input_shape, calibration)
         for label, runtime in RUNTIME_LABELS.items()
     }
+    accuracy = {name: evaluate_accuracy(runnable, task.test) for name, runnable in runs.items()}
     example = torch.randn(device.batch, *task.input_shape, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {name: [] for name in runs}
-    torch.set_num_threads(device.threads)
-    with torch.inference_mode():
-        accuracy = {name: _accuracy(forward, task) for name, forward in runs.items()}
-        for _ in range(rounds):
-            for name, forward in runs.items():
-                times[name].append(_time_once(forward, example, device.repeats))
+    for _ in range(rounds):
+        for name, runnable in runs.items():
+            times[name].append(time_forward(runnable, example, device))
     base = median(times["torch fp32"])
     return [{"task": task.name, "keep": keep, "runtime": name, "test_accuracy": accuracy[name],
              "latency_ms": median(times[name]), "vs_torch_fp32": median(times[name]) / base,

@@ -159,7 +159,7 @@ class Evaluator:
         ``reuse=False`` the model is always run for real.
 
         Args:
-            model: the decoded (fp32) model; its parameter shapes key the cache.
+            model: the decoded (fp32) model; its parameter names and shapes key the cache.
             reuse: allow a cached or predicted value.
             runnable: ``self.runnable(model)`` if already built.
         """
@@ -168,16 +168,16 @@ class Evaluator:
 
         if not reuse:
             return measured()
-        shape = _architecture_key(model)
-        if shape not in self._latency_by_shape:
+        key = _architecture_key(model)
+        if key not in self._latency_by_shape:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
                     self.latency_checks.append(LatencyCheck(predicted, measured()))
-                self._latency_by_shape[shape] = predicted
+                self._latency_by_shape[key] = predicted
             else:
-                self._latency_by_shape[shape] = measured()
-        return self._latency_by_shape[shape]
+                self._latency_by_shape[key] = measured()
+        return self._latency_by_shape[key]
 
     def remember_latency(self, model: nn.Module, predicted_ms: float, measured_ms: float) -> None:
         """Records a real run of ``model``'s architecture: every candidate of these shapes reuses it, and the

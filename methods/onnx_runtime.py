@@ -65,6 +65,11 @@ class OnnxRuntimeModel(nn.Module):
         return state
 
 
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message (the exporter appends whole graph dumps)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """``model`` (eval mode) as ONNX bytes with a dynamic batch dimension.
 
@@ -83,8 +88,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             )
         except Exception as exc:  # noqa: BLE001 - exporting arbitrary user code fails in many ways
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OnnxConversionError(f"cannot export the model to ONNX: {first_line}") from exc
+            raise OnnxConversionError(f"cannot export the model to ONNX: {_first_line(exc)}") from exc
         finally:
             model.train(was_training)
     return buffer.getvalue()
@@ -113,8 +117,7 @@ def quantize_onnx(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many kinds of errors
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OnnxConversionError(f"ONNX Runtime cannot quantize the model: {first_line}") from exc
+            raise OnnxConversionError(f"ONNX Runtime cannot quantize the model: {_first_line(exc)}") from exc
         return target.read_bytes()
 
 
