@@ -42,6 +42,7 @@ import torch_pruning as tp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
+from core.policy import MIN_KEEP, LayerChoice, Policy  # noqa: E402
 from envs.device import load_device, measure_latency  # noqa: E402
 from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
@@ -49,7 +50,6 @@ from methods.finetune import FinetuneSettings  # noqa: E402
 from methods.pipeline import CompressedModel  # noqa: E402
 from search import run_search  # noqa: E402
 from search.export import finetune_steps  # noqa: E402
-from search.policy import MIN_KEEP, LayerChoice, Policy  # noqa: E402
 
 SAFETY = 0.97
 """Fixed policies aim at this fraction of the target (again for each retry), so a noisy re-measurement meets it."""

@@ -25,13 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import median, write_outputs  # noqa: E402
+from core.budget import Budget  # noqa: E402
+from core.space import SearchSpace, SpaceSettings  # noqa: E402
 from envs.device import load_device  # noqa: E402
 from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
 from search.archive import TrialArchive  # noqa: E402
-from search.budget import Budget  # noqa: E402
 from search.searchers import SEARCHERS  # noqa: E402
-from search.space import SearchSpace, SpaceSettings  # noqa: E402
 
 
 def plain_candidate(model: torch.nn.Module, val, rng: np.random.Generator, bits_choices: tuple[int, ...]) -> float:

@@ -22,14 +22,14 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, median, write_outputs  # noqa: E402
+from core.budget import Budget  # noqa: E402
+from core.space import SearchSpace, SpaceSettings  # noqa: E402
 from envs.device import load_device  # noqa: E402
 from envs.evaluator import Evaluator  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
 from methods.finetune import FinetuneSettings  # noqa: E402
-from search.budget import Budget  # noqa: E402
 from search.export import finetune_steps  # noqa: E402
 from search.searchers import RandomSearcher  # noqa: E402
-from search.space import SearchSpace, SpaceSettings  # noqa: E402
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -27,14 +27,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from core.policy import FP32_BITS, LayerChoice, Policy
+from core.spec import LayerSpec
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import QUANTIZERS
 from methods.packing import MAX_RELATIVE_K, MIN_RELATIVE_K, WeightEncoding, pack
 from methods.pipeline import Refinement
 from methods.pruning import magnitude_mask, pruned_count
 from methods.structured import kept_channels, prune_channels
-from search.policy import FP32_BITS, LayerChoice, Policy
-from search.spec import LayerSpec
 
 HEADER_SLACK = 1.1
 """Factor on the largest header measured on the calibration files."""

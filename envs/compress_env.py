@@ -2,7 +2,7 @@
 
 Each step decides one compressible layer: the action (``Box(-1, 1)``, one entry per decision of
 the mode) is read as compression levels in [0, 1] and snapped to the search space's grids. The
-terminal step evaluates the assembled :class:`~search.policy.Policy` (with the Evaluator, or an
+terminal step evaluates the assembled :class:`~core.policy.Policy` (with the Evaluator, or an
 external ``evaluate`` callable such as the runner's) and returns the terminal reward; the other
 steps return 0. With a cost model, :func:`envs.budget_wall.apply_wall` clamps every action so that
 the episode stays within budget.
@@ -24,12 +24,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from core.budget import Budget, parse_latency, parse_size
+from core.policy import LayerChoice, Policy
+from core.result import Result
+from core.space import SearchSpace, SpaceSettings
 from envs.budget_wall import CostModel, Limits, apply_wall, calibrate
 from envs.rewards import Reference, check_reward, terminal_reward
-from search.budget import Budget, parse_latency, parse_size
-from search.policy import LayerChoice, Policy
-from search.result import Result
-from search.space import SearchSpace, SpaceSettings
 
 MODES = ("prune", "bits", "joint")
 """``prune``: sparsity + channel keep ratio (AMC); ``bits``: bit width and quantizer (HAQ); ``joint``: all."""

@@ -13,8 +13,8 @@ import torch
 import yaml
 from torch import nn
 
-from search.errors import UsageError
-from search.paths import DEVICES_DIR
+from core.errors import UsageError
+from core.paths import DEVICES_DIR
 
 DEFAULT_DEVICE = "cpu-b32"
 RUNTIMES = ("torch", "torch-int8", "onnxruntime", "onnxruntime-int8")

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.policy import Policy
+from core.result import Result
+from core.spec import LayerSpec
 from envs.device import DeviceProfile, measure_latency
 from envs.latency_model import LatencyPredictor, build_predictor
 from envs.runtimes import runnable_for
@@ -19,9 +22,6 @@ from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.pipeline import CompressedModel, Refinement, compress
 from methods.structured import channel_groups
-from search.policy import Policy
-from search.result import Result
-from search.spec import LayerSpec
 
 LATENCY_MODES = ("measured", "predicted")
 

@@ -1,6 +1,6 @@
 """Terminal rewards of the compression environment, selectable by name (no eval).
 
-Every reward maps a successful, feasible :class:`~search.result.Result` into roughly ``[-1, 0]``
+Every reward maps a successful, feasible :class:`~core.result.Result` into roughly ``[-1, 0]``
 (higher is better), so that one penalty scale works for all of them: an infeasible result
 scores ``-1 - excess`` and a failed one :data:`FAILED_REWARD`.
 """
@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search.result import Result
+from core.result import Result
 
 FAILED_REWARD = -2.0
 """Reward of a candidate whose evaluation raised."""

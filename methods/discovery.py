@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from search.spec import LayerSpec
+from core.spec import LayerSpec
 
 
 def _spec(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerSpec:

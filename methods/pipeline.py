@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.policy import FP32_BITS, LayerChoice, Policy
 from methods.finetune import QUANTIZERS, CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.lowrank import factor_names, factorise_layers, replay_factorisation
 from methods.packing import WeightEncoding, pack, unpack
 from methods.pruning import apply_mask, lowest_mask
 from methods.saliency import saliency_scores
 from methods.structured import History, prune_channels, replay_pruning
-from search.policy import FP32_BITS, LayerChoice, Policy
 
 PACKED_MODEL_FORMAT = 1
 

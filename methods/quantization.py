@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 FP32_BITS = 32
-"""Same value as ``search.policy.FP32_BITS``; not imported so that ``methods`` never
+"""Same value as ``core.policy.FP32_BITS``; not imported so that ``methods`` never
 pulls in the ``search`` package (whose ``__init__`` imports the whole search stack)."""
 FP16_MAX = 65504.0
 MIN_BITS = 1

@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from torch.utils.data import TensorDataset
 
-from search.policy import SALIENCIES
+from core.policy import SALIENCIES
 
 OutputHessian = Callable[[torch.Tensor], torch.Tensor]
 """Maps a batch of outputs ``(n, k)`` to the loss Hessian in the outputs, ``(n, k, k)``."""

@@ -40,8 +40,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
-from search.errors import UsageError
-from search.policy import CHANNEL_IMPORTANCES
+from core.errors import UsageError
+from core.policy import CHANNEL_IMPORTANCES
 
 logger = logging.getLogger(__name__)
 

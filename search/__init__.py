@@ -6,7 +6,7 @@ Python API::
     outcome = run_search(task="lenet5", budget_mb="60KB", searcher="tpe", trials=30)
     model = load_model(outcome.run_dir / outcome.models[0].model_file)
 
-Names are imported lazily, so the leaf modules (``search.policy``, ``search.budget``, ...)
+Names are imported lazily, so the leaf modules (``core.policy``, ``core.budget``, ...)
 stay importable without torch.
 """
 
@@ -18,17 +18,17 @@ from typing import Any
 _EXPORTS = {
     "run_search": "search.api",
     "resume_config": "search.api",
-    "Budget": "search.budget",
+    "Budget": "core.budget",
     "DevicesOutcome": "search.devices",
-    "parse_latency": "search.budget",
-    "parse_size": "search.budget",
+    "parse_latency": "core.budget",
+    "parse_size": "core.budget",
     "ExportSettings": "search.export",
     "SearchConfig": "search.config",
-    "UsageError": "search.errors",
+    "UsageError": "core.errors",
     "load_model": "search.loading",
-    "LayerChoice": "search.policy",
-    "Policy": "search.policy",
-    "Result": "search.result",
+    "LayerChoice": "core.policy",
+    "Policy": "core.policy",
+    "Result": "core.result",
     "RunOutcome": "search.runner",
 }
 

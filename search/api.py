@@ -6,10 +6,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from core.errors import UsageError
 from search.config import SearchConfig, build_config, read_config_file
 from search.devices import DevicesOutcome, run_devices
 from search.distributed.options import RAY_SEARCHER
-from search.errors import UsageError
 from search.runner import CONFIG_FILE, RunOutcome, check_out, new_run_dir, prepare, run
 
 RESUME_SETTINGS = frozenset({"trials", "ray_address"})

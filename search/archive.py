@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.budget import Budget
-from search.policy import Policy
-from search.result import Result
+from core.budget import Budget
+from core.policy import Policy
+from core.result import Result
 
 COLUMNS = [
     "trial",

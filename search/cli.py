@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from search.errors import UsageError
+from core.errors import UsageError
 
 if TYPE_CHECKING:
     from search.devices import DevicesOutcome

@@ -9,15 +9,15 @@ from typing import Any
 
 import yaml
 
+from core.budget import Budget, parse_latency, parse_size
+from core.errors import UsageError
+from core.space import SpaceSettings
 from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
-from search.budget import Budget, parse_latency, parse_size
 from search.distributed.options import RAY_SEARCHER, RayOptions, parse_address
-from search.errors import UsageError
 from search.export import ExportSettings
 from search.searchers import SEARCHERS
-from search.space import SpaceSettings
 
 SWEEPS: dict[str, type] = {RAY_SEARCHER: RayOptions}
 """Searchers that drive their own distributed loop instead of ask/tell, with their options type."""

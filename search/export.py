@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.budget import Budget
+from core.policy import Policy
 from envs.evaluator import Evaluator
 from methods.finetune import FinetuneSettings
 from methods.packing import write_packed
 from search.archive import Trial
-from search.budget import Budget
 from search.pareto import non_dominated, spread_subset
-from search.policy import Policy
 
 PARETO_COLUMNS = [
     "rank",

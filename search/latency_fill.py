@@ -23,11 +23,11 @@ from dataclasses import replace
 
 from torch import nn
 
+from core.budget import Budget
+from core.policy import Policy
+from core.space import SearchSpace
 from envs.evaluator import Evaluator
 from methods.pipeline import architecture
-from search.budget import Budget
-from search.policy import Policy
-from search.space import SearchSpace
 
 BISECTION_STEPS = 10
 """Latency-model probes per proposal (on ``log alpha``)."""

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.errors import UsageError
 from envs.tasks import build_architecture
 from methods.packing import PackFormatError, unpack
 from methods.pipeline import decode
-from search.errors import UsageError
 
 
 def load_model(path: str | Path) -> nn.Module:

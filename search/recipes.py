@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from search.errors import UsageError
-from search.paths import CONFIG_DIR
-from search.policy import CHANNEL_IMPORTANCES, SALIENCIES, LayerChoice, Policy
+from core.errors import UsageError
+from core.paths import CONFIG_DIR
+from core.policy import CHANNEL_IMPORTANCES, SALIENCIES, LayerChoice, Policy
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
 

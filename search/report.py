@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.budget import Budget
+from core.result import STATUS_STOPPED
 from envs.evaluator import LatencyCheck
 from search.archive import Trial
-from search.budget import Budget
 from search.export import Dropped, ExportedModel
-from search.result import STATUS_STOPPED
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.errors import UsageError
+from core.paths import RESULTS_DIR
+from core.policy import Policy
+from core.space import SearchSpace
 from envs.device import DeviceProfile, load_device
 from envs.evaluator import Evaluator, LatencyCheck
 from envs.runtimes import RuntimeConversionError
@@ -17,14 +21,10 @@ from envs.tasks import Task, load_task
 from search.archive import Trial, TrialArchive
 from search.config import SearchConfig
 from search.distributed.options import RAY_SEARCHER
-from search.errors import UsageError
 from search.export import ExportedModel, candidates, export_front, write_pareto_csv
 from search.latency_fill import latency_fill
-from search.paths import RESULTS_DIR
-from search.policy import Policy
 from search.report import Baseline, plot_front, write_report
 from search.searchers import SEARCHERS, Finished
-from search.space import SearchSpace
 
 CONFIG_FILE = "config.yaml"
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.budget import Budget
+from core.policy import LayerChoice, Policy
+from core.result import Result
 from search.archive import TrialArchive
-from search.budget import Budget
-from search.policy import LayerChoice, Policy
-from search.result import Result
 
 BUDGET = Budget(size_bytes=1000, latency_ms=10.0)
 

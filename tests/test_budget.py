@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.budget import Budget, parse_latency, parse_size
-from search.errors import UsageError
+from core.budget import Budget, parse_latency, parse_size
+from core.errors import UsageError
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.policy import LayerChoice, Policy
+from core.space import SearchSpace, SpaceSettings
+from core.spec import LayerSpec
 from envs.budget_wall import (
     CostModel,
     LatencyModel,
@@ -20,9 +23,6 @@ from envs.budget_wall import (
 )
 from envs.compress_env import ActionGrid
 from methods.packing import WeightEncoding, pack
-from search.policy import LayerChoice, Policy
-from search.space import SearchSpace, SpaceSettings
-from search.spec import LayerSpec
 
 
 def _payload(weight: torch.Tensor, mask: torch.Tensor, bits: int) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.budget import parse_latency, parse_size
 from envs.device import load_device, measure_latency
 from envs.tasks import evaluate_accuracy, load_task
 from search import load_model
-from search.budget import parse_latency, parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

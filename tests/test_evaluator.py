@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.policy import LayerChoice, Policy
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
-from search.policy import LayerChoice, Policy
 
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from core.policy import LayerChoice, Policy
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import evaluate_accuracy, load_task
 from methods.int8 import Int8ConversionError, int8_supported, to_int8
-from search.policy import LayerChoice, Policy
 
 pytestmark = pytest.mark.skipif(not int8_supported(), reason="this PyTorch build has no x86 quantized engine")
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from core.budget import Budget
+from core.errors import UsageError
+from core.policy import LayerChoice, Policy
+from core.space import SearchSpace, SpaceSettings
 from envs.device import DeviceProfile, load_device
 from envs.evaluator import Evaluator, EvaluatorSettings
 from envs.tasks import load_task
 from methods.pipeline import architecture
 from search import run_search
-from search.budget import Budget
-from search.errors import UsageError
 from search.latency_fill import LatencyFill, latency_fill
-from search.policy import LayerChoice, Policy
-from search.space import SearchSpace, SpaceSettings
 
 LEADERS = ("a", "b", "c")
 SPACE = SearchSpace(("a", "b", "c", "d"), LEADERS, SpaceSettings(keep_min=0.125, keep_step=0.125, latency_fill=0.9))

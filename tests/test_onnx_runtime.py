@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from core.policy import LayerChoice, Policy
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.runtimes import RuntimeConversionError, runnable_for
 from envs.tasks import evaluate_accuracy, load_task
 from search.cli import main
-from search.policy import LayerChoice, Policy
 
 ORT = DeviceProfile(name="test-ort", runtime="onnxruntime", threads=1, batch=8, warmup=1, repeats=3)
 ORT_INT8 = DeviceProfile(name="test-ort-int8", runtime="onnxruntime-int8", threads=1, batch=8, warmup=1, repeats=3)

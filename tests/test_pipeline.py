@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.policy import LayerChoice, Policy
 from envs.tasks import build_architecture
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.packing import write_packed
 from methods.pipeline import CompressedModel, Refinement, compress
 from search import load_model
-from search.policy import LayerChoice, Policy
 
 NET = """
 import torch

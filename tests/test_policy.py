@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from search.policy import FP32_BITS, LayerChoice, Policy
+from core.policy import FP32_BITS, LayerChoice, Policy
 
 choices = st.builds(
     LayerChoice,
@@ -45,7 +45,7 @@ def test_digest_is_order_independent_and_sensitive_to_every_choice() -> None:
 
 def test_digest_is_stable_across_processes() -> None:
     policy = Policy.from_choices({"conv": LayerChoice(0.25, 3, 0.5)})
-    code = "from search.policy import *; print(Policy.from_choices({'conv': LayerChoice(0.25, 3, 0.5)}).digest())"
+    code = "from core.policy import *; print(Policy.from_choices({'conv': LayerChoice(0.25, 3, 0.5)}).digest())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == policy.digest()
 
@@ -100,6 +100,6 @@ def test_policy_is_frozen_and_unlisted_layers_are_uncompressed() -> None:
 
 
 def test_leaf_module_does_not_import_torch() -> None:
-    code = "import sys, search.policy, search.budget, search.space, search.pareto; print('torch' in sys.modules)"
+    code = "import sys, core.policy, core.budget, core.space, search.pareto; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

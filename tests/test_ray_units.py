@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import UsageError
+from core.space import SearchSpace, SpaceSettings
 from search.cli import main
 from search.config import build_config
 from search.distributed.options import RayOptions, fidelity_steps, parse_address
-from search.errors import UsageError
-from search.space import SearchSpace, SpaceSettings
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -105,10 +105,10 @@ def test_searcher_marks_budgets_as_constraints_prunes_early_stops_and_respects_t
     from optuna.trial import TrialState
     from ray.tune.search import Searcher
 
+    from core.policy import Policy
     from search.distributed.optuna_adapter import make_searcher
     from search.distributed.recorder import LEDGER_FILE, TrialQuota
     from search.distributed.trial import POLICY_KEY
-    from search.policy import Policy
 
     space = SearchSpace(("fc1", "fc2"), ("fc1",), SpaceSettings())
     searcher = make_searcher(space, RayOptions(), seed=0, concurrent=True, quota=TrialQuota(str(tmp_path), 3))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import UsageError
+from core.errors import UsageError
 from search.recipes import list_recipes, recipe_policy
 
 LENET5 = ["conv1", "conv2", "fc1", "fc2"]

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from core.budget import Budget
+from core.errors import UsageError
+from core.policy import Policy
+from core.result import Result
+from core.space import SearchSpace, SpaceSettings
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
-from search.budget import Budget
 from search.config import SearchConfig
-from search.errors import UsageError
-from search.policy import Policy
-from search.result import Result
 from search.searchers import SEARCHERS, Finished
 from search.searchers.rl_search import LATENCY_FILE, RLOptions, RLSearcher
-from search.space import SearchSpace, SpaceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)

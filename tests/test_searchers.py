@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from search.budget import Budget
-from search.policy import Policy
-from search.result import Result
+from core.budget import Budget
+from core.policy import Policy
+from core.result import Result
+from core.space import SearchSpace, SpaceSettings
 from search.searchers import SEARCHERS, Finished, Searcher
-from search.space import SearchSpace, SpaceSettings
 
 SPACE = SearchSpace(("conv1", "conv2", "fc1", "fc2"), ("conv1", "conv2", "fc1"), SpaceSettings())
 BUDGET = Budget(size_bytes=40_000, latency_ms=6.0)

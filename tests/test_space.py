@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.policy import LayerChoice
-from search.space import SearchSpace, SpaceSettings
-from search.spec import LayerSpec
+from core.policy import LayerChoice
+from core.space import SearchSpace, SpaceSettings
+from core.spec import LayerSpec
 
 
 class _Grid:

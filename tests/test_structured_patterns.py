@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UsageError
 from methods.structured import ChannelPruningError, channel_groups, prune_channels, replay_pruning
-from search.errors import UsageError
 
 SHAPE = (1, 12, 12)
 

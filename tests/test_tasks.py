@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.errors import UsageError
 from envs.tasks import (
     DEFAULT_TASK,
     TASK_NAMES,
@@ -26,7 +27,6 @@ from envs.tasks import (
 from envs.tasks.data import data_fingerprint, materialize, split_indices
 from envs.tasks.mobilenet import InvertedResidual
 from envs.tasks.models import count_parameters
-from search.errors import UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MLP = f"{FIXTURES}/user_mlp.py"

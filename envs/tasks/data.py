@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from search.errors import UsageError
+from core.errors import UsageError
 
 MNIST_MEAN = 0.1307
 """Mean of MNIST pixels scaled to [0, 1]."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.errors import UsageError
 from envs.tasks import mobilenet, models
 from envs.tasks.data import Splits, data_fingerprint, mnist_splits
 from envs.tasks.training import TrainRecipe, train_model
@@ -31,7 +32,6 @@ from envs.tasks.user import (
     read_state_dict,
     state_dict_problems,
 )
-from search.errors import UsageError
 
 logger = logging.getLogger(__name__)
 

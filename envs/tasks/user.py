@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.errors import UsageError
 from envs.tasks.data import Splits, materialize_splits
-from search.errors import UsageError
 
 _FORMAT_HINT = "use FILE.py:FACTORY or package.module:FACTORY"
 _SAVE_HINT = "save it with torch.save(model.state_dict(), PATH)"

@@ -10,11 +10,11 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from core.space import SearchSpace
 from search.distributed.options import RayOptions
 from search.distributed.recorder import TrialQuota
 from search.distributed.trial import ACCURACY_KEY, EXCESS_KEYS, FINAL_KEY, OBJECTIVES, POLICY_KEY
 from search.searchers.optuna_search import TrialSuggest
-from search.space import SearchSpace
 
 STARTUP_TRIALS = 10
 """Random trials before TPE models the history (as the ``tpe`` searcher)."""

@@ -15,8 +15,10 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial as TuneTrial
 from tqdm import tqdm
 
+from core.budget import Budget
+from core.policy import Policy
+from core.result import STATUS_OK, STATUS_STOPPED, Result
 from search.archive import TrialArchive
-from search.budget import Budget
 from search.distributed.trial import (
     ACCURACY_KEY,
     FINAL_KEY,
@@ -26,8 +28,6 @@ from search.distributed.trial import (
     STEPS_KEY,
     result_from_metrics,
 )
-from search.policy import Policy
-from search.result import STATUS_OK, STATUS_STOPPED, Result
 
 ARCHIVE_FILE = "trials.csv"
 """The run's trial archive (same format as every searcher)."""

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 
 import ray
 
+from core.errors import UsageError
+from core.paths import PROJECT_ROOT
 from envs.device import DeviceProfile, load_device
 from search.config import SearchConfig
 from search.distributed.options import parse_address
-from search.errors import UsageError
-from search.paths import PROJECT_ROOT
 
 LOOPBACK = "127.0.0.1"
 """Where a local cluster binds all its ports."""

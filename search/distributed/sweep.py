@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from core.errors import UsageError
 from search.archive import Trial, TrialArchive
 from search.distributed.latency import RemoteLatencyEvaluator
 from search.distributed.options import RayOptions, fidelity_steps
 from search.distributed.optuna_adapter import make_searcher
 from search.distributed.recorder import ARCHIVE_FILE, SweepRecorder, TrialQuota
 from search.distributed.trial import ACCURACY_KEY, STEPS_KEY, TrialContext, run_trial
-from search.errors import UsageError
 
 if TYPE_CHECKING:
     from search.runner import Prepared

@@ -10,11 +10,11 @@ import ray
 import torch
 from ray import tune
 
+from core.budget import Budget
+from core.policy import Policy
+from core.result import Result
 from envs.evaluator import Evaluator
 from methods.finetune import FinetuneSettings
-from search.budget import Budget
-from search.policy import Policy
-from search.result import Result
 
 POLICY_KEY = "policy"
 """Config key holding the candidate's policy JSON."""

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.budget import Budget
-from search.policy import Policy
-from search.result import Result
-from search.space import SearchSpace
+from core.budget import Budget
+from core.policy import Policy
+from core.result import Result
+from core.space import SearchSpace
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
-from search.budget import Budget
-from search.result import Result
+from core.budget import Budget
+from core.result import Result
+from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
-from search.space import SearchSpace
 
 STUDY_NAME = "search"
 STUDY_FILE = "study.db"

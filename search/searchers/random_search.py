@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from search.budget import Budget
-from search.result import Result
+from core.budget import Budget
+from core.result import Result
+from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
-from search.space import SearchSpace
 
 
 class _RandomSuggest:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.budget import Budget
-from search.errors import UsageError
+from core.budget import Budget
+from core.errors import UsageError
+from core.result import Result
+from core.space import SearchSpace
 from search.recipes import recipe_policy
-from search.result import Result
 from search.searchers.base import Proposal, Searcher
-from search.space import SearchSpace
 
 
 @dataclass(frozen=True)

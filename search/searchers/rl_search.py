@@ -29,13 +29,13 @@ import torch
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.logger import Logger
 
+from core.budget import Budget
+from core.policy import Policy
+from core.result import Result
+from core.space import SearchSpace
 from envs.compress_env import CompressEnv, EnvSettings
 from envs.rewards import check_reward
-from search.budget import Budget
-from search.policy import Policy
-from search.result import Result
 from search.searchers.base import Finished, Proposal, Searcher
-from search.space import SearchSpace
 
 ALGOS: dict[str, type] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
 """SB3 off-policy algorithms by name."""

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from search.errors import UsageError
+from core.errors import UsageError
 
 _SIZE_UNITS = {
     "": 1_000_000,  # a bare number is megabytes

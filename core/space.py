@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from search.policy import (
+from core.policy import (
     CHANNEL_IMPORTANCES,
     FP32_BITS,
     MAX_SPARSITY,
@@ -17,7 +17,7 @@ from search.policy import (
     LayerChoice,
     Policy,
 )
-from search.spec import LayerSpec
+from core.spec import LayerSpec
 
 
 class Suggest(Protocol):
