@@ -12,7 +12,7 @@ threads (interleaved rounds, medians):
   uint8 activations, ranges from the same calibration images), all graph optimisations on.
 
 Columns: test accuracy, median latency, and its ratio to torch fp32. The conversions are the device
-runtimes' own (``envs/runtimes.py``).
+runtimes' own (``envs/runtimes/``).
 
     python benchmarks/int8_runtimes.py [--tasks resnet,mobilenet] [--device cpu-int8] [--keeps 1.0,0.5]
         [--rounds 7]

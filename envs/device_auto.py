@@ -1,7 +1,7 @@
 """``--device auto``: profile this machine once and cache the resulting device profile.
 
 The profile uses every CPU core this process may run on, batches of 32, and the fastest runtime on a
-reference CNN (each of :data:`envs.device.RUNTIMES` this machine can run), timed side by side in
+reference CNN (each runtime of :data:`envs.runtimes.RUNTIMES` this machine can run), timed side by side in
 alternating rounds.
 It is written as YAML to ``<cache>/devices/auto-<machine>.yaml`` (``<cache>`` is ``$AUTOCOMPRESS_CACHE``
 or ``~/.cache/autocompress``) and read from there afterwards; delete the file to profile again.
@@ -21,9 +21,13 @@ import torch
 import yaml
 from torch import nn
 
-from envs.device import AUTO_DEVICE, RUNTIMES, DeviceProfile, read_profile, time_forward
-from envs.runtimes import RuntimeConversionError, runnable_for
+from core.paths import default_cache_dir
+from envs.profile import DeviceProfile, read_profile
+from envs.runtimes import RUNTIMES, RuntimeConversionError, runnable_for
+from envs.timing import time_forward
 
+AUTO_DEVICE = "auto"
+"""Device name that profiles this machine once and caches the profile."""
 AUTO_BATCH = 32
 ROUNDS = 5
 
@@ -68,11 +72,13 @@ def profile_machine(name: str = AUTO_DEVICE, rounds: int = ROUNDS) -> tuple[Devi
     example = torch.randn(AUTO_BATCH, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     model = reference_cnn()
     runs = {}
-    for runtime in RUNTIMES:
+    for runtime, engine in RUNTIMES.items():
+        if engine.unavailable():  # e.g. a PyTorch build without the x86 quantized engine
+            continue
         try:
             runs[runtime] = runnable_for(model, replace(base, runtime=runtime), (1, 28, 28), example)
         except RuntimeConversionError:
-            continue  # e.g. a PyTorch build without the x86 quantized engine
+            continue  # the reference CNN is not one this runtime can take
     times: dict[str, list[float]] = {runtime: [] for runtime in runs}
     for _ in range(rounds):
         for runtime, runnable in runs.items():
@@ -89,11 +95,8 @@ def profile_machine(name: str = AUTO_DEVICE, rounds: int = ROUNDS) -> tuple[Devi
 
 def auto_device(cache_dir: Path | None = None, rounds: int = ROUNDS) -> DeviceProfile:
     """This machine's profile: read from the cache, or profiled now (``rounds`` per runtime) and written there."""
-    if cache_dir is None:
-        from envs.tasks.registry import default_cache_dir
-
-        cache_dir = default_cache_dir()
-    path = Path(cache_dir) / "devices" / f"{AUTO_DEVICE}-{machine_key()}.yaml"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / "devices" / f"{AUTO_DEVICE}-{machine_key()}.yaml"
     if path.is_file():
         return read_profile(path, AUTO_DEVICE)
     profile, _ = profile_machine(rounds=rounds)

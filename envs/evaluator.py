@@ -10,14 +10,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.paths import default_cache_dir
 from core.policy import Policy
 from core.result import Result
 from core.spec import LayerSpec
-from envs.device import DeviceProfile, measure_latency
 from envs.latency_model import LatencyPredictor, build_predictor
+from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
 from envs.tasks import Task, evaluate_accuracy
-from envs.tasks.registry import default_cache_dir
+from envs.timing import measure_latency
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.pipeline import CompressedModel, Refinement, compress

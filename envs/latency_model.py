@@ -2,10 +2,11 @@
 
 The table holds, per device profile, the measured latency of every Conv2d and Linear configuration it
 has met (shape, kept channels, input size, precision), each timed alone at the profile's batch, threads,
-warm-up and repeats. An int8 layer is timed as its quantized kernel on an already quantized input, as it
-runs inside an int8 model (the model quantizes once at its input and dequantizes once at its output).
-The table is stored as JSON under the cache directory and grows as new shapes appear, so each
-configuration is profiled once per device.
+warm-up and repeats, as the device's runtime says (:meth:`envs.runtimes.Runtime.timing_case`: e.g. on
+``torch-int8`` the bare quantized kernel on an already quantized input), less the runtime's per-call cost
+(:meth:`envs.runtimes.Runtime.call_cost_ms`: e.g. an identity session's time on ONNX Runtime), which a whole
+network pays once, not once per layer. The table is stored as JSON under the cache directory and grows as
+new shapes appear, so each configuration is profiled once per device.
 
 A layer timed alone is not timed as it runs in the network (caches, thread start-up), and the table
 does not cover BatchNorm, activations, residual adds, pooling or framework dispatch. Both are the
@@ -26,7 +27,7 @@ import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, astuple, dataclass, replace
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,8 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from envs.device import DeviceProfile, measure_latency, time_forward
-from envs.runtimes import runnable_for
+from envs.profile import DeviceProfile
+from envs.timing import measure_latency, time_forward
 from methods.discovery import trace_layers
 
 TABLE_VERSION = 4
@@ -98,35 +99,14 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     return calls
 
 
-def _timing_case(module: nn.Module, example: torch.Tensor, device: DeviceProfile) -> tuple[nn.Module, torch.Tensor]:
-    """A fresh layer of the same configuration (dense timing does not depend on the values) and its input,
-    as the device's runtime runs it.
-
-    On PyTorch's int8 runtime it is the quantized kernel itself with a quantized input, so that the quantize
-    and dequantize steps around a stand-alone layer are not counted: an int8 network runs them once, not per
-    layer. On ONNX Runtime it is a one-layer session (its fixed per-call cost is left to the fitted correction).
-    """
+def _fresh_layer(module: nn.Module) -> nn.Module:
+    """A new Conv2d or Linear of the same configuration as ``module`` (dense timing does not depend on values)."""
     if isinstance(module, nn.Conv2d):
-        layer: nn.Module = nn.Conv2d(
+        return nn.Conv2d(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
             module.dilation, module.groups, module.bias is not None, module.padding_mode,
         )
-    else:
-        layer = nn.Linear(module.in_features, module.out_features, module.bias is not None)
-    if device.runtime == "torch":
-        return layer, example
-    if device.runtime != "torch-int8":
-        return runnable_for(nn.Sequential(layer).eval(), device, tuple(example.shape[1:]), example), example
-    from methods.int8 import to_int8  # local: only int8 devices need torch.ao
-
-    converted = to_int8(nn.Sequential(layer), example)
-    kernel = converted.get_submodule("0")
-    scale = float(getattr(converted, "0_input_scale_0"))
-    zero_point = int(getattr(converted, "0_input_zero_point_0"))
-    quantized = torch.quantize_per_tensor(example, scale, zero_point, torch.quint8)
-    if quantized.dim() == 4:  # int8 convolutions produce (and so receive) channels-last tensors
-        quantized = quantized.contiguous(memory_format=torch.channels_last)
-    return kernel, quantized
+    return nn.Linear(module.in_features, module.out_features, module.bias is not None)
 
 
 def profile_digest(device: DeviceProfile) -> str:
@@ -156,9 +136,12 @@ class LatencyTable:
         self.layers: dict[str, float] = {}
         self.overheads: dict[str, Overhead] = {}
         self.measured_layers = 0
-        self._call_costs: dict[tuple[int, ...], float] = {}
         """Layer configurations profiled by this instance (not read from the file)."""
-        self.precision = "int8" if device.int8 else PRECISION
+        self._call_costs: dict[tuple[int, ...], float] = {}
+        """The runtime's per-call cost by input shape (timed once per shape)."""
+        self.runtime = device.engine
+        """The device's runtime, which says how a layer is timed."""
+        self.precision = "int8" if self.runtime.int8 else PRECISION
         """Precision of the layers as the device runs them."""
         if self.path.is_file():
             data = json.loads(self.path.read_text())
@@ -175,22 +158,20 @@ class LatencyTable:
         """The table entry of one layer call, profiling it first if it is new."""
         if call.key not in self.layers:
             example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
-            layer, example = _timing_case(call.module, example, self.device)
-            timed = min(time_forward(layer, example, self.device) for _ in range(PROFILE_ROUNDS))
-            self.layers[call.key] = max(0.0, timed - self._call_cost(example))
+            layer, timed_input = self.runtime.timing_case(_fresh_layer(call.module), example, self.device.threads)
+            self.layers[call.key] = max(0.0, self._time(layer, timed_input) - self._call_cost(example))
             self.measured_layers += 1
         return self.layers[call.key]
 
+    def _time(self, module: nn.Module, example: torch.Tensor) -> float:
+        """The fastest of :data:`PROFILE_ROUNDS` median timings of ``module(example)`` on the device."""
+        return min(time_forward(module, example, self.device) for _ in range(PROFILE_ROUNDS))
+
     def _call_cost(self, example: torch.Tensor) -> float:
-        """What a one-layer ONNX Runtime session costs besides its layer (0 on PyTorch runtimes): the time of an
-        identity session on the same input (input conversion, session dispatch, output copy), which a whole
-        network pays once, not once per layer."""
-        if not self.device.runtime.startswith("onnxruntime"):
-            return 0.0
+        """The runtime's per-call cost on inputs of ``example``'s shape, timed once per shape."""
         shape = tuple(example.shape)
         if shape not in self._call_costs:
-            identity = runnable_for(nn.Identity(), replace(self.device, runtime="onnxruntime"), shape[1:], example)
-            self._call_costs[shape] = min(time_forward(identity, example, self.device) for _ in range(PROFILE_ROUNDS))
+            self._call_costs[shape] = self.runtime.call_cost_ms(example, self.device.threads, self._time)
         return self._call_costs[shape]
 
     def layers_ms(self, calls: Sequence[LayerCall]) -> float:

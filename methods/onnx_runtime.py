@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import first_line
+
 OPSET = 17
 INPUT, OUTPUT = "input", "output"
 CALIBRATION_BATCH = 64
@@ -65,11 +67,6 @@ class OnnxRuntimeModel(nn.Module):
         return state
 
 
-def _first_line(exc: Exception) -> str:
-    """The first line of an exception's message (the exporter appends whole graph dumps)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """``model`` (eval mode) as ONNX bytes with a dynamic batch dimension.
 
@@ -88,7 +85,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             )
         except Exception as exc:  # noqa: BLE001 - exporting arbitrary user code fails in many ways
-            raise OnnxConversionError(f"cannot export the model to ONNX: {_first_line(exc)}") from exc
+            raise OnnxConversionError(f"cannot export the model to ONNX: {first_line(exc)}") from exc
         finally:
             model.train(was_training)
     return buffer.getvalue()
@@ -117,7 +114,7 @@ def quantize_onnx(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many kinds of errors
-            raise OnnxConversionError(f"ONNX Runtime cannot quantize the model: {_first_line(exc)}") from exc
+            raise OnnxConversionError(f"ONNX Runtime cannot quantize the model: {first_line(exc)}") from exc
         return target.read_bytes()
 
 

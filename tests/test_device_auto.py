@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from envs.device import RUNTIMES, list_devices, load_device
+from envs.device import list_devices, load_device
 from envs.device_auto import auto_device
+from envs.runtimes import RUNTIMES
 
 
 def test_auto_profiles_once_then_reads_the_cached_profile(tmp_path: Path) -> None:

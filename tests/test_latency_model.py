@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from envs.device import DeviceProfile
-from envs.latency_model import LatencyTable, _timing_case, build_predictor, fit_nonnegative, fit_widths, layer_calls
+from envs.latency_model import LatencyTable, build_predictor, fit_nonnegative, fit_widths, layer_calls
+from envs.runtimes import RUNTIMES
 
 FAST = DeviceProfile(name="test-cpu", threads=1, batch=2, warmup=0, repeats=1)
 INT8 = dataclasses.replace(FAST, name="test-int8", runtime="torch-int8")
@@ -71,15 +72,16 @@ def test_fit_widths_are_uniform_then_seeded_mixed() -> None:
 
 def test_int8_layers_are_timed_as_kernels_on_quantized_channels_last_input() -> None:
     example = torch.randn(2, 8, 12, 12)
-    kernel, quantized = _timing_case(nn.Conv2d(8, 16, 3, padding=1), example, INT8)
+    int8, eager = RUNTIMES[INT8.runtime], RUNTIMES[FAST.runtime]
+    kernel, quantized = int8.timing_case(nn.Conv2d(8, 16, 3, padding=1), example, INT8.threads)
     assert quantized.is_quantized and quantized.is_contiguous(memory_format=torch.channels_last)
     assert "quantized" in type(kernel).__module__  # the bare kernel: no quantize/dequantize around it
     with torch.inference_mode():
         assert kernel(quantized).shape == (2, 16, 12, 12)
-    kernel, quantized = _timing_case(nn.Linear(8, 4), torch.randn(2, 8), INT8)
+    kernel, quantized = int8.timing_case(nn.Linear(8, 4), torch.randn(2, 8), INT8.threads)
     with torch.inference_mode():
         assert kernel(quantized).is_quantized
-    layer, same = _timing_case(nn.Linear(8, 4), example[:, :, 0, :8], FAST)
+    layer, same = eager.timing_case(nn.Linear(8, 4), example[:, :, 0, :8], FAST.threads)
     assert isinstance(layer, nn.Linear) and same is not None and not same.is_quantized
 
 

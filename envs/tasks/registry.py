@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
+from core.paths import default_cache_dir
 from envs.tasks import mobilenet, models
 from envs.tasks.data import Splits, data_fingerprint, mnist_splits
 from envs.tasks.training import TrainRecipe, train_model
@@ -35,8 +36,6 @@ from envs.tasks.user import (
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "AUTOCOMPRESS_CACHE"
-"""Environment variable overriding the weight cache directory."""
 CACHE_VERSION = 1
 """Bumped whenever cached weights become invalid for reasons not in the digest."""
 
@@ -131,12 +130,6 @@ def build_architecture(source: dict[str, str]) -> nn.Module:
     if "task" in source:
         return _builtin(str(source["task"])).factory()
     return build_user_model(parse_factory(str(source["model"]), "model"))
-
-
-def default_cache_dir() -> Path:
-    """``$AUTOCOMPRESS_CACHE`` if set, else ``~/.cache/autocompress``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "autocompress"
 
 
 def cache_path(
