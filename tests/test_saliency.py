@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from methods.pruning import lowest_mask
-from methods.saliency import hessian_diagonal, saliency_scores, squared_error_hessian
+from methods.saliency import saliency_scores
+from methods.saliency.obd import hessian_diagonal, squared_error_hessian
 
 
 def _exact_hessian_diagonal(layer: nn.Linear, loss_of_weight) -> torch.Tensor:
