@@ -98,5 +98,14 @@ class LayerKind(ABC):
         raise ValueError(f"cannot factorise {type(module).__name__}")
 
     @abstractmethod
+    def example(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """A small layer of this kind and the shape of one input sample, for the conformance suite."""
+
+    @abstractmethod
     def standalone(self, module: nn.Module) -> nn.Module:
         """A plain layer of the same configuration and weights, outside any model (eval mode), for timing alone."""
+
+    @abstractmethod
+    def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
+        """What the layer's latency depends on (type, configuration, one sample's input shape), as the parts of a
+        latency-table key."""

@@ -58,6 +58,11 @@ class Conv2dKind(LayerKind):
             conv(rank, module.out_channels, 1, bias=module.bias is not None),
         )
 
+    def example(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """A strided 3-to-4-channel conv with a 3-wide kernel, on a 9-wide input."""
+        layer = self.module_type(3, 4, 3, stride=2, padding=1)
+        return layer, (3,) + (9,) * (layer.weight.dim() - 2)
+
     def standalone(self, module: nn.Module) -> nn.Module:
         """A plain convolution of the same configuration and weights."""
         layer = self.module_type(
@@ -66,3 +71,10 @@ class Conv2dKind(LayerKind):
         )
         layer.load_state_dict(module.state_dict())
         return layer.eval()
+
+    def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
+        """``conv``, channels, kernel, stride, padding, dilation, groups, bias, then the input's spatial sizes."""
+        return (
+            "conv", module.in_channels, module.out_channels, *module.kernel_size, *module.stride, *module.padding,
+            *module.dilation, module.groups, module.bias is not None, *sample_shape[1:],
+        )

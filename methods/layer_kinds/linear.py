@@ -47,8 +47,16 @@ class LinearKind(LayerKind):
             nn.Linear(rank, module.out_features, bias=module.bias is not None),
         )
 
+    def example(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """A 6-to-5 layer applied at 2 positions."""
+        return nn.Linear(6, 5), (2, 6)
+
     def standalone(self, module: nn.Module) -> nn.Module:
         """A plain linear layer of the same features and weights."""
         layer = nn.Linear(module.in_features, module.out_features, module.bias is not None)
         layer.load_state_dict(module.state_dict())
         return layer.eval()
+
+    def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
+        """``linear``, features, bias, then the input's leading (position) sizes."""
+        return ("linear", module.in_features, module.out_features, module.bias is not None, *sample_shape[:-1])
