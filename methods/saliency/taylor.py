@@ -20,21 +20,26 @@ def mean_gradient(
 ) -> dict[str, torch.Tensor]:
     """Gradient of the mean eval-mode cross-entropy over ``data`` for each of ``weights``.
 
-    Every ``.grad`` of ``model`` is cleared afterwards and its mode restored.
+    Every ``.grad`` of ``model`` is cleared afterwards; its mode and the weights' ``requires_grad`` are restored.
     """
-    was_training = model.training
+    was_training, frozen = model.training, [w for w in weights.values() if not w.requires_grad]
     model.eval()
     grads = {key: torch.zeros_like(weight) for key, weight in weights.items()}
     inputs, labels = data.tensors
     try:
+        for weight in frozen:
+            weight.requires_grad_(True)
         for start in range(0, len(labels), batch_size):
             model.zero_grad(set_to_none=True)
             x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
-            (F.cross_entropy(model(x), y, reduction="sum") / len(labels)).backward()
+            with torch.enable_grad():
+                (F.cross_entropy(model(x), y, reduction="sum") / len(labels)).backward()
             for key, weight in weights.items():
                 grads[key] += weight.grad.detach()
     finally:
         model.zero_grad(set_to_none=True)
+        for weight in frozen:
+            weight.requires_grad_(False)
         model.train(was_training)
     return grads
 
