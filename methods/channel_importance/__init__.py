@@ -23,7 +23,7 @@ from functools import partial
 
 import torch_pruning as tp
 
-from core.registry import Registry, UnknownEntryError
+from core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ def check_channel_importance(name: str) -> ChannelImportance:
     """The criterion called ``name``: the check of a policy's or a config's ``channel_importance``.
 
     Raises:
-        UnknownEntryError: (a ``ValueError``) ``unknown channel importance 'x'; choose one of: l1, ...``.
+        core.registry.UnknownEntryError: (a ``ValueError``) ``unknown channel importance 'x'; choose one of: l1, ...``.
     """
     return CHANNEL_IMPORTANCES.get(name)
 
 
-__all__ = ["CHANNEL_IMPORTANCES", "FALLBACK", "ChannelImportance", "UnknownEntryError", "check_channel_importance"]
+__all__ = ["CHANNEL_IMPORTANCES", "FALLBACK", "ChannelImportance", "check_channel_importance"]

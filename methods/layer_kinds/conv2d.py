@@ -23,7 +23,8 @@ class Conv2dKind(LayerKind):
         return Channels(int(module.in_channels), int(module.out_channels), int(module.groups))
 
     def spec(self, name: str, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> LayerSpec:
-        """Kernel, stride and feature-map sizes along the last spatial dim; MACs over every output position."""
+        """Kernel and stride of the first spatial dim, map sizes of the last (square maps, as ``LayerSpec`` has it);
+        MACs over every output position."""
         params = int(module.weight.numel())
         batched = output.dim() == module.weight.dim()
         channels = self.channels(module)

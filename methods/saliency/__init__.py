@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from core.registry import Registry, UnknownEntryError
+from core.registry import Registry
 from methods.saliency.base import Saliency
 from methods.saliency.magnitude import Magnitude
 from methods.saliency.obd import OptimalBrainDamage
@@ -33,7 +33,7 @@ def check_saliency(name: str) -> Saliency:
     """The criterion called ``name``: the check of a policy's or a config's ``saliency``.
 
     Raises:
-        UnknownEntryError: (a ``ValueError``) ``unknown saliency 'x'; choose one of: magnitude, ...``.
+        core.registry.UnknownEntryError: (a ``ValueError``) ``unknown saliency 'x'; choose one of: magnitude, ...``.
     """
     return SALIENCIES.get(name)
 
@@ -55,7 +55,7 @@ def saliency_scores(
         batch_size: batch size of the gradient passes.
 
     Raises:
-        UnknownEntryError: for an unknown criterion (a ``ValueError``).
+        core.registry.UnknownEntryError: for an unknown criterion (a ``ValueError``).
         ValueError: for no data with a data-driven criterion.
     """
     saliency = check_saliency(criterion)
@@ -66,4 +66,4 @@ def saliency_scores(
     return {name: scores[f"{name}.weight"] for name in names}
 
 
-__all__ = ["SALIENCIES", "Saliency", "UnknownEntryError", "check_saliency", "saliency_scores"]
+__all__ = ["SALIENCIES", "Saliency", "check_saliency", "saliency_scores"]

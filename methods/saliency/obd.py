@@ -36,7 +36,7 @@ def squared_error_hessian(outputs: torch.Tensor) -> torch.Tensor:
     return torch.eye(k, dtype=outputs.dtype).expand(n, k, k)
 
 
-def parameter_hessian_diagonal(
+def hessian_diagonal(
     model: nn.Module,
     keys: Sequence[str],
     inputs: torch.Tensor,
@@ -82,17 +82,6 @@ def parameter_hessian_diagonal(
     return {key: value / len(inputs) for key, value in total.items()}
 
 
-def hessian_diagonal(
-    model: nn.Module,
-    names: Sequence[str],
-    inputs: torch.Tensor,
-    output_hessian: OutputHessian = cross_entropy_hessian,
-) -> dict[str, torch.Tensor]:
-    """:func:`parameter_hessian_diagonal` of the named layers' ``weight``, keyed by layer name."""
-    diagonal = parameter_hessian_diagonal(model, [f"{name}.weight" for name in names], inputs, output_hessian)
-    return {name: diagonal[f"{name}.weight"] for name in names}
-
-
 class OptimalBrainDamage(Saliency):
     """``h_ii w_i^2 / 2`` with the Gauss-Newton diagonal of the cross-entropy loss."""
 
@@ -102,5 +91,5 @@ class OptimalBrainDamage(Saliency):
         self, model: nn.Module, weights: Mapping[str, nn.Parameter], data: TensorDataset | None, batch_size: int
     ) -> dict[str, torch.Tensor]:
         """OBD saliency per weight; ``batch_size`` is unused (the Jacobians are chunked by memory)."""
-        diagonal = parameter_hessian_diagonal(model, list(weights), data.tensors[0])
+        diagonal = hessian_diagonal(model, list(weights), data.tensors[0])
         return {key: 0.5 * diagonal[key] * weight.detach() ** 2 for key, weight in weights.items()}
