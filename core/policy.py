@@ -19,10 +19,12 @@ MAX_SPARSITY = 0.99
 MIN_KEEP = 0.05
 QUANTIZERS = ("linear", "kmeans")
 """Weight quantizers: per-output-channel linear codes, or a per-layer k-means codebook (weight sharing)."""
-SALIENCIES = ("magnitude", "obd", "taylor")
-"""Fine-grained pruning criteria: weight magnitude, Optimal Brain Damage, first-order Taylor."""
-CHANNEL_IMPORTANCES = ("l1", "l2", "bn", "taylor")
-"""Structured pruning criteria: group L1 / L2 magnitude, BatchNorm scale, first-order Taylor."""
+
+
+def check_criterion_name(field_name: str, value: object) -> None:
+    """Raises ``ValueError`` unless ``value`` is a non-empty string (the registries in ``methods`` check the name)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field_name} must be a non-empty string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,15 @@ class Policy:
 
     layers: tuple[tuple[str, LayerChoice], ...] = field(default_factory=tuple)
     saliency: str = "magnitude"
-    """Which weights fine-grained pruning removes first (one criterion for the whole network)."""
+    """Which weights fine-grained pruning removes first (one criterion for the whole network): a name in
+    ``methods.saliency.SALIENCIES``."""
     channel_importance: str = "l1"
-    """Which channels structured pruning removes first (one criterion for the whole network)."""
+    """Which channels structured pruning removes first (one criterion for the whole network): a name in
+    ``methods.channel_importance.CHANNEL_IMPORTANCES``."""
 
     def __post_init__(self) -> None:
-        if self.saliency not in SALIENCIES:
-            raise ValueError(f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
-        if self.channel_importance not in CHANNEL_IMPORTANCES:
-            raise ValueError(
-                f"channel_importance must be one of {CHANNEL_IMPORTANCES}, got {self.channel_importance!r}"
-            )
+        check_criterion_name("saliency", self.saliency)
+        check_criterion_name("channel_importance", self.channel_importance)
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError("a policy names each layer at most once")

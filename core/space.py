@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.policy import (
-    CHANNEL_IMPORTANCES,
     FP32_BITS,
     MAX_SPARSITY,
     MIN_KEEP,
     QUANTIZERS,
-    SALIENCIES,
     LayerChoice,
     Policy,
+    check_criterion_name,
 )
 from core.spec import LayerSpec
 
@@ -51,9 +50,10 @@ class SpaceSettings:
     ranks: tuple[float, ...] = (1.0,)
     """Allowed low-rank fractions of a layer's full rank (1 = not factorised); searched when more than one."""
     saliencies: tuple[str, ...] = ("magnitude",)
-    """Allowed fine-grained pruning criteria (one per policy): ``magnitude``, ``obd``, ``taylor``."""
+    """Allowed fine-grained pruning criteria (one per policy): names in ``methods.saliency.SALIENCIES``."""
     channel_importances: tuple[str, ...] = ("l1",)
-    """Allowed structured pruning criteria (one per policy): ``l1``, ``l2``, ``bn``, ``taylor``."""
+    """Allowed structured pruning criteria (one per policy): names in
+    ``methods.channel_importance.CHANNEL_IMPORTANCES``."""
     latency_fill: float = 0.0
     """With a latency target and searched keep ratios: when > 0, each proposed policy's keep ratios are scaled
     together (their proportions kept, on the keep grid) to the widest the latency model predicts within this
@@ -64,15 +64,14 @@ class SpaceSettings:
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
         if not self.ranks or any(not 0.0 < r <= 1.0 for r in self.ranks):
             raise ValueError(f"ranks must be a non-empty set of fractions in (0, 1], got {self.ranks}")
-        object.__setattr__(self, "saliencies", tuple(dict.fromkeys(self.saliencies)))
-        if not self.saliencies or any(c not in SALIENCIES for c in self.saliencies):
-            raise ValueError(f"saliencies must be a non-empty subset of {SALIENCIES}, got {self.saliencies}")
-        object.__setattr__(self, "channel_importances", tuple(dict.fromkeys(self.channel_importances)))
-        if not self.channel_importances or any(c not in CHANNEL_IMPORTANCES for c in self.channel_importances):
-            raise ValueError(
-                f"channel_importances must be a non-empty subset of {CHANNEL_IMPORTANCES}, "
-                f"got {self.channel_importances}"
-            )
+        for field_name in ("saliencies", "channel_importances"):
+            given = getattr(self, field_name)
+            names = () if isinstance(given, str) else tuple(dict.fromkeys(given))
+            if not names:
+                raise ValueError(f"{field_name} must be a non-empty sequence of criterion names, got {given!r}")
+            for name in names:
+                check_criterion_name(field_name, name)
+            object.__setattr__(self, field_name, names)
         object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
         if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
             raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")

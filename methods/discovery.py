@@ -1,4 +1,4 @@
-"""Finds every compressible layer (Conv2d, Linear) with a real forward pass."""
+"""Finds every compressible layer (a registered layer kind: Conv2d, Linear, ...) with a real forward pass."""
 
 from __future__ import annotations
 
@@ -8,45 +8,11 @@ import torch
 from torch import nn
 
 from core.spec import LayerSpec
-
-
-def _spec(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerSpec:
-    params = int(module.weight.numel())
-    if isinstance(module, nn.Conv2d):
-        out_hw = int(out.shape[-1]) if out.dim() == 4 else 1
-        out_positions = int(out[0, 0].numel()) if out.dim() == 4 else 1
-        depthwise = module.groups > 1 and module.groups == module.in_channels
-        return LayerSpec(
-            name=name,
-            kind="depthwise" if depthwise else "conv",
-            in_channels=module.in_channels,
-            out_channels=module.out_channels,
-            kernel=int(module.kernel_size[0]),
-            stride=int(module.stride[0]),
-            groups=int(module.groups),
-            input_hw=int(inp.shape[-1]),
-            output_hw=out_hw,
-            params=params,
-            macs=params * out_positions,
-        )
-    positions = int(out[0].numel() // module.out_features) if out.dim() > 1 else 1
-    return LayerSpec(
-        name=name,
-        kind="linear",
-        in_channels=module.in_features,
-        out_channels=module.out_features,
-        kernel=1,
-        stride=1,
-        groups=1,
-        input_hw=1,
-        output_hw=1,
-        params=params,
-        macs=params * positions,
-    )
+from methods.layer_kinds import LayerKind, kind_of
 
 
 def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
-    """Runs one sample through ``model`` and describes each Conv2d and Linear it uses.
+    """Runs one sample through ``model`` and describes each compressible layer it uses.
 
     Layers are listed in execution order; a layer never called in the forward pass is
     left out (it cannot affect the output). MACs count one sample.
@@ -59,7 +25,7 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerS
 
     def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
         if name not in specs:
-            specs[name] = _spec(name, module, inp, out)
+            specs[name] = kind_of(module).spec(name, module, inp, out)
 
     trace_layers(model, input_shape, record)
     return list(specs.values())
@@ -70,19 +36,21 @@ def trace_layers(
     input_shape: Sequence[int],
     on_call: Callable[[str, nn.Module, torch.Tensor, torch.Tensor], None],
 ) -> None:
-    """Runs one zero sample through ``model`` in eval mode and reports every Conv2d/Linear call.
+    """Runs one zero sample through ``model`` in eval mode and reports every call of a compressible layer.
 
     Args:
         model: the network; its mode is restored afterwards.
         input_shape: shape of one sample, without the batch dimension.
-        on_call: called with (module name, module, input, output) for each call, in execution order.
+        on_call: called with (module name, module, first input, output tensor) for each call, in execution
+            order; a tuple output is reported as the tensor its kind picks (``LayerKind.output_tensor``).
     """
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        kind = kind_of(module)
+        if kind is not None:
 
-            def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
-                on_call(name, mod, args[0], out)
+            def hook(mod: nn.Module, args: tuple, out: object, name: str = name, kind: LayerKind = kind) -> None:
+                on_call(name, mod, args[0], kind.output_tensor(out))
 
             handles.append(module.register_forward_hook(hook))
     was_training = model.training

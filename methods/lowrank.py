@@ -1,10 +1,11 @@
-"""Low-rank factorisation of Linear and Conv2d layers by truncated SVD (Denton et al., 2014).
+"""Low-rank factorisation of compressible layers by truncated SVD (Denton et al., 2014).
 
 A layer with weight ``W`` (``out x fan_in``, a conv's weight flattened over input channels and
 kernel) is replaced by two layers whose product is the best rank-``r`` approximation of ``W``:
 
 * Linear: ``Linear(in, r, bias=False)`` then ``Linear(r, out)``;
-* Conv2d: ``Conv2d(in, r, k, stride, padding, dilation, bias=False)`` then a 1x1 ``Conv2d(r, out)``.
+* Conv2d: ``Conv2d(in, r, k, stride, padding, dilation, bias=False)`` then a 1x1 ``Conv2d(r, out)``;
+* another layer kind: its ``LayerKind.factors`` (see :mod:`methods.layer_kinds`).
 
 The pair is an ``nn.Sequential`` at the layer's own name, so its factors are ``NAME.0`` and
 ``NAME.1`` and the rest of the pipeline (masks, codes, packing) addresses them like any layer.
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from methods.layer_kinds import kind_of
 
 Factorised = dict[str, int]
 """Rank per factorised layer name, stored in the packed file so loading can rebuild the shapes."""
@@ -34,8 +37,9 @@ def rank_for(module: nn.Module, fraction: float) -> int:
 
 
 def factorisable(module: nn.Module) -> bool:
-    """True for a Linear or an ungrouped Conv2d (grouped and depthwise convs are left alone)."""
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    """True when the module's layer kind factorises it (a Linear, an ungrouped Conv2d; not grouped convs)."""
+    kind = kind_of(module)
+    return kind is not None and kind.factorisable(module)
 
 
 def saves_parameters(module: nn.Module, rank: int) -> bool:
@@ -46,27 +50,10 @@ def saves_parameters(module: nn.Module, rank: int) -> bool:
 
 def empty_factors(module: nn.Module, rank: int) -> nn.Sequential:
     """The two-layer replacement of ``module`` at ``rank``, with uninitialised weights (for loading)."""
-    has_bias = module.bias is not None
-    if isinstance(module, nn.Linear):
-        return nn.Sequential(
-            nn.Linear(module.in_features, rank, bias=False),
-            nn.Linear(rank, module.out_features, bias=has_bias),
-        )
-    if not factorisable(module):
-        raise ValueError(f"cannot factorise {type(module).__name__} with groups={getattr(module, 'groups', '?')}")
-    return nn.Sequential(
-        nn.Conv2d(
-            module.in_channels,
-            rank,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            bias=False,
-            padding_mode=module.padding_mode,
-        ),
-        nn.Conv2d(rank, module.out_channels, 1, bias=has_bias),
-    )
+    kind = kind_of(module)
+    if kind is None:
+        raise ValueError(f"cannot factorise {type(module).__name__}: not a compressible layer kind")
+    return kind.factors(module, rank)
 
 
 def factorise(module: nn.Module, rank: int) -> nn.Sequential:

@@ -5,16 +5,13 @@ Removing an output channel of one layer also resizes every layer that depends on
 layers form one *channel group*; the group's keep ratio is the one the policy gives
 its leader (the first layer of the group in the graph).
 
-Which channels of a group go is set by an importance criterion (``CHANNEL_IMPORTANCES``),
-computed by Torch-Pruning's importance classes over the layers of the group:
-
-* ``l1``: mean group L1 magnitude of conv/linear weights and BatchNorm scales (the default);
-* ``l2``: the same with squared (L2) magnitudes;
-* ``bn``: mean ``|gamma|`` of the group's BatchNorm layers (network slimming); groups
-  without an affine BatchNorm fall back to ``l1``;
-* ``taylor``: first-order Taylor saliency ``|w * dL/dw|`` of the group's conv/linear weights
-  (Molchanov et al., 2019), from one eval-mode cross-entropy forward/backward pass over
-  calibration data given by the caller.
+Which channels of a group go is set by an importance criterion, a name in
+:data:`methods.channel_importance.CHANNEL_IMPORTANCES` (``l1``, ``l2``, ``bn``, ``taylor``), computed
+by Torch-Pruning's importance classes over the layers of the group; where a criterion finds nothing
+to score (``bn`` without an affine BatchNorm) the group falls back to ``l1``. Criteria that need data
+(``taylor``) read the gradients of one eval-mode cross-entropy forward/backward pass over
+calibration data given by the caller. Group members are the layers of a registered layer kind
+(:mod:`methods.layer_kinds`) whose output channels the group removes.
 
 Torch-Pruning's graph does not understand every way a forward pass can mix channels
 (``torch.roll`` or ``flip`` over channels, channel shuffles, a gate with one channel
@@ -41,7 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.errors import UsageError
-from core.policy import CHANNEL_IMPORTANCES
+from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
+from methods.layer_kinds import Channels, CompressibleWeight, kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +75,7 @@ class ChannelGroup:
     leader: str
     """Module name whose policy ``keep`` ratio applies to the group."""
     members: tuple[str, ...]
-    """All Conv2d/Linear layers whose output channels the group removes."""
+    """All compressible layers (see :mod:`methods.layer_kinds`) whose output channels the group removes."""
     channels: int
     """Channels in the group before pruning."""
 
@@ -98,11 +96,12 @@ def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
         model.train(was_training)
 
 
-def _classifier(model: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
-    """The layers that produce the network's output; their outputs are never pruned."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m in graph.module2node]
+def _kept_whole(model: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Layers whose output channels are never pruned: those that produce the network's output, and those
+    whose layer kind forbids channel pruning."""
+    layers = [m for m in model.modules() if kind_of(m) is not None and m in graph.module2node]
     outputs = [m for m in layers if not graph.module2node[m].outputs]
-    return outputs or layers[-1:]
+    return (outputs or layers[-1:]) + [m for m in layers if not kind_of(m).channel_pruning and m not in outputs]
 
 
 def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module, ChannelGroup]]:
@@ -110,7 +109,7 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     found = []
     try:
-        all_groups = list(graph.get_all_groups(ignored_layers=_classifier(model, graph)))
+        all_groups = list(graph.get_all_groups(ignored_layers=_kept_whole(model, graph)))
     except Exception as exc:  # noqa: BLE001 - grouping a user's model can fail in many ways
         raise UsageError(f"cannot group the model's channels ({exc}); disable channel pruning") from exc
     for group in all_groups:
@@ -118,7 +117,7 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
         members = []
         for item in group:
             module = item.dep.target.module
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
+            if kind_of(module) is not None and graph.is_out_channel_pruning_fn(item.dep.handler):
                 members.append(names[module])
         channels = graph.get_out_channels(root)
         if not members or channels is None or channels < 2:  # e.g. led by a ConvTranspose2d
@@ -164,35 +163,22 @@ def kept_channels(channels: int, keep: float, multiple: int = 1) -> int:
     return int(min(channels, max(kept, min(multiple, channels), 1)))
 
 
-def _l1() -> tp.importance.Importance:
-    return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
-
-
-def _scorer(importance: str) -> tp.importance.Importance:
-    """Torch-Pruning's scorer of one criterion; no normaliser, so scores keep their raw order."""
-    if importance == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
-    if importance == "bn":
-        return tp.importance.BNScaleImportance(group_reduction="mean", normalizer=None)
-    if importance == "taylor":
-        return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
-    return _l1()
-
-
 def _scores(graph_group: Any, scorer: tp.importance.Importance) -> torch.Tensor:
-    """Per-channel importance of a full group; ``l1`` when ``scorer`` finds nothing to score."""
+    """Per-channel importance of a full group; the ``FALLBACK`` criterion's when ``scorer`` finds nothing to score."""
     scores = scorer(graph_group)
-    return _l1()(graph_group) if scores is None else scores
+    return check_channel_importance(FALLBACK).scorer()(graph_group) if scores is None else scores
 
 
-def _check_arguments(importance: str, data: CalibrationData | None) -> None:
-    if importance not in CHANNEL_IMPORTANCES:
-        raise ValueError(f"unknown channel importance {importance!r}; choose one of {', '.join(CHANNEL_IMPORTANCES)}")
-    if importance == "taylor":
+def _check_arguments(importance: str, data: CalibrationData | None) -> ChannelImportance:
+    criterion = check_channel_importance(importance)
+    if criterion.needs_data:
         if data is None:
-            raise ValueError("the 'taylor' channel importance needs calibration data: pass data=(inputs, labels)")
+            raise ValueError(
+                f"the {importance!r} channel importance needs calibration data: pass data=(inputs, labels)"
+            )
         if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
             raise ValueError("data must be a pair of tensors (inputs, labels)")
+    return criterion
 
 
 @contextmanager
@@ -235,6 +221,36 @@ def _gradients(model: nn.Module, data: CalibrationData | None) -> Iterator[None]
             param.grad = None
 
 
+def _input_weights(module: nn.Module) -> list[tuple[torch.Tensor, CompressibleWeight, Channels]]:
+    """The weights through which ``module`` reads its input channels, with their channel dims.
+
+    Compressible layers tell through their kind; Torch-Pruning's other convolutions (transposed, 1-d, 3-d)
+    read through ``weight``, ``(in, out / groups, ...)`` when transposed, else ``(out, in / groups, ...)``.
+    """
+    kind = kind_of(module)
+    if kind is not None:
+        channels = kind.channels(module)
+        return [(getattr(module, w.name).data, w, channels) for w in kind.weights(module) if w.in_dim is not None]
+    if isinstance(module, nn.modules.conv._ConvNd):
+        dims = CompressibleWeight("weight", out_dim=1, in_dim=0) if module.transposed else CompressibleWeight("weight")
+        return [(module.weight.data, dims, Channels(module.in_channels, module.out_channels, module.groups))]
+    return []
+
+
+def _zero_inputs(weight: torch.Tensor, dims: CompressibleWeight, channels: Channels, idxs: list[int]) -> None:
+    """Zeroes, in place, the part of ``weight`` that reads input channels ``idxs``."""
+    if weight.shape[dims.in_dim] == channels.in_channels:  # every input channel has its own slice
+        weight.index_fill_(dims.in_dim, torch.tensor(idxs), 0)
+        return
+    per_group, out_per_group = channels.in_channels // channels.groups, channels.out_channels // channels.groups
+    for idx in idxs:  # input channel i reaches only the outputs of group i // (in / groups)
+        first = idx // per_group * out_per_group
+        index: list[slice | int] = [slice(None)] * weight.dim()
+        index[dims.out_dim] = slice(first, first + out_per_group)
+        index[dims.in_dim] = idx % per_group
+        weight[tuple(index)] = 0
+
+
 def _zero_consumers(graph: tp.DependencyGraph, graph_group: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Zeroes the weights with which the group's consumers read its dropped channels, in place.
 
@@ -242,22 +258,12 @@ def _zero_consumers(graph: tp.DependencyGraph, graph_group: Any) -> list[tuple[t
     """
     saved = []
     for item in graph_group:
-        module, idxs = item.dep.target.module, list(item.idxs)
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or not idxs:
+        module, idxs = item.dep.target.module, [int(i) for i in item.idxs]
+        if not idxs or graph.is_out_channel_pruning_fn(item.dep.handler):
             continue
-        if graph.is_out_channel_pruning_fn(item.dep.handler):
-            continue
-        weight = module.weight.data
-        saved.append((weight, weight.clone()))
-        if isinstance(module, nn.Linear):
-            weight[:, idxs] = 0
-        elif module.transposed:
-            weight[idxs] = 0
-        else:  # (out, in / groups, ...): input channel i reaches the outputs of group i // (in / groups)
-            per_group, out_per_group = module.in_channels // module.groups, module.out_channels // module.groups
-            for idx in idxs:
-                first = idx // per_group * out_per_group
-                weight[first : first + out_per_group, idx % per_group] = 0
+        for weight, dims, channels in _input_weights(module):
+            saved.append((weight, weight.clone()))
+            _zero_inputs(weight, dims, channels, idxs)
     return saved
 
 
@@ -340,23 +346,24 @@ def prune_channels(
         input_shape: one sample's shape, for tracing.
         keep: kept fraction per group leader; leaders not listed keep everything.
         multiple: kept channel counts are rounded to this multiple.
-        importance: channel criterion, one of ``CHANNEL_IMPORTANCES`` (see the module docstring).
-        data: ``(inputs, labels)`` calibration batch; required by ``taylor``, unused otherwise.
+        importance: channel criterion, a name in :data:`methods.channel_importance.CHANNEL_IMPORTANCES`.
+        data: ``(inputs, labels)`` calibration batch; required by criteria that need data (``taylor``),
+            unused otherwise.
 
     Returns:
         The pruning history, JSON-serialisable, replayable with :func:`replay_pruning`.
 
     Raises:
-        ValueError: an unknown criterion, or ``taylor`` without data.
+        ValueError: an unknown criterion (``UnknownEntryError``), or one that needs data without it.
         ChannelPruningError: pruning a group breaks the model (a :class:`UsageError`).
     """
-    _check_arguments(importance, data)
+    criterion = _check_arguments(importance, data)
     if all(ratio >= 1.0 for ratio in keep.values()):
         return []
     graph = _graph(model, input_shape)
     example = torch.randn(CHECK_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
-    scorer = _scorer(importance)
-    with _kept_flags(model), _gradients(model, data if importance == "taylor" else None), torch.no_grad():
+    scorer = criterion.scorer()
+    with _kept_flags(model), _gradients(model, data if criterion.needs_data else None), torch.no_grad():
         model.eval()
         for root, group in _groups(model, graph):
             n_keep = kept_channels(group.channels, keep.get(group.leader, 1.0), multiple)

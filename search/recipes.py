@@ -10,7 +10,9 @@ import yaml
 
 from core.errors import UsageError
 from core.paths import CONFIG_DIR
-from core.policy import CHANNEL_IMPORTANCES, SALIENCIES, LayerChoice, Policy
+from core.policy import LayerChoice, Policy
+from methods.channel_importance import check_channel_importance
+from methods.saliency import check_saliency
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
 
@@ -44,13 +46,12 @@ def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe {path} is not valid YAML") from exc
     saliency = data.get("saliency", "magnitude")
-    if saliency not in SALIENCIES:
-        raise UsageError(f"recipe {path}: saliency must be one of {', '.join(SALIENCIES)}, got {saliency!r}")
     importance = data.get("channel_importance", "l1")
-    if importance not in CHANNEL_IMPORTANCES:
-        raise UsageError(
-            f"recipe {path}: channel_importance must be one of {', '.join(CHANNEL_IMPORTANCES)}, got {importance!r}"
-        )
+    try:
+        check_saliency(saliency)
+        check_channel_importance(importance)
+    except (TypeError, ValueError) as exc:  # TypeError: an unhashable YAML value
+        raise UsageError(f"recipe {path}: {exc}") from exc
     table = (data.get("tasks") or {}).get(task)
     if table is not None:
         unknown = sorted(set(table) - set(layers))

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from methods.pruning import lowest_mask
-from methods.saliency import hessian_diagonal, saliency_scores, squared_error_hessian
+from methods.saliency import saliency_scores
+from methods.saliency.obd import hessian_diagonal, squared_error_hessian
 
 
 def _exact_hessian_diagonal(layer: nn.Linear, loss_of_weight) -> torch.Tensor:
@@ -28,7 +29,7 @@ def test_obd_on_a_quadratic_model_ranks_weights_as_the_exact_hessian_does() -> N
         return 0.5 * (F.linear(x, weight, layer.bias.detach()) - y).square().sum(1).mean()
 
     exact = _exact_hessian_diagonal(layer, loss)
-    ours = hessian_diagonal(nn.Sequential(layer), ["0"], x, squared_error_hessian)["0"]
+    ours = hessian_diagonal(nn.Sequential(layer), ["0.weight"], x, squared_error_hessian)["0.weight"]
     assert torch.allclose(ours, exact, rtol=1e-4, atol=1e-6)
     obd_exact = 0.5 * exact * layer.weight.detach() ** 2
     obd = 0.5 * ours * layer.weight.detach() ** 2
@@ -67,12 +68,12 @@ def test_conv_network_hessian_matches_autograd_for_one_layer() -> None:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
     x, labels = torch.randn(6, 1, 6, 6), torch.randint(0, 2, (6,))
-    ours = hessian_diagonal(model, ["0", "3"], x)
-    assert ours["0"].shape == model[0].weight.shape and bool((ours["0"] >= 0).all())
+    ours = hessian_diagonal(model, ["0.weight", "3.weight"], x)
+    assert ours["0.weight"].shape == model[0].weight.shape and bool((ours["0.weight"] >= 0).all())
     exact = _exact_hessian_diagonal(
         model[3], lambda w: F.cross_entropy(F.linear(model[:3](x), w, model[3].bias.detach()), labels)
     )  # the last layer is linear in its weights, so Gauss-Newton equals the Hessian there
-    assert torch.allclose(ours["3"], exact, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(ours["3.weight"], exact, rtol=1e-4, atol=1e-7)
 
 
 def test_data_driven_saliencies_need_data_and_names_are_checked() -> None:

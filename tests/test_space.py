@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.policy import LayerChoice
 from core.space import SearchSpace, SpaceSettings
@@ -69,6 +70,13 @@ def test_rank_and_saliency_are_searched_when_offered() -> None:
     grid = _Grid()
     assert default.sample(grid).saliency == "magnitude"
     assert not any(k.endswith(".rank") or k == "saliency" for k in grid.asked)
+
+
+@pytest.mark.parametrize("field", ["saliencies", "channel_importances"])
+@pytest.mark.parametrize("value", [(), "magnitude", ("l1", ""), (3,)])
+def test_criteria_settings_must_be_names(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        SpaceSettings(**{field: value})
 
 
 def test_params_inverts_sample() -> None:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from envs.tasks.mobilenet import InvertedResidual, conv_bn
-from methods.structured import CHANNEL_IMPORTANCES, prune_channels, replay_pruning
+from methods.channel_importance import CHANNEL_IMPORTANCES
+from methods.structured import prune_channels, replay_pruning
 
 SHAPE = (1, 8, 8)
 
@@ -92,7 +93,7 @@ class Mobile(nn.Module):
         return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("importance", CHANNEL_IMPORTANCES)
+@pytest.mark.parametrize("importance", CHANNEL_IMPORTANCES.names())
 def test_every_criterion_gives_a_replayable_history_and_leaves_the_model_clean(importance: str) -> None:
     torch.manual_seed(0)
     model = Mobile().train()

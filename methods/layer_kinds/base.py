@@ -1,0 +1,111 @@
+"""What a compressible layer kind says about its modules: weights, channels, cost, factors, a timing copy."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.spec import LayerSpec
+
+
+@dataclass(frozen=True)
+class CompressibleWeight:
+    """One weight tensor of a layer that pruning and quantization act on, and the dims that index channels."""
+
+    name: str
+    """Parameter name inside the module: ``weight``, ``weight_ih_l0``, ``in_proj_weight``, ..."""
+    out_dim: int = 0
+    """Dim of the tensor that indexes the layer's output channels."""
+    in_dim: int | None = 1
+    """Dim that indexes input channels (within one group of a grouped conv); ``None`` when the tensor reads no
+    input channels (an embedding table)."""
+
+
+@dataclass(frozen=True)
+class Channels:
+    """How a layer's channels relate to its neighbours'."""
+
+    in_channels: int
+    """Channels (features) the layer reads."""
+    out_channels: int
+    """Channels (features) the layer writes."""
+    groups: int = 1
+    """Convolution groups: input channel ``i`` reaches only the outputs of group ``i // (in / groups)``."""
+
+    @property
+    def depthwise(self) -> bool:
+        """True for one group per input channel."""
+        return self.groups > 1 and self.groups == self.in_channels
+
+
+class LayerKind(ABC):
+    """One kind of compressible layer (Conv2d, Linear, ...); register an instance in ``LAYER_KINDS``.
+
+    Discovery, tracing, structured pruning and low-rank factorisation ask the kind of a module instead
+    of testing its type.
+    """
+
+    module_type: ClassVar[type[nn.Module]]
+    """Modules of this type (subclasses included) are of this kind, unless :meth:`matches` says otherwise."""
+    channel_pruning: ClassVar[bool] = True
+    """Whether structured pruning may remove the layer's output channels (else they are kept whole)."""
+
+    def matches(self, module: nn.Module) -> bool:
+        """True when ``module`` is of this kind."""
+        return isinstance(module, self.module_type)
+
+    def weights(self, module: nn.Module) -> tuple[CompressibleWeight, ...]:
+        """The module's compressible weight tensors (by default its ``weight``: ``(out, in, ...)``)."""
+        return (CompressibleWeight("weight"),)
+
+    @abstractmethod
+    def channels(self, module: nn.Module) -> Channels:
+        """Input and output channels and groups of ``module``."""
+
+    @abstractmethod
+    def spec(self, name: str, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> LayerSpec:
+        """The layer's shape and cost, from one real call on a batch of one sample.
+
+        Args:
+            name: the module's name in the model.
+            module: the layer.
+            inputs: its first positional input.
+            output: its output tensor (see :meth:`output_tensor`).
+        """
+
+    def output_tensor(self, output: Any) -> torch.Tensor:
+        """The tensor that stands for a call's output: the output itself, or the first of a tuple (an LSTM's)."""
+        while isinstance(output, (tuple, list)):
+            output = output[0]
+        return output
+
+    def factorisable(self, module: nn.Module) -> bool:
+        """Whether a truncated-SVD factorisation of the weight applies (see :meth:`factors`)."""
+        return False
+
+    def factors(self, module: nn.Module, rank: int) -> nn.Sequential:
+        """Two layers whose product replaces the layer at ``rank``, uninitialised: ``factors[0]`` reads the input
+        with the weight's trailing dims flattened (``rank x fan_in``), ``factors[1]`` is ``out x rank`` and takes
+        the bias.
+
+        Raises:
+            ValueError: when the kind or this module cannot be factorised.
+        """
+        raise ValueError(f"cannot factorise {type(module).__name__}")
+
+    @abstractmethod
+    def example(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """A small layer of this kind and the shape of one input sample, for the conformance suite."""
+
+    @abstractmethod
+    def standalone(self, module: nn.Module) -> nn.Module:
+        """A plain layer of the same configuration and weights, outside any model (eval mode), for timing alone."""
+
+    @abstractmethod
+    def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
+        """What the layer's latency depends on (type, configuration, one sample's input shape), as the parts of a
+        latency-table key."""
