@@ -1,4 +1,4 @@
-"""A packed file written before the quantizer registry: it still loads, and packing the same inputs is byte-identical."""
+"""A packed file written before the quantizer registry: it still loads, and the same inputs pack to the same bytes."""
 
 from __future__ import annotations
 
