@@ -43,7 +43,7 @@ import torch
 
 from methods import huffman, symbol_coding
 from methods.quantization import FP32_BITS
-from methods.quantizers import QUANTIZERS
+from methods.quantizers import QUANTIZERS, Codes
 from methods.symbol_coding import packed_len
 
 MAGIC = b"ACZ1"
@@ -311,7 +311,7 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
         raise PackFormatError(f"{_CORRUPT} ({error})") from error
     mask = torch.from_numpy(flat_mask).reshape(shape)
     try:
-        return quantizer.decode(entry, parts[1:-1], codes, mask, positions)
+        return quantizer.decode(Codes(codes, tuple(parts[1:-1]), entry), mask, bits)
     except ValueError as error:
         raise PackFormatError(f"{_CORRUPT} ({error})") from error
 

@@ -17,7 +17,7 @@ for every quantizer name. ``tests/test_quantizer_conformance.py`` checks every r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +39,11 @@ class Codes:
     symbols: np.ndarray
     """uint8 code of each kept weight (< ``2**bits``), in row-major order of the kept positions; the packer
     stores them fixed-width or Huffman-coded, after the tables."""
-    tables: tuple[bytes, ...] = ()
+    tables: tuple[bytes | memoryview, ...] = ()
     """Side data (scales, codebook), each stored as one segment, in this order, before the codes."""
-    fields: dict[str, Any] = field(default_factory=dict)
-    """Extra JSON fields of the tensor's table entry (e.g. a codebook's length)."""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """JSON fields of the tensor's table entry: written, the quantizer's extra ones (e.g. a codebook's
+    length); read back, the whole entry."""
 
 
 class Quantizer(ABC):
@@ -80,9 +81,9 @@ class Quantizer(ABC):
         fine-tuned weight is in it.
         """
         pruned = stored.detach()[~mask]
-        return bool(torch.all(pruned == 0)) and not bool(torch.signbit(pruned).any()) and self.on_codes(
-            stored, mask, bits
-        )
+        if not bool(torch.all(pruned == 0)) or bool(torch.signbit(pruned).any()):
+            return False
+        return self.on_codes(stored, mask, bits)
 
     @abstractmethod
     def encode(self, weight: torch.Tensor, mask: torch.Tensor, bits: int, positions: np.ndarray | None) -> Codes:
@@ -104,15 +105,8 @@ class Quantizer(ABC):
         """
 
     @abstractmethod
-    def decode(
-        self,
-        entry: Mapping[str, Any],
-        tables: Sequence[memoryview],
-        symbols: np.ndarray,
-        mask: torch.Tensor,
-        positions: np.ndarray | None,
-    ) -> torch.Tensor:
-        """The stored float32 weight from a file entry, its tables (sizes already checked) and kept codes.
+    def decode(self, codes: Codes, mask: torch.Tensor, bits: int) -> torch.Tensor:
+        """The stored float32 weight from codes read back from a file (table sizes already checked).
 
         Raises:
             ValueError: when the codes do not fit the tables.

@@ -6,7 +6,7 @@ weights' gradients. File segments: the codebook (at most ``2**bits`` float32 val
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -70,16 +70,9 @@ class KMeansQuantizer(Quantizer):
             raise ValueError(f"{centroids} centroids for {bits}-bit codes")
         return [4 * centroids]
 
-    def decode(
-        self,
-        entry: Mapping[str, Any],
-        tables: Sequence[memoryview],
-        symbols: np.ndarray,
-        mask: torch.Tensor,
-        positions: np.ndarray | None,
-    ) -> torch.Tensor:
-        centroids = np.frombuffer(tables[0], dtype="<f4").astype(np.float32)
-        return kmeans.kmeans_dequantize(kmeans.SharedWeight(centroids, symbols, tuple(mask.shape)), mask)
+    def decode(self, codes: Codes, mask: torch.Tensor, bits: int) -> torch.Tensor:
+        centroids = np.frombuffer(codes.tables[0], dtype="<f4").astype(np.float32)
+        return kmeans.kmeans_dequantize(kmeans.SharedWeight(centroids, codes.symbols, tuple(mask.shape)), mask)
 
     def table_bytes_upper(self, kept: int, bits: int, channels: int) -> int:
         return 4 * min(2**bits, kept)

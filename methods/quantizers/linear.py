@@ -5,7 +5,7 @@ File segments: float16 ``lo`` and ``step`` per output channel, then the codes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,18 +66,10 @@ class LinearQuantizer(Quantizer):
         channels = quantization.channel_count(shape)
         return [2 * channels, 2 * channels]
 
-    def decode(
-        self,
-        entry: Mapping[str, Any],
-        tables: Sequence[memoryview],
-        symbols: np.ndarray,
-        mask: torch.Tensor,
-        positions: np.ndarray | None,
-    ) -> torch.Tensor:
-        lo, step = (np.frombuffer(table, dtype="<f2").astype(np.float16) for table in tables)
-        q = quantization.QuantizedWeight(codes=symbols, lo=lo, step=step, bits=int(entry["bits"]),
-                                         shape=tuple(mask.shape))
-        return quantization.dequantize(q, mask, positions=positions)
+    def decode(self, codes: Codes, mask: torch.Tensor, bits: int) -> torch.Tensor:
+        lo, step = (np.frombuffer(table, dtype="<f2").astype(np.float16) for table in codes.tables)
+        q = quantization.QuantizedWeight(codes=codes.symbols, lo=lo, step=step, bits=bits, shape=tuple(mask.shape))
+        return quantization.dequantize(q, mask)
 
     def table_bytes_upper(self, kept: int, bits: int, channels: int) -> int:
         return 4 * channels
