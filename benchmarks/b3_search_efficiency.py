@@ -31,12 +31,12 @@ from benchmarks.common import OUT_DIR, write_outputs  # noqa: E402
 from core.budget import Budget  # noqa: E402
 from core.policy import LayerChoice, Policy  # noqa: E402
 from core.space import SearchSpace, SpaceSettings  # noqa: E402
-from envs.compress_env import CompressEnv, EnvSettings  # noqa: E402
 from envs.device import DeviceProfile, load_device  # noqa: E402
 from envs.evaluator import Evaluator  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
 from search.searchers import SEARCHERS  # noqa: E402
-from search.searchers.rl_search import RLOptions  # noqa: E402
+from search.searchers.rl.agent import RLOptions  # noqa: E402
+from search.searchers.rl.environment import CompressEnv, EnvSettings  # noqa: E402
 
 SEARCHER_NAMES = ("rl", "random", "tpe", "nsga2")
 """Searchers of part 1 by default; ``rl-no-learning`` (the RL searcher kept in warm-up: walled random

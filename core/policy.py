@@ -17,8 +17,8 @@ POLICY_FORMAT_VERSION = 1
 FP32_BITS = 32
 MAX_SPARSITY = 0.99
 MIN_KEEP = 0.05
-QUANTIZERS = ("linear", "kmeans")
-"""Weight quantizers: per-output-channel linear codes, or a per-layer k-means codebook (weight sharing)."""
+DEFAULT_QUANTIZER = "linear"
+"""The default weight quantizer; the registered ones (and their check) are in ``methods/quantizers/``."""
 
 
 def check_criterion_name(field_name: str, value: object) -> None:
@@ -37,8 +37,9 @@ class LayerChoice:
     """Weight code width: 1-8 for linear per-output-channel codes, 32 for fp32."""
     keep: float = 1.0
     """Fraction of output channels kept by structured pruning, in [0.05, 1]."""
-    quantizer: str = "linear"
-    """How codes map to values when ``bits`` < 32: ``linear`` or ``kmeans``."""
+    quantizer: str = DEFAULT_QUANTIZER
+    """How codes map to values when ``bits`` < 32: a quantizer registered in ``methods/quantizers/``
+    (``linear``, ``kmeans``, ...); checked where the policy is applied."""
     rank: float = 1.0
     """Fraction of the layer's full rank kept by a truncated-SVD factorisation (1 = not factorised)."""
 
@@ -49,12 +50,12 @@ class LayerChoice:
             raise ValueError(f"bits must be 1-8 or {FP32_BITS}, got {self.bits}")
         if not MIN_KEEP <= self.keep <= 1.0:
             raise ValueError(f"keep must be in [{MIN_KEEP}, 1], got {self.keep}")
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if not isinstance(self.quantizer, str) or not self.quantizer:
+            raise ValueError(f"quantizer must be a non-empty name, got {self.quantizer!r}")
         if not 0.0 < self.rank <= 1.0:
             raise ValueError(f"rank must be in (0, 1], got {self.rank}")
         if self.bits == FP32_BITS:
-            object.__setattr__(self, "quantizer", "linear")  # fp32 has no codes: one canonical form
+            object.__setattr__(self, "quantizer", DEFAULT_QUANTIZER)  # fp32 has no codes: one canonical form
         object.__setattr__(self, "sparsity", round(float(self.sparsity), 6))
         object.__setattr__(self, "keep", round(float(self.keep), 6))
         object.__setattr__(self, "rank", round(float(self.rank), 6))
@@ -66,7 +67,7 @@ class LayerChoice:
         return self.bits != FP32_BITS
 
 
-_LATER_DEFAULTS = {"quantizer": "linear", "rank": 1.0}
+_LATER_DEFAULTS = {"quantizer": DEFAULT_QUANTIZER, "rank": 1.0}
 """Fields added after format version 1, with the default that is left out of the JSON."""
 
 

@@ -11,7 +11,6 @@ from core.policy import (
     FP32_BITS,
     MAX_SPARSITY,
     MIN_KEEP,
-    QUANTIZERS,
     LayerChoice,
     Policy,
     check_criterion_name,
@@ -40,7 +39,7 @@ class SpaceSettings:
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 8, FP32_BITS)
     """Allowed weight code widths (32 = fp32)."""
     quantizers: tuple[str, ...] = ("linear",)
-    """Allowed quantizers for coded weights: ``linear`` and/or ``kmeans``."""
+    """Allowed quantizers for coded weights, registered in ``methods/quantizers/`` (``linear``, ``kmeans``, ...)."""
     channel_pruning: bool = True
     """Whether structured channel keep ratios are searched."""
     keep_min: float = 0.25
@@ -76,8 +75,8 @@ class SpaceSettings:
         if not self.bits or any(not (1 <= b <= 8 or b == FP32_BITS) for b in self.bits):
             raise ValueError(f"bits must be a non-empty subset of 1-8 and {FP32_BITS}, got {self.bits}")
         object.__setattr__(self, "quantizers", tuple(dict.fromkeys(self.quantizers)))
-        if not self.quantizers or any(q not in QUANTIZERS for q in self.quantizers):
-            raise ValueError(f"quantizers must be a non-empty subset of {QUANTIZERS}, got {self.quantizers}")
+        if not self.quantizers or any(not isinstance(q, str) or not q for q in self.quantizers):
+            raise ValueError(f"quantizers must be a non-empty list of quantizer names, got {self.quantizers}")
         if not 0.0 <= self.sparsity_max <= MAX_SPARSITY:
             raise ValueError(f"sparsity_max must be in [0, {MAX_SPARSITY}]")
         if not 0.0 < self.sparsity_step <= 1.0:

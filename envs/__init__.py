@@ -1,3 +1,5 @@
-import gymnasium
+"""Tasks, devices and the evaluator: what a candidate is measured on.
 
-gymnasium.register(id="Compress-v0", entry_point="envs.compress_env:CompressEnv")
+The ``Compress-v0`` gymnasium environment lives with the RL searcher (``search/searchers/rl/``) and is
+registered on ``import search.searchers.rl``.
+"""

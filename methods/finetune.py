@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
-from methods.kmeans import kmeans_quantize_dequantize
-from methods.quantization import FP32_BITS, fake_quantize, quantize_dequantize
+from methods.quantizers import parametrization
 
 
 @dataclass(frozen=True)
@@ -44,13 +43,6 @@ class FinetuneSettings:
             raise ValueError("distill_alpha must be in [0, 1] and distill_temperature > 0")
 
 
-QUANTIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
-    "linear": quantize_dequantize,
-    "kmeans": kmeans_quantize_dequantize,
-}
-"""Weight quantizers by policy name: ``(weight, mask, bits) -> stored weight`` (fp32 when bits is 32)."""
-
-
 @dataclass(frozen=True)
 class CodeSpec:
     """How one layer's weights are coded."""
@@ -58,45 +50,7 @@ class CodeSpec:
     bits: int
     """Code width (32 = fp32)."""
     quantizer: str = "linear"
-    """``linear`` or ``kmeans``."""
-
-
-class _FakeQuant(nn.Module):
-    """Parametrization: the weight as stored (masked, linear codes), straight-through gradient."""
-
-    def __init__(self, mask: torch.Tensor, bits: int) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-        self.bits = bits
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(weight, self.mask, self.bits)
-
-
-class _SharedWeights(nn.Module):
-    """Parametrization for k-means weight sharing: the weight is ``centroids[codes]`` on kept positions.
-
-    The codes are fixed and the centroids are trainable, so each shared value moves with the sum
-    of its weights' gradients (Deep Compression's codebook fine-tuning).
-    """
-
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
-        super().__init__()
-        values, codes = torch.unique(weight[mask], return_inverse=True)
-        self.centroids = nn.Parameter(values.detach().clone())
-        self.register_buffer("codes", codes)
-        self.register_buffer("mask", mask)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(weight)
-        out[self.mask] = self.centroids[self.codes]
-        return out
-
-
-def _parametrization(weight: torch.Tensor, mask: torch.Tensor, code: CodeSpec) -> nn.Module:
-    if code.quantizer == "kmeans" and code.bits != FP32_BITS:
-        return _SharedWeights(weight.detach(), mask)
-    return _FakeQuant(mask, code.bits)
+    """A registered quantizer (``methods/quantizers/``); unused for fp32."""
 
 
 def distillation_loss(
@@ -128,8 +82,9 @@ def masked_finetune(
     Args:
         model: the (structurally pruned) network.
         masks: kept-weight masks per compressed layer name.
-        codes: code width and quantizer per compressed layer name; k-means layers must already
-            hold their shared values (at most ``2**bits`` distinct kept weights).
+        codes: code width and quantizer per compressed layer name; the layers must already hold their
+            stored weights (``methods.quantizers.stored_weight``), which each quantizer's parametrization
+            keeps on its codes.
         train: training split.
         settings: steps, learning rate, batch size, seed, distillation weight and temperature.
         teacher: the original model, for distillation (used when ``settings.distill_alpha`` > 0).
@@ -138,8 +93,9 @@ def masked_finetune(
         return
     modules = dict(model.named_modules())
     for name, mask in masks.items():
-        weight = modules[name].weight
-        parametrize.register_parametrization(modules[name], "weight", _parametrization(weight, mask, codes[name]))
+        code = codes[name]
+        module = parametrization(modules[name].weight.detach(), mask, code.bits, code.quantizer)
+        parametrize.register_parametrization(modules[name], "weight", module)
     inputs, labels = train.tensors
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)

@@ -11,9 +11,10 @@ Every tensor's payload is a run of byte-aligned segments (lengths in the table):
 
 * raw entries: ``[data]`` -- the tensor's bytes in its own dtype (little-endian).
 * encoded weights: ``[index, values]`` for fp32 (kept values as float32);
-  ``[index, lo, step, codes]`` for linear 1-8 bit codes (float16 per-channel lo/step);
-  ``[index, centroids, codes]`` for k-means weight sharing (a float32 codebook of at
-  most ``2**bits`` shared values per tensor, Deep Compression).
+  ``[index, *tables, codes]`` for 1-8 bit codes, where ``encoding`` names the quantizer
+  (``methods/quantizers/``) that wrote the tables and reads them back: ``linear`` stores
+  float16 per-channel lo/step, ``kmeans`` a float32 codebook of at most ``2**bits`` shared
+  values per tensor (Deep Compression).
 
 Codes are a symbol stream stored fixed-width (``bits`` bits each, MSB-first) or
 Huffman-coded (code-length table + canonical codes), whichever is smaller
@@ -40,17 +41,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods import huffman, kmeans, quantization, symbol_coding
-from methods.quantization import FP32_BITS, QuantizedWeight
+from methods import huffman, symbol_coding
+from methods.quantization import FP32_BITS
+from methods.quantizers import QUANTIZERS, Codes
 from methods.symbol_coding import packed_len
 
 MAGIC = b"ACZ1"
 FORMAT_VERSION = 1
 MIN_RELATIVE_K = 2
 MAX_RELATIVE_K = 8
+RESERVED_ENCODINGS = ("raw", "fp32")
+"""Table ``encoding`` values of the format itself; every other one names a quantizer."""
 
 _LENGTH = struct.Struct("<I")
-_PREFIX_LEN = len(MAGIC) + _LENGTH.size
+PREFIX_BYTES = len(MAGIC) + _LENGTH.size
+"""Bytes before the compressed header: the magic and the header length."""
 _CORRUPT = "not a packed model file or the file is corrupt"
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, OverflowError, AttributeError)
 
@@ -68,7 +73,7 @@ class WeightEncoding:
     bits: int
     """1-8 for coded weights, 32 for fp32 values."""
     quantizer: str = "linear"
-    """``linear`` (per-output-channel lo/step) or ``kmeans`` (one shared codebook per tensor)."""
+    """A registered quantizer (``methods/quantizers/``): ``linear``, ``kmeans``, ...; unused for fp32."""
     huffman: bool = True
     """Huffman-code the weight codes and the relative index where that is smaller."""
 
@@ -125,22 +130,19 @@ def pack(
 def unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read packed bytes back into ``(meta, state)``.
 
-    Encoded weights come back as float32 equal to
-    ``quantization.quantize_dequantize(original, mask, bits)``; raw entries keep
-    their dtype and values.
+    Encoded weights come back as float32 equal to their quantizer's stored weight
+    (``methods.quantizers.stored_weight(original, mask, bits, quantizer)``); raw
+    entries keep their dtype and values.
 
     Raises:
         PackFormatError: If ``blob`` is not a packed model or is corrupt.
     """
     view = memoryview(blob)
-    if len(view) < _PREFIX_LEN or bytes(view[: len(MAGIC)]) != MAGIC:
-        raise PackFormatError(f"{_CORRUPT} (bad magic)")
-    (header_len,) = _LENGTH.unpack(view[len(MAGIC) : _PREFIX_LEN])
-    payload_start = _PREFIX_LEN + header_len
+    payload_start = PREFIX_BYTES + header_bytes(view)
     if payload_start > len(view):
         raise PackFormatError(f"{_CORRUPT} (truncated header)")
     try:
-        header = json.loads(zlib.decompress(view[_PREFIX_LEN:payload_start]).decode("utf-8"))
+        header = json.loads(zlib.decompress(view[PREFIX_BYTES:payload_start]).decode("utf-8"))
         if header["version"] != FORMAT_VERSION:
             raise PackFormatError(f"{_CORRUPT} (unsupported format version {header['version']!r})")
         payload = view[payload_start:]
@@ -169,6 +171,25 @@ def unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     except (zlib.error, UnicodeDecodeError, *_DECODE_ERRORS) as error:
         raise PackFormatError(f"{_CORRUPT} ({type(error).__name__}: {error})") from error
     return meta, state
+
+
+def header_bytes(blob: bytes | memoryview) -> int:
+    """Length of a packed file's compressed header (the file is ``PREFIX_BYTES + header + payloads``)."""
+    if len(blob) < PREFIX_BYTES or bytes(blob[: len(MAGIC)]) != MAGIC:
+        raise PackFormatError(f"{_CORRUPT} (bad magic)")
+    return _LENGTH.unpack(blob[len(MAGIC) : PREFIX_BYTES])[0]
+
+
+def weight_payload_bytes(tensor: torch.Tensor, encoding: WeightEncoding) -> int:
+    """Exact payload bytes (index, tables, codes or values) of one encoded weight, as :func:`pack` stores it."""
+    return sum(len(part) for part in _encode_weight(tensor.detach().cpu(), encoding)[1])
+
+
+def index_bytes(mask: torch.Tensor, allow_huffman: bool = True) -> int:
+    """Exact bytes of the sparse index :func:`pack` stores for a weight with this keep-mask."""
+    flat_mask = mask.detach().cpu().numpy().reshape(-1)
+    positions = None if flat_mask.all() else np.flatnonzero(flat_mask)
+    return len(_encode_index(flat_mask.size, positions, allow_huffman).data)
 
 
 def write_packed(path: Path, blob: bytes) -> None:
@@ -227,8 +248,7 @@ def _encode_weight(tensor: torch.Tensor, encoding: WeightEncoding) -> tuple[dict
         raise ValueError(f"mask must be bool of shape {tuple(tensor.shape)}, got {mask.dtype} {tuple(mask.shape)}")
     if not (1 <= bits <= 8 or bits == FP32_BITS):
         raise ValueError(f"bits must be 1-8 or {FP32_BITS}, got {bits}")
-    if encoding.quantizer not in ("linear", "kmeans"):
-        raise ValueError(f"unknown quantizer {encoding.quantizer!r}")
+    quantizer = QUANTIZERS[encoding.quantizer]
     if not tensor.is_floating_point():
         raise ValueError(f"only floating-point weights can be encoded, got {tensor.dtype}")
     flat_mask = mask.numpy().reshape(-1)
@@ -248,18 +268,10 @@ def _encode_weight(tensor: torch.Tensor, encoding: WeightEncoding) -> tuple[dict
         if positions is not None:
             values = values.take(positions)
         return entry, [index.data, values.astype("<f4").tobytes()]
-    if encoding.quantizer == "kmeans":
-        values = tensor.to(torch.float32).numpy().reshape(-1)
-        values = values if positions is None else values.take(positions)
-        centroids, codes = _codebook(values, bits)
-        entry["centroids"] = int(centroids.size)
-        coding, stream = symbol_coding.encode_symbols(codes, bits, encoding.huffman)
-        entry["codes_coding"] = coding
-        return entry, [index.data, centroids.astype("<f4").tobytes(), stream]
-    q = quantization.quantize(tensor, mask, bits, positions=positions)
-    coding, stream = symbol_coding.encode_symbols(q.codes, bits, encoding.huffman)
-    entry["codes_coding"] = coding
-    return entry, [index.data, q.lo.astype("<f2").tobytes(), q.step.astype("<f2").tobytes(), stream]
+    codes = quantizer.encode(tensor, mask, bits, positions)
+    entry.update(codes.fields)
+    entry["codes_coding"], stream = symbol_coding.encode_symbols(codes.symbols, bits, encoding.huffman)
+    return entry, [index.data, *codes.tables, stream]
 
 
 def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.Tensor:
@@ -269,13 +281,15 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
     encoding = entry["encoding"]
     if not 0 <= kept <= numel:
         raise PackFormatError(f"{_CORRUPT} (bad kept count)")
+    quantizer = None
     if encoding == "fp32" and bits == FP32_BITS:
-        expected = [4 * kept]
-    elif encoding == "linear" and 1 <= bits <= 8:
-        channels = quantization.channel_count(shape)
-        expected = [2 * channels, 2 * channels, None]
-    elif encoding == "kmeans" and 1 <= bits <= 8 and 1 <= int(entry["centroids"]) <= 2**bits:
-        expected = [4 * int(entry["centroids"]), None]
+        expected: list[int | None] = [4 * kept]
+    elif encoding not in RESERVED_ENCODINGS and encoding in QUANTIZERS and 1 <= bits <= 8:
+        quantizer = QUANTIZERS[encoding]
+        try:
+            expected = [*quantizer.table_sizes(entry, shape, bits), None]
+        except ValueError as error:
+            raise PackFormatError(f"{_CORRUPT} (bad {encoding} entry: {error})") from error
     else:
         raise PackFormatError(f"{_CORRUPT} (bad encoding {encoding!r} / {bits} bits)")
     sizes_ok = len(parts) == len(expected) + 1 and all(
@@ -284,7 +298,7 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
     if not sizes_ok:
         raise PackFormatError(f"{_CORRUPT} (value size mismatch)")
     flat_mask, positions = _decode_index(entry, parts[0], numel, kept)
-    if encoding == "fp32":
+    if quantizer is None:
         values = np.frombuffer(parts[1], dtype="<f4").astype(np.float32)
         if kept == numel:
             return torch.from_numpy(values).reshape(shape)
@@ -295,29 +309,11 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
         codes = symbol_coding.decode_symbols(str(entry["codes_coding"]), parts[-1], bits, kept)
     except symbol_coding.StreamError as error:
         raise PackFormatError(f"{_CORRUPT} ({error})") from error
-    if encoding == "kmeans":
-        centroids = np.frombuffer(parts[1], dtype="<f4").astype(np.float32)
-        if kept and int(codes.max()) >= centroids.size:
-            raise PackFormatError(f"{_CORRUPT} (code outside the codebook)")
-        out = np.zeros(numel, dtype=np.float32)
-        out[np.flatnonzero(flat_mask) if positions is None else positions] = centroids[codes]
-        return torch.from_numpy(out).reshape(shape)
-    q = QuantizedWeight(
-        codes=codes,
-        lo=np.frombuffer(parts[1], dtype="<f2").astype(np.float16),
-        step=np.frombuffer(parts[2], dtype="<f2").astype(np.float16),
-        bits=bits,
-        shape=shape,
-    )
-    return quantization.dequantize(q, torch.from_numpy(flat_mask).reshape(shape), positions=positions)
-
-
-def _codebook(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codebook and codes of kept values; exact when they already take at most ``2**bits`` values."""
-    distinct = np.unique(values)
-    if distinct.size <= 2**bits:
-        return distinct.astype(np.float32), np.searchsorted(distinct, values).astype(np.uint8)
-    return kmeans.kmeans_codebook(values, bits)
+    mask = torch.from_numpy(flat_mask).reshape(shape)
+    try:
+        return quantizer.decode(Codes(codes, tuple(parts[1:-1]), entry), mask, bits)
+    except ValueError as error:
+        raise PackFormatError(f"{_CORRUPT} ({error})") from error
 
 
 # --- sparse index ----------------------------------------------------------------

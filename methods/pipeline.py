@@ -12,10 +12,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.policy import FP32_BITS, LayerChoice, Policy
-from methods.finetune import QUANTIZERS, CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.lowrank import factor_names, factorise_layers, replay_factorisation
 from methods.packing import WeightEncoding, pack, unpack
 from methods.pruning import apply_mask, lowest_mask
+from methods.quantizers import check_quantizer_names, stored_weight
 from methods.saliency import saliency_scores
 from methods.structured import History, prune_channels, replay_pruning
 
@@ -147,6 +148,7 @@ def compress(
     The returned model is decoded from the packed bytes, so what is measured is exactly
     what the file holds.
     """
+    check_quantizer_names(policy)
     model = copy.deepcopy(base).eval()
     data = refinement.saliency_data
     history, factorised = _restructure(
@@ -163,7 +165,7 @@ def compress(
     with torch.no_grad():
         for name, choice in targets.items():
             weight = modules[name].weight
-            weight.copy_(QUANTIZERS[choice.quantizer](weight, masks[name], choice.bits))
+            weight.copy_(stored_weight(weight, masks[name], choice.bits, choice.quantizer))
     if final_finetune.steps > 0:
         masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher)
     if refinement.calibration is not None:

@@ -1,72 +1,24 @@
-"""The budget wall: conservative byte bounds against real packed bytes, and the clamp over whole episodes."""
+"""The budget wall: the clamp over whole episodes, and its calibrated size bound against real packed files."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.policy import LayerChoice, Policy
 from core.space import SearchSpace, SpaceSettings
 from core.spec import LayerSpec
-from envs.budget_wall import (
+from search.searchers.rl.budget_wall import (
     CostModel,
-    LatencyModel,
+    LatencyCurve,
     LayerShape,
     Limits,
     apply_wall,
     clamp_levels,
-    index_bytes_upper,
-    weight_bytes_upper,
 )
-from envs.compress_env import ActionGrid
-from methods.packing import WeightEncoding, pack
-
-
-def _payload(weight: torch.Tensor, mask: torch.Tensor, bits: int) -> int:
-    """Payload bytes of one encoded weight in a real packed file (file minus prefix and header)."""
-    blob = pack({"w": weight}, {"w": WeightEncoding(mask, bits)}, {})
-    return len(blob) - 8 - int.from_bytes(blob[4:8], "little")
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    rows=st.integers(1, 40),
-    cols=st.integers(1, 60),
-    density=st.floats(0.0, 1.0),
-    clustered=st.booleans(),
-    bits=st.sampled_from([1, 2, 3, 4, 8, 32]),
-    seed=st.integers(0, 2**16),
-)
-def test_weight_bound_holds_on_real_bytes(rows: int, cols: int, density: float, clustered: bool, bits: int,
-                                          seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(rows, cols, generator=generator)
-    numel = rows * cols
-    kept = max(1, int(round(density * numel)))
-    if clustered:  # one long run of pruned weights: the worst case of the relative index
-        flat = torch.zeros(numel, dtype=torch.bool)
-        flat[:kept] = True
-    else:
-        flat = torch.zeros(numel, dtype=torch.bool)
-        flat[torch.randperm(numel, generator=generator)[:kept]] = True
-    mask = flat.reshape(rows, cols)
-    real = _payload(weight, mask, bits)
-    assert real <= weight_bytes_upper(numel, rows, kept, bits)
-    assert index_bytes_upper(numel, kept) <= (numel + 7) // 8
-
-
-def test_relative_index_bound_is_tight_at_high_sparsity() -> None:
-    """At 95% sparsity the bound is far below a bitmask and within 40% of the real index."""
-    weight = torch.randn(300, 400, generator=torch.Generator().manual_seed(0))
-    mask = weight.abs() > torch.quantile(weight.abs(), 0.95)
-    kept = int(mask.sum())
-    real_index = _payload(weight, mask, 32) - 4 * kept
-    bound = index_bytes_upper(weight.numel(), kept)
-    assert real_index <= bound < 0.6 * (weight.numel() // 8)
-    assert bound < 1.4 * real_index
+from search.searchers.rl.environment import ActionGrid
 
 
 def _monotone_fits(threshold: np.ndarray):
@@ -105,7 +57,7 @@ def _chain(widths: list[int], kinds: list[str]) -> list[LayerSpec]:
     return specs
 
 
-def _model(specs: list[LayerSpec], rest: int, latency: LatencyModel) -> CostModel:
+def _model(specs: list[LayerSpec], rest: int, latency: LatencyCurve) -> CostModel:
     """Cost model of a chain: leader i's channels are layer i's outputs and layer i + 1's inputs."""
     groups = len(specs) - 1
     out = [[1.0 if g == i else 0.0 for g in range(groups)] for i in range(len(specs))]
@@ -133,7 +85,7 @@ def test_wall_keeps_random_episodes_within_budget(widths: list[int], conv: list[
     leaders = [name in space.leaders for name in space.layers]
     most = [grid.choice(np.ones(len(grid.dims)), leader) for leader in leaders]
     dense_macs = sum(s.macs for s in specs)
-    model = _model(specs, rest=500, latency=LatencyModel.fit([(0, 1.0), (dense_macs, 9.0)], margin=0.1))
+    model = _model(specs, rest=500, latency=LatencyCurve.fit([(0, 1.0), (dense_macs, 9.0)], margin=0.1))
     low, high = model.costs(most), model.costs([LayerChoice()] * len(specs))
     # limits between the most compressed episode (which must fit) and no compression; on tiny layers
     # codes + scales can outweigh fp32, so "no compression" may be the smaller one
@@ -160,7 +112,7 @@ def test_wall_leaves_feasible_actions_alone_and_latency_moves_only_keep() -> Non
     grid = ActionGrid.from_space(space, "joint")
     most = [grid.choice(np.ones(3), name in space.leaders) for name in space.layers]
     dense_macs = sum(s.macs for s in specs)
-    model = _model(specs, rest=500, latency=LatencyModel.fit([(0, 1.0), (dense_macs, 9.0)], margin=0.0))
+    model = _model(specs, rest=500, latency=LatencyCurve.fit([(0, 1.0), (dense_macs, 9.0)], margin=0.0))
     decode = lambda lv: grid.choice(lv, True)  # noqa: E731
     proposed = np.array([0.1, 0.1, 0.1])
     assert np.array_equal(apply_wall(proposed, 0, [], decode, most, model, Limits(), grid.speed_dims(True)), proposed)
@@ -171,8 +123,8 @@ def test_wall_leaves_feasible_actions_alone_and_latency_moves_only_keep() -> Non
     assert moved[2] > proposed[2] and np.array_equal(moved[:2], proposed[:2])
 
 
-def test_latency_model_is_monotone_and_clamped() -> None:
-    model = LatencyModel.fit([(100, 2.0), (50, 3.0), (200, 4.0), (100, 1.0)], margin=0.5)
+def test_latency_curve_is_monotone_and_clamped() -> None:
+    model = LatencyCurve.fit([(100, 2.0), (50, 3.0), (200, 4.0), (100, 1.0)], margin=0.5)
     assert model.ms == (3.0, 3.0, 4.0)
     assert model.predict(10) == pytest.approx(4.5) and model.predict(10**6) == pytest.approx(6.0)
     predictions = [model.predict(m) for m in range(0, 300, 7)]
@@ -190,11 +142,11 @@ def test_size_bound_holds_and_is_tight_on_real_packed_files(task: str, finetune_
     per-candidate fine-tune only the index is exact; codes count fixed-width, which Huffman coding
     beats). With channel pruning it is within 50% (a sliced layer's index is bounded for the worst case).
     """
-    from envs.budget_wall import calibrate
     from envs.device import DeviceProfile
     from envs.evaluator import Evaluator, EvaluatorSettings
     from envs.tasks import load_task
     from methods.discovery import discover_layers, total_macs
+    from search.searchers.rl.calibration import calibrate
 
     evaluator = Evaluator(load_task(task), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3),
                           EvaluatorSettings(finetune_steps=finetune_steps))

@@ -10,16 +10,16 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs  # noqa: F401 - registers Compress-v0
+import search.searchers.rl  # noqa: F401 - registers Compress-v0
 from core.budget import Budget
 from core.policy import FP32_BITS, LayerChoice, Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
-from envs.compress_env import CompressEnv, EnvSettings
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
-from envs.rewards import FAILED_REWARD, REWARDS, Reference, terminal_reward
 from envs.tasks import load_task
+from search.searchers.rl.environment import CompressEnv, EnvSettings
+from search.searchers.rl.rewards import FAILED_REWARD, REWARDS, Reference, terminal_reward
 
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
 SIZE = 40_000

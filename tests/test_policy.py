@@ -76,8 +76,8 @@ def test_json_carries_a_version_tag_and_rejects_others() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}, {"quantizer": "pq"},
-     {"rank": 0.0}],
+    [{"sparsity": -0.1}, {"sparsity": 1.0}, {"bits": 0}, {"bits": 9}, {"keep": 0.0}, {"quantizer": ""},
+     {"quantizer": None}, {"rank": 0.0}],
 )
 def test_invalid_choices_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):

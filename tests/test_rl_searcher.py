@@ -21,7 +21,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from search.config import SearchConfig
 from search.searchers import SEARCHERS, Finished
-from search.searchers.rl_search import LATENCY_FILE, RLOptions, RLSearcher
+from search.searchers.rl.agent import LATENCY_FILE, RLOptions, RLSearcher
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)

@@ -6,7 +6,7 @@ from search.searchers.base import Finished, Proposal, Searcher
 from search.searchers.optuna_search import NSGA2Searcher, OptunaSearcher
 from search.searchers.random_search import RandomSearcher
 from search.searchers.recipe_search import RecipeSearcher
-from search.searchers.rl_search import RLSearcher
+from search.searchers.rl import RLSearcher
 
 SEARCHERS: dict[str, type[Searcher]] = {
     "random": RandomSearcher,

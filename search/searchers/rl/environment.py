@@ -4,7 +4,7 @@ Each step decides one compressible layer: the action (``Box(-1, 1)``, one entry 
 the mode) is read as compression levels in [0, 1] and snapped to the search space's grids. The
 terminal step evaluates the assembled :class:`~core.policy.Policy` (with the Evaluator, or an
 external ``evaluate`` callable such as the runner's) and returns the terminal reward; the other
-steps return 0. With a cost model, :func:`envs.budget_wall.apply_wall` clamps every action so that
+steps return 0. With a cost model, :func:`~search.searchers.rl.budget_wall.apply_wall` clamps every action so that
 the episode stays within budget.
 
 The observation (``Box(0, 1)``) is AMC/HAQ's layer embedding (index, kind, in/out channels, kernel,
@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -28,8 +28,9 @@ from core.budget import Budget, parse_latency, parse_size
 from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
-from envs.budget_wall import CostModel, Limits, apply_wall, calibrate
-from envs.rewards import Reference, check_reward, terminal_reward
+from search.searchers.rl.budget_wall import CostModel, Limits, apply_wall
+from search.searchers.rl.calibration import WallEvaluator, calibrate
+from search.searchers.rl.rewards import Reference, check_reward, terminal_reward
 
 MODES = ("prune", "bits", "joint")
 """``prune``: sparsity + channel keep ratio (AMC); ``bits``: bit width and quantizer (HAQ); ``joint``: all."""
@@ -52,7 +53,7 @@ class EnvSettings:
     mode: str = "joint"
     """``prune``, ``bits`` or ``joint`` (see :data:`MODES`)."""
     reward: str = "error"
-    """Terminal reward, a key of :data:`envs.rewards.REWARDS`."""
+    """Terminal reward, a key of :data:`~search.searchers.rl.rewards.REWARDS`."""
     macs_fraction: float | None = None
     """MACs budget as a fraction of the original MACs (``prune`` mode; AMC's protocol)."""
     latency_margin: float = 0.1
@@ -74,6 +75,21 @@ class EnvSettings:
             raise ValueError("latency_margin must be >= 0 and latency_probes >= 2")
         if self.budget_sampling not in SAMPLINGS:
             raise ValueError(f"budget_sampling must be one of {SAMPLINGS}, got {self.budget_sampling!r}")
+
+
+class EnvEvaluator(WallEvaluator, Protocol):
+    """What the environment uses of :class:`envs.evaluator.Evaluator`: the wall's calibration, and these."""
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Compressible layers in execution order."""
+
+    @property
+    def leaders(self) -> list[str]:
+        """Channel-group leaders."""
+
+    def evaluate(self, policy: Policy) -> Result:
+        """Compresses and measures one candidate."""
 
 
 def _pick(values: Sequence[Any], level: float) -> Any:
@@ -168,8 +184,9 @@ class CompressEnv(gym.Env):
     """One step per compressible layer; the terminal step evaluates the policy.
 
     Build it with ``gymnasium.make("Compress-v0", task="lenet5", budget_mb=0.04, ...)`` (after
-    ``import envs``), or from an existing ``evaluator`` / ``space`` / ``budget``; ``evaluate``
-    replaces the Evaluator for the terminal evaluation (e.g. to route it through the search runner).
+    ``import search.searchers.rl``, which registers it), or from an existing ``evaluator`` / ``space`` /
+    ``budget``; ``evaluate`` replaces the Evaluator for the terminal evaluation (e.g. to route it through
+    the search runner).
     Without an evaluator there is no cost model: no wall, no headroom features.
     """
 
@@ -188,7 +205,7 @@ class CompressEnv(gym.Env):
         budget_sampling: str = "fixed",
         space_settings: SpaceSettings | None = None,
         settings: EnvSettings | None = None,
-        evaluator: Any = None,
+        evaluator: EnvEvaluator | None = None,
         space: SearchSpace | None = None,
         budget: Budget | None = None,
         evaluate: Callable[[Policy], Result] | None = None,

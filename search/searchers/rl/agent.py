@@ -1,7 +1,7 @@
 """AMC/HAQ-style reinforcement-learning searcher: an SB3 agent walks the network layer by layer.
 
 The agent is driven by hand rather than through ``learn()``, so that it fits the runner's ask/tell
-loop without a thread: :meth:`RLSearcher.ask` plays one episode of :class:`envs.compress_env.CompressEnv`
+loop without a thread: :meth:`RLSearcher.ask` plays one episode of :class:`~search.searchers.rl.environment.CompressEnv`
 up to the last layer and hands out the policy the final step would evaluate; :meth:`RLSearcher.tell`
 plays that final step with the runner's result, stores the episode in SB3's replay buffer (AMC: every
 step gets the terminal reward minus a moving-average baseline, gamma 1) and runs SB3's ``train()``.
@@ -33,9 +33,9 @@ from core.budget import Budget
 from core.policy import Policy
 from core.result import Result
 from core.space import SearchSpace
-from envs.compress_env import CompressEnv, EnvSettings
-from envs.rewards import check_reward
 from search.searchers.base import Finished, Proposal, Searcher
+from search.searchers.rl.environment import CompressEnv, EnvSettings
+from search.searchers.rl.rewards import check_reward
 
 ALGOS: dict[str, type] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
 """SB3 off-policy algorithms by name."""
@@ -50,9 +50,9 @@ class RLOptions:
     algo: str = "ddpg"
     """SB3 algorithm: ``ddpg`` (AMC), ``td3`` or ``sac``."""
     mode: str = "joint"
-    """What each step decides: ``prune``, ``bits`` or ``joint`` (see envs.compress_env.MODES)."""
+    """What each step decides: ``prune``, ``bits`` or ``joint`` (see search.searchers.rl.environment.MODES)."""
     reward: str = "error"
-    """Terminal reward, a key of envs.rewards.REWARDS."""
+    """Terminal reward, a key of search.searchers.rl.rewards.REWARDS."""
     macs_fraction: float | None = None
     """MACs budget as a fraction of the original (``prune`` mode; AMC's protocol)."""
     budget_sampling: str = "random"
@@ -145,7 +145,7 @@ class RLSearcher(Searcher):
     """One episode per candidate; works with or without an evaluator (without: no wall, spec-free features)."""
 
     options_type = RLOptions
-    bounds_latency = True  # AMC's budget wall clamps every action (envs/budget_wall.py)
+    bounds_latency = True  # AMC's budget wall clamps every action (search/searchers/rl/budget_wall.py)
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
         super().__init__(space, budget, seed, run_dir, **kwargs)

@@ -4,72 +4,32 @@
 just far enough that the layers after ``t``, at their most compressed, can still meet every limit
 under a :class:`CostModel`. By induction the finished policy meets the limits under the model.
 
-* Size is an upper bound of the real packed file (tested against real files). A layer whose shape
-  is unchanged is measured exactly, once per choice, by packing its weight alone as the pipeline
-  does (with a per-candidate fine-tune the codes change, so then only its index is exact and codes
-  count at fixed width). A channel-pruned layer counts the smaller of a bitmask and a worst-case
-  relative index, fixed-width codes and its scales. Raw tensors (biases, BatchNorm) shrink with
-  the removed channels; the header gets an allowance measured on real files plus slack.
+* Size is an upper bound of the real packed file (``methods/packed_size.py``; tested against real
+  files). A layer whose shape is unchanged is measured exactly by the calibration (``calibration.py``);
+  a channel-pruned layer counts the bound of its new shape. Raw tensors (biases, BatchNorm) shrink
+  with the removed channels; the header gets an allowance measured on real files plus slack.
 * Latency is a prediction, not a guarantee: eager fp32 latency depends only on the kept channels,
-  so a monotone curve over MACs is calibrated by timing uniformly pruned models and inflated by a
-  safety margin.
+  so a monotone :class:`LatencyCurve` over MACs is calibrated on the evaluator's latency of uniformly
+  pruned models and inflated by a safety margin.
 * MACs (dense count, AMC's FLOPs budget) are exact.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from core.policy import FP32_BITS, LayerChoice, Policy
+from core.policy import LayerChoice
 from core.spec import LayerSpec
-from methods.discovery import discover_layers, total_macs
-from methods.finetune import QUANTIZERS
-from methods.packing import MAX_RELATIVE_K, MIN_RELATIVE_K, WeightEncoding, pack
-from methods.pipeline import Refinement
-from methods.pruning import magnitude_mask, pruned_count
-from methods.structured import kept_channels, prune_channels
+from methods.packed_size import weight_bytes_upper
+from methods.pruning import pruned_count
+from methods.structured import kept_channels
 
-HEADER_SLACK = 1.1
-"""Factor on the largest header measured on the calibration files."""
-HEADER_SLACK_PER_TENSOR = 16
-"""Extra header bytes allowed per tensor (digits of offsets, counts and lengths)."""
 WALL_RESOLUTION = 64
 """Steps of the path from the agent's action to the most compressed action."""
-
-
-def index_bytes_upper(numel: int, kept: int) -> int:
-    """Upper bound of the sparse index bytes: min(bitmask, relative index with every gap worst-case)."""
-    if kept >= numel:
-        return 0
-    bitmask = (numel + 7) // 8
-    best = bitmask
-    if 2 * kept < 8 * bitmask:
-        for k in range(MIN_RELATIVE_K, MAX_RELATIVE_K + 1):
-            symbols = kept + (numel - kept) // (2**k - 1)  # sum(floor(gap / E)) <= floor(sum(gap) / E)
-            best = min(best, (symbols * k + 7) // 8)
-    return best
-
-
-def weight_bytes_upper(
-    numel: int, channels: int, kept: int, bits: int, index: int | None = None, quantizer: str = "linear"
-) -> int:
-    """Upper bound of one encoded weight's payload (``index`` = exact index bytes when known).
-
-    Codes are counted fixed-width (the packer stores Huffman codes only when smaller); ``linear``
-    adds fp16 lo/step per output channel, ``kmeans`` a float32 codebook of at most ``2**bits`` values.
-    """
-    index = index_bytes_upper(numel, kept) if index is None else index
-    if bits == FP32_BITS:
-        return index + 4 * kept
-    table = 4 * min(2**bits, kept) if quantizer == "kmeans" else 4 * channels
-    return index + table + (kept * bits + 7) // 8
 
 
 @dataclass(frozen=True)
@@ -120,8 +80,13 @@ class Costs:
 
 
 @dataclass(frozen=True)
-class LatencyModel:
-    """Monotone piecewise-linear latency over dense MACs, times ``1 + margin``."""
+class LatencyCurve:
+    """Monotone piecewise-linear latency over dense MACs, times ``1 + margin``.
+
+    The wall evaluates costs thousands of times per episode on choices alone, so it needs latency as a
+    cheap, monotone function of numbers; the evaluator's predictor (``envs/latency_model.py``) takes a
+    built model. The curve's points are the evaluator's own latencies (measured or predicted).
+    """
 
     macs: tuple[int, ...]
     """Calibration MACs, ascending."""
@@ -135,7 +100,7 @@ class LatencyModel:
             raise ValueError("a latency model needs matching, non-empty points and a margin >= 0")
 
     @classmethod
-    def fit(cls, points: Sequence[tuple[int, float]], margin: float) -> LatencyModel:
+    def fit(cls, points: Sequence[tuple[int, float]], margin: float) -> LatencyCurve:
         """Sorts the points, merges equal MACs (max) and enforces monotonicity (running max)."""
         merged: dict[int, float] = {}
         for macs, ms in points:
@@ -199,10 +164,11 @@ class CostModel:
     raw_coupling: tuple[float, ...] = ()
     """Per group, raw-tensor bytes (biases, BatchNorm) removed per channel removed."""
     payload: Callable[[int, LayerChoice], int] | None = None
-    """Measured payload bytes of layer ``i``'s weight while its shape is unchanged (see :class:`Payload`)."""
+    """Measured payload bytes of layer ``i``'s weight while its shape is unchanged
+    (see :class:`~search.searchers.rl.calibration.Payload`)."""
     channel_multiple: int = 1
     """Kept channel counts are rounded to this multiple (the device's)."""
-    latency: LatencyModel | None = None
+    latency: LatencyCurve | None = None
     """Latency prediction (``None``: latency not modelled, reported as 0)."""
 
     def costs(self, choices: Sequence[LayerChoice]) -> Costs:
@@ -289,126 +255,3 @@ def apply_wall(
     if not speed.empty and speed_dims.any():
         levels = clamp_levels(levels, speed_dims, fits(speed))
     return clamp_levels(levels, np.ones(len(levels), dtype=bool), fits(limits))
-
-
-def _raw_bytes(model, weights: set[str]) -> int:
-    """Bytes of the tensors stored raw (everything but the compressible weights)."""
-    return sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in weights)
-
-
-def _coupling(evaluator, probe_keep: float) -> tuple[list[list[float]], list[list[float]], list[float]]:
-    """Per channel removed from each group: output and input channels each layer loses, and raw bytes.
-
-    Found by really pruning each group alone to ``probe_keep``.
-    """
-    task, multiple, specs = evaluator.task, evaluator.device.channel_multiple, evaluator.layers
-    weights = {f"{spec.name}.weight" for spec in specs}
-    full = _raw_bytes(task.model, weights)
-    out = [[0.0] * len(evaluator.groups) for _ in specs]
-    inn = [[0.0] * len(evaluator.groups) for _ in specs]
-    raw = [0.0] * len(evaluator.groups)
-    for g, group in enumerate(evaluator.groups):
-        removed = group.channels - kept_channels(group.channels, probe_keep, multiple)
-        if removed == 0:
-            continue
-        model = copy.deepcopy(task.model)
-        prune_channels(model, task.input_shape, {group.leader: probe_keep}, multiple)
-        after = {spec.name: spec for spec in discover_layers(model, task.input_shape)}
-        for i, spec in enumerate(specs):
-            out[i][g] = (spec.out_channels - after[spec.name].out_channels) / removed
-            inn[i][g] = (spec.in_channels - after[spec.name].in_channels) / removed
-        raw[g] = (full - _raw_bytes(model, weights)) / removed
-    return out, inn, raw
-
-
-def _segments(blob: bytes) -> dict[str, int]:
-    """Payload bytes of every tensor of a packed file, from its header table."""
-    header = json.loads(zlib.decompress(blob[8 : 8 + int.from_bytes(blob[4:8], "little")]))
-    return {entry["name"]: sum(entry["lengths"]) for entry in header["tensors"]}
-
-
-class Payload:
-    """Payload bytes of a layer's weight at its original shape, measured on real packed bytes (memoized).
-
-    With ``exact_codes`` the weight is packed alone exactly as the pipeline packs it, so the bytes are
-    exact. A per-candidate fine-tune changes the codes but not the mask: then only the index is
-    measured and the codes count fixed-width (an upper bound).
-    """
-
-    def __init__(self, weights: Sequence, exact_codes: bool = True):
-        """Args: weights: each layer's weight tensor (episode order); exact_codes: see the class."""
-        self._weights = list(weights)
-        self._exact = exact_codes
-        self._memo: dict[tuple, int] = {}
-
-    def __call__(self, index: int, choice: LayerChoice) -> int:
-        weight = self._weights[index]
-        key = (index, choice) if self._exact else (index, choice.sparsity)
-        if key not in self._memo:
-            mask = magnitude_mask(weight, choice.sparsity)
-            if self._exact:
-                stored = weight * mask if not choice.quantized else QUANTIZERS[choice.quantizer](weight, mask,
-                                                                                                 choice.bits)
-                encoding = WeightEncoding(mask, choice.bits, choice.quantizer)
-            else:  # fp32 values: payload = index + 4 bytes per kept weight
-                stored, encoding = weight, WeightEncoding(mask, FP32_BITS)
-            measured = _segments(pack({"w": stored}, {"w": encoding}, {}))["w"]
-            self._memo[key] = measured if self._exact else measured - 4 * int(mask.sum())
-        if self._exact:
-            return self._memo[key]
-        kept = weight.numel() - pruned_count(weight.numel(), choice.sparsity)
-        return weight_bytes_upper(weight.numel(), weight.shape[0], kept, choice.bits, self._memo[key],
-                                  choice.quantizer)
-
-
-def calibrate(
-    evaluator,
-    probes: Sequence[Policy],
-    keeps: Sequence[float] = (),
-    latency_margin: float | None = 0.1,
-    latency_points: Sequence[Sequence[float]] | None = None,
-) -> CostModel:
-    """Builds the cost model of ``evaluator``'s network from real packed files and timings.
-
-    Args:
-        evaluator: an :class:`envs.evaluator.Evaluator`.
-        probes: policies packed to size the header (include the most compressed one).
-        keeps: uniform keep ratios timed for the latency curve (empty: channels are not searched,
-            and coupling is not measured).
-        latency_margin: safety margin of the latency model (``None``: no latency model).
-        latency_points: earlier ``(macs, ms)`` calibration to reuse instead of timing (e.g. on resume).
-    """
-    task, specs = evaluator.task, evaluator.layers
-    names = [spec.name for spec in specs]
-    modules = dict(task.model.named_modules())
-    weights = {f"{name}.weight" for name in names}
-    raw = _raw_bytes(task.model, weights)
-    layer_weights = [modules[name].weight.detach() for name in names]
-    points, headers = [], []
-    dense = Policy.from_choices({name: LayerChoice() for name in names})
-    timed = [*(Policy.from_choices({g.leader: LayerChoice(keep=k) for g in evaluator.groups}) for k in keeps), dense]
-    for i, policy in enumerate([*probes, *timed]):
-        compressed = evaluator.compress(policy, Refinement())
-        headers.append(int.from_bytes(compressed.blob[4:8], "little"))
-        if latency_margin is not None and latency_points is None and i >= len(probes):
-            macs = total_macs(discover_layers(compressed.model, task.input_shape))
-            points.append((macs, evaluator.latency_ms(compressed.model)))
-    tensors = len(task.model.state_dict())
-    allowance = math.ceil(max(headers) * HEADER_SLACK) + HEADER_SLACK_PER_TENSOR * tensors
-    if latency_points is not None:
-        points = [(int(macs), float(ms)) for macs, ms in latency_points]
-    coupled = bool(keeps) and bool(evaluator.groups)
-    out, inn, raw_coupling = _coupling(evaluator, min(keeps)) if coupled else ([], [], [])
-    index_of = {name: i for i, name in enumerate(names)}
-    return CostModel(
-        layers=tuple(LayerShape.from_spec(spec) for spec in specs),
-        rest_bytes=8 + allowance + raw,
-        group_channels=tuple(g.channels for g in evaluator.groups) if coupled else (),
-        group_leaders=tuple(index_of[g.leader] for g in evaluator.groups) if coupled else (),
-        out_coupling=tuple(tuple(row) for row in out),
-        in_coupling=tuple(tuple(row) for row in inn),
-        raw_coupling=tuple(raw_coupling),
-        payload=Payload(layer_weights, exact_codes=evaluator.settings.finetune_steps == 0),
-        channel_multiple=evaluator.device.channel_multiple,
-        latency=None if latency_margin is None or not points else LatencyModel.fit(points, latency_margin),
-    )
