@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from search.searchers.samplers import SAMPLERS
 
-RAY_SEARCHER = "ray"
-"""The ``--searcher`` name of the distributed sweep."""
 SCHEDULERS: tuple[str, ...] = ("asha", "fifo")
 """Trial schedulers: ``asha`` (multi-fidelity when fine-tuning is in the loop) or ``fifo``."""
 
