@@ -52,9 +52,10 @@ def _reexec_in_namespace() -> int:
 
 def _measure(args: argparse.Namespace) -> pd.DataFrame:
     from search.config import build_config
-    from search.distributed.session import ray_session, run_devices
-    from search.distributed.sweep import sweep
-    from search.runner import prepare
+    from search.distributed.session import ray_session
+    from search.drivers import driver_for
+    from search.drivers.ray_tune import device_profiles
+    from search.prepared import prepare
 
     config = build_config({
         "task": "lenet5", "searcher": "ray", "device": "cpu-b1", "trials": args.trials, "seed": 0,
@@ -64,8 +65,9 @@ def _measure(args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     temp_dir = Path(tempfile.mkdtemp(prefix="b5", dir="/tmp"))
     try:
-        with ray_session(None, run_devices(config), cpus=max(WORKER_COUNTS)):
+        with ray_session(None, device_profiles(config), cpus=max(WORKER_COUNTS)):
             prepared = prepare(config, progress=True)
+            driver = driver_for(config)
             for round_index in range(args.rounds):
                 order = WORKER_COUNTS if round_index % 2 == 0 else WORKER_COUNTS[::-1]
                 row: dict[str, float] = {"round": round_index}
@@ -74,7 +76,7 @@ def _measure(args: argparse.Namespace) -> pd.DataFrame:
                     run_dir.mkdir()
                     sized = replace(prepared, config=replace(config, workers=workers))
                     start = time.perf_counter()
-                    trials = sweep(sized, run_dir, progress=False)
+                    trials = driver.search(sized, run_dir, progress=False)
                     elapsed = time.perf_counter() - start
                     assert len(trials) == args.trials, f"{len(trials)} rows in {run_dir}"
                     row[f"workers_{workers}"] = len(trials) / elapsed * 60

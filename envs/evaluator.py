@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,18 +49,39 @@ class LatencyCheck:
         return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
 
 
+FinetuneKeys = tuple[tuple[str, str], ...]
+"""``(config.yaml key, FinetuneSettings field)`` pairs: the fine-tune fields that a settings section exposes."""
+
+
+def check_exposed(finetune: FinetuneSettings, keys: FinetuneKeys, section: str) -> None:
+    """Refuses a fine-tune that sets a field ``keys`` does not expose (config.yaml could not record it).
+
+    Raises:
+        ValueError: naming the fields that must keep their defaults.
+    """
+    exposed = {name for _, name in keys}
+    default = FinetuneSettings()
+    fixed = [f.name for f in fields(FinetuneSettings)
+             if f.name not in exposed and getattr(finetune, f.name) != getattr(default, f.name)]
+    if fixed:
+        raise ValueError(f"the {section} fine-tune sets only {', '.join(sorted(exposed))}; "
+                         f"{', '.join(fixed)} must keep the default")
+
+
 @dataclass(frozen=True)
 class EvaluatorSettings:
     """How much work goes into each candidate."""
+
+    FINETUNE_KEYS: ClassVar[FinetuneKeys] = (("finetune_steps", "steps"), ("finetune_lr", "lr"))
+    """config.yaml keys of :attr:`finetune`'s fields (the file keeps these flat keys)."""
 
     bn_recalibration: bool = True
     """Recalibrate BatchNorm statistics on training images after compression."""
     calibration_images: int = 500
     """Training images used for BatchNorm recalibration."""
-    finetune_steps: int = 0
-    """Masked quantization-aware fine-tune steps per candidate (0 = none)."""
-    finetune_lr: float = 1e-4
-    """Learning rate of that fine-tune."""
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    """Masked quantization-aware fine-tune of each candidate: ``steps`` (``finetune_steps``, 0 = none) and
+    ``lr`` (``finetune_lr``); its other fields keep their defaults."""
     saliency_images: int = 256
     """Training images that score weights for the ``obd`` and ``taylor`` pruning saliencies."""
     latency: str = "measured"
@@ -70,8 +92,9 @@ class EvaluatorSettings:
     """With predicted latency, every this-many-th new architecture is also measured, to report the error."""
 
     def __post_init__(self) -> None:
-        if self.calibration_images < 1 or self.finetune_steps < 0 or self.finetune_lr <= 0:
-            raise ValueError("calibration_images >= 1, finetune_steps >= 0 and finetune_lr > 0 are required")
+        if self.calibration_images < 1:
+            raise ValueError("calibration_images must be at least 1")
+        check_exposed(self.finetune, self.FINETUNE_KEYS, "evaluator")
         if self.saliency_images < 1:
             raise ValueError("saliency_images must be at least 1")
         if self.latency not in LATENCY_MODES:
@@ -130,8 +153,7 @@ class Evaluator:
             input_shape=self.task.input_shape,
             source=self.task.source,
             channel_multiple=self.device.channel_multiple,
-            refinement=refinement
-            or self.refinement(FinetuneSettings(steps=self.settings.finetune_steps, lr=self.settings.finetune_lr)),
+            refinement=refinement or self.refinement(self.settings.finetune),
         )
 
     @property

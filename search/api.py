@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from core.errors import UsageError
 from search.config import SearchConfig, build_config, read_config_file
 from search.devices import DevicesOutcome, run_devices
-from search.distributed.options import RAY_SEARCHER
-from search.runner import CONFIG_FILE, RunOutcome, check_out, new_run_dir, prepare, run
+from search.drivers import driver_for
+from search.prepared import prepare
+from search.run_folder import CONFIG_FILE, check_out, check_writable, new_run_dir
+from search.runner import RunOutcome, run
 
 RESUME_SETTINGS = frozenset({"trials", "ray_address"})
 """Settings a resumed run may change: the trial total, and where its Ray cluster is."""
@@ -20,25 +21,14 @@ def resume_config(run_dir: Path, trials: int | None = None, ray_address: str | N
     """The configuration saved in ``run_dir``, with an optional new trial total (or Ray cluster address).
 
     Raises:
-        UsageError: when ``run_dir`` holds no run, or a ``ray`` run is asked for a new trial total.
+        UsageError: when ``run_dir`` holds no run, or its driver refuses the new trial total.
     """
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); pass the folder of an earlier run")
     saved = build_config(read_config_file(path))
-    if saved.searcher == RAY_SEARCHER and trials is not None and trials != saved.trials:
-        raise UsageError(f"a {RAY_SEARCHER} run resumes its Tune experiment with its own trial total "
-                         f"({saved.trials}); start a new run for more trials")
+    driver_for(saved).check_resume(saved, trials)
     return build_config({"trials": trials, "ray_address": ray_address}, saved)
-
-
-def _cluster(config: SearchConfig) -> AbstractContextManager[None]:
-    """The Ray connection of a ``ray`` run (nothing for the other searchers)."""
-    if config.searcher != RAY_SEARCHER:
-        return nullcontext()
-    from search.distributed.session import cluster_session
-
-    return cluster_session(config)
 
 
 def run_search(
@@ -60,7 +50,8 @@ def run_search(
         **settings: SearchConfig fields, e.g. ``task="lenet5", budget_mb="50KB", trials=30``.
 
     Raises:
-        UsageError: for bad input; nothing is written in that case.
+        UsageError: for bad input, including a run folder that cannot be created or written;
+            nothing is written in that case.
     """
     if resume is not None:
         extra = set(settings) - RESUME_SETTINGS
@@ -68,14 +59,15 @@ def run_search(
             raise UsageError("a resumed run uses its own config.yaml; only the trial count may change")
         run_dir = Path(resume)
         config = resume_config(run_dir, settings.get("trials"), settings.get("ray_address"))
-        with _cluster(config):
+        check_writable(run_dir, "run folder")
+        with driver_for(config).session(config):
             if config.devices:
                 return run_devices(config, resume=run_dir, progress=progress)
             return run(prepare(config, progress), run_dir, progress)
     config = build_config(settings, config)
     out_dir = Path(out) if out is not None else None
     check_out(out_dir)
-    with _cluster(config):
+    with driver_for(config).session(config):
         if config.devices:
             return run_devices(config, out=out_dir, progress=progress)
         prepared = prepare(config, progress)

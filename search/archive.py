@@ -14,6 +14,8 @@ from core.budget import Budget
 from core.policy import Policy
 from core.result import Result
 
+ARCHIVE_FILE = "trials.csv"
+"""The trial archive's file name in a run folder (same format for every searcher)."""
 COLUMNS = [
     "trial",
     "searcher",

@@ -15,14 +15,9 @@ from core.space import SpaceSettings
 from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
-from search.distributed.options import RAY_SEARCHER, RayOptions, parse_address
+from methods.finetune import FinetuneSettings
+from search.drivers import check_config, driver_for
 from search.export import ExportSettings
-from search.searchers import SEARCHERS
-
-SWEEPS: dict[str, type] = {RAY_SEARCHER: RayOptions}
-"""Searchers that drive their own distributed loop instead of ask/tell, with their options type."""
-SEARCHER_NAMES: tuple[str, ...] = (*SEARCHERS, *SWEEPS)
-"""Every ``--searcher`` name."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ class SearchConfig:
     devices: tuple[str, ...] = ()
     """Device profiles to tune one Pareto set each for (one run sub-folder per device); overrides ``device``."""
     workers: int = 1
-    """Trials evaluated at once (``ray`` searcher)."""
+    """Trials evaluated at once (``ray`` searcher only)."""
     ray_address: str | None = None
     """Ray cluster to join, ``HOST:PORT`` or ``auto`` (``ray`` searcher); None starts a local one on loopback."""
     searcher_options: dict[str, Any] = field(default_factory=dict)
@@ -67,12 +62,13 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.model is None and self.task not in TASK_NAMES:
             raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}")
-        if self.searcher not in SEARCHER_NAMES:
-            raise UsageError(f"unknown searcher {self.searcher!r}; choose one of: {', '.join(SEARCHER_NAMES)}")
+        driver_for(self)  # an unknown searcher fails here
         if self.device not in list_devices():
             raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(list_devices())}")
         self._check_devices()
-        self._check_distribution()
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
+        check_config(self)
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
             raise UsageError(f"trials must be a positive integer, got {self.trials!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -96,19 +92,6 @@ class SearchConfig:
         if len(set(devices)) != len(devices):
             raise UsageError(f"--devices lists a device twice: {', '.join(devices)}")
 
-    def _check_distribution(self) -> None:
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
-            raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
-        if self.searcher != RAY_SEARCHER and (self.workers != 1 or self.ray_address is not None):
-            raise UsageError(f"--workers and --ray-address need --searcher {RAY_SEARCHER}")
-        if self.searcher == RAY_SEARCHER and self.space.latency_fill > 0:
-            raise UsageError(f"space.latency_fill is not available with --searcher {RAY_SEARCHER}; set it to 0")
-        if self.ray_address is not None:
-            try:
-                parse_address(self.ray_address)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from exc
-
     @property
     def searcher_settings(self) -> Any:
         """The searcher's options object (``None`` for searchers without options).
@@ -116,7 +99,7 @@ class SearchConfig:
         Raises:
             UsageError: when ``searcher_options`` does not fit the searcher.
         """
-        options_type = SWEEPS.get(self.searcher) or SEARCHERS[self.searcher].options_type
+        options_type = driver_for(self).options_type(self.searcher)
         if options_type is None:
             if self.searcher_options:
                 raise UsageError(f"searcher {self.searcher!r} takes no searcher_options")
@@ -142,9 +125,10 @@ class SearchConfig:
         return "user" if self.model else self.task
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-ready dict."""
+        """Plain YAML-ready dict (sections as :func:`section_to_dict` writes them)."""
         data = asdict(self)
-        data["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["space"].items()}
+        for name in _NESTED:
+            data[name] = section_to_dict(getattr(self, name))
         data["devices"] = list(self.devices)
         return data
 
@@ -154,20 +138,44 @@ class SearchConfig:
 
 
 _NESTED = {"space": SpaceSettings, "evaluator": EvaluatorSettings, "export": ExportSettings}
+FINETUNE_FIELD = "finetune"
+"""The field of a section that holds a :class:`FinetuneSettings`; config.yaml spells it as the section's
+``FINETUNE_KEYS`` (flat keys such as ``finetune_steps``), the one place that maps the two shapes."""
+
+
+def _finetune_keys(cls: type) -> dict[str, str]:
+    return dict(getattr(cls, "FINETUNE_KEYS", ()))
+
+
+def section_to_dict(settings: Any) -> dict[str, Any]:
+    """A settings section as config.yaml holds it: lists for tuples, the fine-tune as its flat keys."""
+    data: dict[str, Any] = {}
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if item.name == FINETUNE_FIELD:
+            data.update({key: getattr(value, name) for key, name in _finetune_keys(type(settings)).items()})
+        else:
+            data[item.name] = list(value) if isinstance(value, tuple) else value
+    return data
 
 
 def _nested(name: str, value: Any) -> Any:
+    """The settings section ``name`` from its config.yaml mapping (see :func:`section_to_dict`)."""
     cls = _NESTED[name]
     if isinstance(value, cls):
         return value
     if not isinstance(value, Mapping):
         raise UsageError(f"config section {name!r} must be a mapping")
-    allowed = {f.name for f in fields(cls)}
+    flat = _finetune_keys(cls)
+    allowed = ({f.name for f in fields(cls)} - {FINETUNE_FIELD}) | set(flat)
     unknown = set(value) - allowed
     if unknown:
         raise UsageError(f"unknown key(s) in config section {name!r}: {', '.join(sorted(unknown))}")
+    values = {key: item for key, item in value.items() if key not in flat}
     try:
-        return cls(**value)
+        if flat:
+            values[FINETUNE_FIELD] = FinetuneSettings(**{flat[key]: item for key, item in value.items() if key in flat})
+        return cls(**values)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad value in config section {name!r}: {exc}") from exc
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from envs.device import load_device
 from search.config import SearchConfig
-from search.runner import CONFIG_FILE, RunOutcome, new_run_dir, prepare, run
+from search.prepared import prepare
+from search.run_folder import CONFIG_FILE, new_run_dir
+from search.runner import RunOutcome, run
 
 SUMMARY_FILE = "summary.md"
 """The per-device table in the parent run folder."""

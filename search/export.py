@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from core.budget import Budget
 from core.policy import Policy
-from envs.evaluator import Evaluator
+from envs.evaluator import Evaluator, FinetuneKeys, check_exposed
 from methods.finetune import FinetuneSettings
 from methods.packing import write_packed
 from search.archive import Trial
@@ -39,26 +40,32 @@ MODEL_SUFFIX = ".acz"
 class ExportSettings:
     """The final fine-tune and export of the Pareto candidates."""
 
+    FINETUNE_KEYS: ClassVar[FinetuneKeys] = (
+        ("finetune_lr", "lr"),
+        ("distill_alpha", "distill_alpha"),
+        ("distill_temperature", "distill_temperature"),
+        ("prune_rounds", "prune_rounds"),
+    )
+    """config.yaml keys of :attr:`finetune`'s fields (the file keeps these flat keys)."""
+
     finetune_epochs: float = 2.0
     """Epochs of masked quantization-aware fine-tuning per exported model."""
-    finetune_lr: float = 1e-4
-    """Adam learning rate of that fine-tune."""
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    """That fine-tune: Adam ``lr`` (``finetune_lr``), distillation from the original model (``distill_alpha``,
+    0 = off; ``distill_temperature``) and iterative pruning (``prune_rounds``: prune-then-retrain rounds on a
+    cubic sparsity schedule). Its steps come from ``finetune_epochs`` and its seed from the run's."""
     max_models: int = 6
     """Most models exported (spread along the front, the most accurate always included)."""
-    distill_alpha: float = 0.0
-    """Weight of knowledge distillation from the original model in that fine-tune (0 = off)."""
-    distill_temperature: float = 4.0
-    """Temperature of the teacher's soft targets."""
-    prune_rounds: int = 1
-    """Iterative pruning in that fine-tune: prune-then-retrain rounds on a cubic sparsity schedule."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.prune_rounds, bool) or not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
-            raise ValueError(f"prune_rounds must be a positive integer, got {self.prune_rounds!r}")
-        if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.max_models < 1:
-            raise ValueError("finetune_epochs >= 0, finetune_lr > 0 and max_models >= 1 are required")
-        if not 0.0 <= self.distill_alpha <= 1.0 or self.distill_temperature <= 0:
-            raise ValueError("distill_alpha must be in [0, 1] and distill_temperature > 0")
+        if self.finetune_epochs < 0 or self.max_models < 1:
+            raise ValueError("finetune_epochs >= 0 and max_models >= 1 are required")
+        check_exposed(self.finetune, self.FINETUNE_KEYS, "export")
+
+    def final_finetune(self, evaluator: Evaluator, seed: int) -> FinetuneSettings:
+        """The fine-tune of every exported model: :attr:`finetune` for ``finetune_epochs``, seeded with ``seed``."""
+        steps = finetune_steps(evaluator, self.finetune_epochs, self.finetune.batch_size)
+        return replace(self.finetune, steps=steps, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -153,16 +160,7 @@ def export_front(
     Candidates over budget after that, or dominated on the new numbers, are dropped.
     """
     original_bytes = 4 * sum(spec.params for spec in evaluator.layers)
-    refinement = evaluator.refinement(
-        FinetuneSettings(
-            steps=finetune_steps(evaluator, settings.finetune_epochs),
-            lr=settings.finetune_lr,
-            seed=seed,
-            distill_alpha=settings.distill_alpha,
-            distill_temperature=settings.distill_temperature,
-            prune_rounds=settings.prune_rounds,
-        )
-    )
+    refinement = evaluator.refinement(settings.final_finetune(evaluator, seed))
     measured = []
     dropped = []
     for trial in chosen:

@@ -146,10 +146,11 @@ def test_size_bound_holds_and_is_tight_on_real_packed_files(task: str, finetune_
     from envs.evaluator import Evaluator, EvaluatorSettings
     from envs.tasks import load_task
     from methods.discovery import discover_layers, total_macs
+    from methods.finetune import FinetuneSettings
     from search.searchers.rl.calibration import calibrate
 
     evaluator = Evaluator(load_task(task), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3),
-                          EvaluatorSettings(finetune_steps=finetune_steps))
+                          EvaluatorSettings(finetune=FinetuneSettings(steps=finetune_steps)))
     settings = SpaceSettings(sparsity_step=0.1, quantizers=("linear", "kmeans"))
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), settings, tuple(evaluator.layers))
     grid = ActionGrid.from_space(space, "joint")

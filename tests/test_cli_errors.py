@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -126,3 +130,58 @@ def test_entry_script_exit_code_and_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+def _cli(args: list[str], cwd: Path, cache: Path, wrapper: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """The real entry script with a private model cache (which stays empty unless a task is trained)."""
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*wrapper, sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, cwd=cwd, env=env, timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    return proc.stderr
+
+
+def _read_only_wrapper(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` is read-only (a private read-only bind mount; root ignores modes)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a read-only mount")
+    quoted = shlex.quote(str(folder))
+    script = f'mount --bind {quoted} {quoted} && mount -o remount,bind,ro {quoted} && exec "$@"'
+    wrapper = ["unshare", "-rm", "sh", "-c", script, "sh"]
+    probe = subprocess.run([*wrapper, "touch", str(folder / "probe")], capture_output=True, text=True)
+    if probe.returncode == 0 or (folder / "probe").exists():
+        pytest.skip(f"cannot make a read-only mount here: {probe.stderr.strip()}")
+    return wrapper
+
+
+def test_an_unusable_out_folder_fails_before_any_training(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (tmp_path / "file").write_text("not a folder")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    cases = [
+        (["--out", "/proc/x/run"], (), "cannot create the output folder /proc/x/run"),
+        (["--out", str(tmp_path / "file" / "run")], (), "is not a folder"),
+        (["--out", str(read_only / "run")], _read_only_wrapper(read_only), "Read-only file system"),
+    ]
+    for args, wrapper, needle in cases:
+        err = _one_line_error(_cli(["--task", "lenet5", "--trials", "1", *args], tmp_path, cache, wrapper))
+        assert needle in err
+    assert not cache.exists(), "the task was loaded (or trained) before the folder was checked"
+    assert list(read_only.iterdir()) == [] and (tmp_path / "file").read_text() == "not a folder"
+    assert not Path("/proc/x").exists()
+
+
+def test_a_read_only_run_folder_cannot_be_resumed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: lenet5\nsearcher: random\ntrials: 2\n")
+    cache = tmp_path / "cache"
+    err = _one_line_error(_cli(["--resume", str(run), "--quiet"], tmp_path, cache, _read_only_wrapper(run)))
+    assert f"cannot write to the run folder {run}" in err
+    assert [p.name for p in run.iterdir()] == ["config.yaml"] and not cache.exists()

@@ -127,3 +127,31 @@ def test_searcher_marks_budgets_as_constraints_prunes_early_stops_and_respects_t
     assert searcher.suggest("t4") is not None  # nothing recorded yet, nothing running
     (tmp_path / LEDGER_FILE).write_text("row,trial_id\n0,t0\n1,t1\n2,t2\n")
     assert searcher.suggest("t5") == Searcher.FINISHED
+
+
+def test_a_trial_fine_tunes_with_the_evaluators_settings_at_each_fidelity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from core.budget import Budget
+    from core.policy import Policy
+    from core.result import Result
+    from envs.evaluator import EvaluatorSettings
+    from methods.finetune import FinetuneSettings
+    from search.distributed import trial
+
+    settings = EvaluatorSettings(finetune=FinetuneSettings(steps=40, lr=1e-3))
+    used, reports = [], []
+    evaluator = SimpleNamespace(
+        settings=settings,
+        refinement=lambda finetune: used.append(finetune) or finetune,
+        compress=lambda policy, refinement: refinement,
+        measure=lambda compressed: Result(val_accuracy=0.5, size_bytes=10, latency_ms=1.0),
+    )
+    monkeypatch.setattr(trial.tune, "report", reports.append)
+    monkeypatch.setattr(trial.torch, "set_num_threads", lambda threads: None)
+    monkeypatch.setattr(trial.ray, "get_runtime_context", lambda: SimpleNamespace(get_node_id=lambda: "node"))
+    context = trial.TrialContext(evaluator, Budget(), fidelity_steps(40, RayOptions()), threads=1)
+    trial.run_trial({trial.POLICY_KEY: Policy().to_json()}, context)
+    assert used == [replace(settings.finetune, steps=steps) for steps in (10, 20, 40)]
+    assert [r[trial.STEPS_KEY] for r in reports] == [10, 20, 40] and reports[-1][trial.FINAL_KEY]

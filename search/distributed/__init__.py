@@ -1,9 +1,10 @@
-"""Distributed sweeps on Ray Tune (``--searcher ray``).
+"""Distributed sweeps on Ray Tune (``--searcher ray``), run by the driver in :mod:`search.drivers.ray_tune`.
 
-Only :mod:`search.distributed.options` is imported by the rest of the package; every other
-module here imports Ray and is loaded only when the ``ray`` searcher runs.
+Only :mod:`search.distributed.options` is imported outside a ``ray`` run; every other module here
+imports Ray and is loaded only when the ``ray`` searcher runs. Nothing here imports the run's
+configuration or runner: the driver passes what a sweep needs (:class:`sweep.SweepJob`).
 
-- ``options``: the searcher's settings (``searcher_options``) and the searcher name.
+- ``options``: the searcher's settings (``searcher_options``).
 - ``session``: joins a cluster (``--ray-address``) or starts a loopback-only local one.
 - ``latency``: an evaluator that times models on the device's node (an actor pinned by its custom resource).
 - ``optuna_adapter``: the shared search space as an Optuna define-by-run function, and

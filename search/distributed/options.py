@@ -1,14 +1,12 @@
-"""Settings of the Ray searcher (leaf module: no Ray import)."""
+"""Settings of the Ray searcher (no Ray import)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-RAY_SEARCHER = "ray"
-"""The ``--searcher`` name of the distributed sweep."""
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2")
-"""Optuna samplers the sweep can drive."""
+from search.searchers.samplers import SAMPLERS
+
 SCHEDULERS: tuple[str, ...] = ("asha", "fifo")
 """Trial schedulers: ``asha`` (multi-fidelity when fine-tuning is in the loop) or ``fifo``."""
 
@@ -18,7 +16,8 @@ class RayOptions:
     """Settings of ``--searcher ray`` (``searcher_options`` in the config)."""
 
     sampler: str = "tpe"
-    """Optuna sampler: ``tpe`` (accuracy, budgets as constraints) or ``nsga2`` (accuracy, size, latency)."""
+    """Optuna sampler of :mod:`search.searchers.samplers`: ``tpe`` (accuracy, budgets as constraints) or
+    ``nsga2`` (accuracy, size, latency)."""
     scheduler: str = "asha"
     """``asha``: ASHA over fine-tune steps when ``evaluator.finetune_steps`` > 0 (else FIFO); or ``fifo``."""
     max_failures: int = 2
@@ -32,7 +31,7 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS.names())}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         for name, low in (("max_failures", 0), ("threads_per_trial", 1), ("rungs", 1), ("reduction_factor", 2)):

@@ -15,11 +15,7 @@ from search.distributed.options import RayOptions
 from search.distributed.recorder import TrialQuota
 from search.distributed.trial import ACCURACY_KEY, EXCESS_KEYS, FINAL_KEY, OBJECTIVES, POLICY_KEY
 from search.searchers.optuna_search import TrialSuggest
-
-STARTUP_TRIALS = 10
-"""Random trials before TPE models the history (as the ``tpe`` searcher)."""
-POPULATION = 20
-"""NSGA-II population size (as the ``nsga2`` searcher)."""
+from search.searchers.samplers import SAMPLERS, make_sampler
 
 
 class SpaceSampler:
@@ -30,14 +26,6 @@ class SpaceSampler:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, str]:
         return {POLICY_KEY: self.space.sample(TrialSuggest(trial)).to_json()}
-
-
-def make_sampler(options: RayOptions, seed: int, concurrent: bool) -> optuna.samplers.BaseSampler:
-    """TPE (a constant liar when trials run concurrently) or NSGA-II; both read the trials' constraints."""
-    if options.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=POPULATION)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=STARTUP_TRIALS,
-                                      constant_liar=concurrent)
 
 
 class BudgetedOptunaSearch(OptunaSearch):
@@ -100,12 +88,13 @@ class BudgetedOptunaSearch(OptunaSearch):
 
 def make_searcher(space: SearchSpace, options: RayOptions, seed: int, concurrent: bool,
                   quota: TrialQuota | None = None) -> BudgetedOptunaSearch:
-    """The sweep's search algorithm: TPE on accuracy, or NSGA-II on (accuracy, size, latency)."""
+    """The sweep's search algorithm: the ``options.sampler`` of :mod:`search.searchers.samplers`, on accuracy
+    (e.g. TPE) or, for a multi-objective sampler (e.g. NSGA-II), on (accuracy, size, latency)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if options.sampler == "nsga2":
+    if SAMPLERS[options.sampler].multi_objective:
         metric: str | list[str] = [name for name, _ in OBJECTIVES]
         mode: str | list[str] = [direction for _, direction in OBJECTIVES]
     else:
         metric, mode = ACCURACY_KEY, "max"
     return BudgetedOptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode,
-                                sampler=make_sampler(options, seed, concurrent), quota=quota)
+                                sampler=make_sampler(options.sampler, seed, concurrent=concurrent), quota=quota)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from core.budget import Budget
 from core.policy import Policy
 from core.result import STATUS_OK, STATUS_STOPPED, Result
-from search.archive import TrialArchive
+from search.archive import ARCHIVE_FILE, TrialArchive
 from search.distributed.trial import (
     ACCURACY_KEY,
     FINAL_KEY,
@@ -29,8 +29,6 @@ from search.distributed.trial import (
     result_from_metrics,
 )
 
-ARCHIVE_FILE = "trials.csv"
-"""The run's trial archive (same format as every searcher)."""
 LEDGER_FILE = "tune_trials.csv"
 """Which Tune trial wrote which trials.csv row, and on which nodes it ran."""
 LEDGER_COLUMNS = ["row", "trial_id", "status", "failures", "node_id", "latency_node_id", "finetune_steps"]

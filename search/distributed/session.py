@@ -11,8 +11,7 @@ import ray
 
 from core.errors import UsageError
 from core.paths import PROJECT_ROOT
-from envs.device import DeviceProfile, load_device
-from search.config import SearchConfig
+from envs.device import DeviceProfile
 from search.distributed.options import parse_address
 
 LOOPBACK = "127.0.0.1"
@@ -21,11 +20,6 @@ LOCAL_DEVICE_UNITS = 1.0
 """Amount of each device's custom resource on a local cluster."""
 CONNECT_TIMEOUT_S = 5.0
 """Time allowed to open a TCP connection to the head node before giving up."""
-
-
-def run_devices(config: SearchConfig) -> list[DeviceProfile]:
-    """The device profiles a run measures latency on (``--devices``, else ``--device``)."""
-    return [load_device(name) for name in (config.devices or (config.device,))]
 
 
 def _local_ip_towards(host: str, port: int) -> str:
@@ -99,11 +93,3 @@ def ray_session(address: str | None, devices: Sequence[DeviceProfile], cpus: int
         yield
     finally:
         ray.shutdown()
-
-
-@contextmanager
-def cluster_session(config: SearchConfig) -> Iterator[None]:
-    """:func:`ray_session` for a ``ray`` run's configuration."""
-    cpus = config.workers * config.searcher_settings.threads_per_trial
-    with ray_session(config.ray_address, run_devices(config), cpus):
-        yield

@@ -9,22 +9,23 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from core.budget import Budget
 from core.errors import UsageError
-from search.archive import Trial, TrialArchive
+from core.space import SearchSpace
+from envs.evaluator import Evaluator
+from search.archive import ARCHIVE_FILE, Trial, TrialArchive
 from search.distributed.latency import RemoteLatencyEvaluator
 from search.distributed.options import RayOptions, fidelity_steps
 from search.distributed.optuna_adapter import make_searcher
-from search.distributed.recorder import ARCHIVE_FILE, SweepRecorder, TrialQuota
+from search.distributed.recorder import SweepRecorder, TrialQuota
 from search.distributed.trial import ACCURACY_KEY, STEPS_KEY, TrialContext, run_trial
-
-if TYPE_CHECKING:
-    from search.runner import Prepared
 
 EXPERIMENT_DIR = "tune"
 """The Tune experiment inside the run folder (what ``--resume`` restores)."""
@@ -32,6 +33,32 @@ ORIGIN_FILE = "tune_origin.json"
 """Where the experiment was created: Tune's pickled state holds absolute paths into the run folder."""
 CHECKPOINT_PERIOD_S = "2"
 """Seconds between snapshots of the experiment state (Tune's default adapts from 10 s up)."""
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What a sweep needs of its run."""
+
+    evaluator: Evaluator
+    """Measures candidates (a ``RemoteLatencyEvaluator`` times them on the device's node); its settings'
+    ``finetune`` is each trial's fine-tune, at ASHA's fidelities."""
+    space: SearchSpace
+    """Per-layer choices."""
+    budget: Budget
+    """Size and latency budget."""
+    trials: int
+    """Rows the run ends with."""
+    seed: int
+    """Seed of the sampler."""
+    workers: int
+    """Trials evaluated at once."""
+    options: RayOptions
+    """The sweep's settings."""
+
+    @property
+    def finetune_steps(self) -> int:
+        """Fine-tune steps of a trial at full fidelity."""
+        return self.evaluator.settings.finetune.steps
 
 
 def trial_dirname(trial: tune.experiment.Trial) -> str:
@@ -75,7 +102,7 @@ def _check_origin(run_dir: Path) -> None:
                          "points there; resume it from that folder")
 
 
-def sweep(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
+def sweep(job: SweepJob, run_dir: Path, progress: bool) -> list[Trial]:
     """Evaluates the run's remaining trials on the Ray cluster; rows land in ``run_dir/trials.csv``.
 
     A run folder holding a restorable experiment is resumed with ``Tuner.restore`` (finished
@@ -85,12 +112,11 @@ def sweep(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
     Raises:
         UsageError: when the run folder of a restorable experiment was moved.
     """
-    config = prepared.config
-    options: RayOptions = config.searcher_settings
+    options = job.options
     run_dir = run_dir.resolve()
-    if isinstance(prepared.evaluator, RemoteLatencyEvaluator):
-        prepared.evaluator.start_meter()  # before the evaluator is shipped: every trial uses this one meter
-    context = TrialContext(prepared.evaluator, config.budget, fidelity_steps(config.evaluator.finetune_steps, options),
+    if isinstance(job.evaluator, RemoteLatencyEvaluator):
+        job.evaluator.start_meter()  # before the evaluator is shipped: every trial uses this one meter
+    context = TrialContext(job.evaluator, job.budget, fidelity_steps(job.finetune_steps, options),
                            options.threads_per_trial)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
                                     {"cpu": options.threads_per_trial})
@@ -100,24 +126,23 @@ def sweep(prepared: Prepared, run_dir: Path, progress: bool) -> list[Trial]:
             _check_origin(run_dir)
             tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True).fit()
         else:
-            remaining = config.trials - len(TrialArchive(run_dir / ARCHIVE_FILE, config.budget).trials)
+            remaining = job.trials - len(TrialArchive(run_dir / ARCHIVE_FILE, job.budget).trials)
             if remaining > 0:
                 (run_dir / ORIGIN_FILE).write_text(json.dumps({"run_dir": str(run_dir)}))
-                _new_tuner(prepared, run_dir, trainable, remaining, progress).fit()
-    return TrialArchive(run_dir / ARCHIVE_FILE, config.budget).trials
+                _new_tuner(job, run_dir, trainable, remaining, progress).fit()
+    return TrialArchive(run_dir / ARCHIVE_FILE, job.budget).trials
 
 
-def _new_tuner(prepared: Prepared, run_dir: Path, trainable: Any, samples: int, progress: bool) -> tune.Tuner:
-    config = prepared.config
-    options: RayOptions = config.searcher_settings
-    quota = TrialQuota(str(run_dir), config.trials)
+def _new_tuner(job: SweepJob, run_dir: Path, trainable: Any, samples: int, progress: bool) -> tune.Tuner:
+    options = job.options
+    quota = TrialQuota(str(run_dir), job.trials)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(prepared.space, options, config.seed, config.workers > 1, quota),
-            scheduler=_scheduler(options, config.evaluator.finetune_steps),
+            search_alg=make_searcher(job.space, options, job.seed, job.workers > 1, quota),
+            scheduler=_scheduler(options, job.finetune_steps),
             num_samples=samples,
-            max_concurrent_trials=config.workers,
+            max_concurrent_trials=job.workers,
             reuse_actors=True,
             trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
@@ -126,7 +151,7 @@ def _new_tuner(prepared: Prepared, run_dir: Path, trainable: Any, samples: int, 
             name=EXPERIMENT_DIR,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            callbacks=[SweepRecorder(run_dir, config.budget, config.trials, progress)],
+            callbacks=[SweepRecorder(run_dir, job.budget, job.trials, progress)],
             verbose=0,
         ),
     )

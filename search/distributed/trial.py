@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -14,7 +14,6 @@ from core.budget import Budget
 from core.policy import Policy
 from core.result import Result
 from envs.evaluator import Evaluator
-from methods.finetune import FinetuneSettings
 
 POLICY_KEY = "policy"
 """Config key holding the candidate's policy JSON."""
@@ -74,7 +73,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     policy = Policy.from_json(config[POLICY_KEY])
     node = ray.get_runtime_context().get_node_id()
     for steps in context.fidelities:
-        refinement = evaluator.refinement(FinetuneSettings(steps=steps, lr=evaluator.settings.finetune_lr))
+        refinement = evaluator.refinement(replace(evaluator.settings.finetune, steps=steps))
         result = evaluator.measure(evaluator.compress(policy, refinement))
         metrics = trial_metrics(result, context.budget, steps, steps == context.fidelities[-1],
                                 time.perf_counter() - start)

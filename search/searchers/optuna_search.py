@@ -15,6 +15,7 @@ from core.budget import Budget
 from core.result import Result
 from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
+from search.searchers.samplers import make_sampler
 
 STUDY_NAME = "search"
 STUDY_FILE = "study.db"
@@ -68,7 +69,7 @@ class OptunaSearcher(Searcher):
             )
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+        return make_sampler("tpe", seed)
 
     def ask(self) -> Proposal:
         # A sampler seeded by (seed, trials so far) makes every proposal a function of the stored
@@ -114,4 +115,4 @@ class NSGA2Searcher(OptunaSearcher):
     multi_objective = True
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        return make_sampler("nsga2", seed)

@@ -51,7 +51,7 @@ class WallEvaluator(Protocol):
 
     @property
     def settings(self) -> EvaluatorSettings:
-        """The evaluator settings: ``finetune_steps`` (a per-candidate fine-tune changes the codes)."""
+        """The evaluator settings: ``finetune.steps`` (a per-candidate fine-tune changes the codes)."""
 
     @property
     def layers(self) -> Sequence[LayerSpec]:
@@ -176,7 +176,7 @@ def calibrate(
         out_coupling=tuple(tuple(row) for row in out),
         in_coupling=tuple(tuple(row) for row in inn),
         raw_coupling=tuple(raw_coupling),
-        payload=Payload(layer_weights, exact_codes=evaluator.settings.finetune_steps == 0),
+        payload=Payload(layer_weights, exact_codes=evaluator.settings.finetune.steps == 0),
         channel_multiple=evaluator.device.channel_multiple,
         latency=None if latency_margin is None or not points else LatencyCurve.fit(points, latency_margin),
     )

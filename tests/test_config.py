@@ -1,0 +1,88 @@
+"""config.yaml: one shape for fine-tune settings, flat keys in the file, earlier run folders still load."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from core.errors import UsageError
+from envs.evaluator import EvaluatorSettings
+from methods.finetune import FinetuneSettings
+from search.api import resume_config
+from search.config import build_config
+from search.export import ExportSettings
+
+EARLIER_RUN = """\
+task: lenet5
+searcher: random
+trials: 12
+seed: 3
+evaluator:
+  bn_recalibration: true
+  calibration_images: 500
+  finetune_steps: 30
+  finetune_lr: 0.001
+  saliency_images: 256
+  latency: measured
+  latency_check_every: 5
+export:
+  finetune_epochs: 0.5
+  finetune_lr: 0.0002
+  max_models: 3
+  distill_alpha: 0.5
+  distill_temperature: 2.0
+  prune_rounds: 2
+"""
+"""The sections of a config.yaml written before the settings held a FinetuneSettings."""
+
+
+def test_an_earlier_run_folder_loads_into_the_nested_shape(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(EARLIER_RUN)
+    config = resume_config(tmp_path)
+    assert config.evaluator.finetune == FinetuneSettings(steps=30, lr=1e-3)
+    assert config.export.finetune == FinetuneSettings(lr=2e-4, distill_alpha=0.5, distill_temperature=2.0,
+                                                      prune_rounds=2)
+    assert (config.export.finetune_epochs, config.export.max_models) == (0.5, 3)
+
+
+def test_config_yaml_keeps_the_flat_keys_and_round_trips() -> None:
+    config = build_config(yaml.safe_load(EARLIER_RUN))
+    data = yaml.safe_load(config.to_yaml())
+    assert data["evaluator"] == yaml.safe_load(EARLIER_RUN)["evaluator"]
+    assert data["export"] == yaml.safe_load(EARLIER_RUN)["export"]
+    assert build_config(data) == config
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"evaluator": {"finetune": {"steps": 3}}}, "unknown key(s) in config section 'evaluator': finetune"),
+        ({"evaluator": {"finetune_lr": 0}}, "lr > 0"),
+        ({"evaluator": {"finetune_steps": -1}}, "steps >= 0"),
+        ({"export": {"finetune_steps": 10}}, "unknown key(s) in config section 'export': finetune_steps"),
+        ({"export": {"prune_rounds": 0}}, "prune_rounds"),
+        ({"export": {"distill_alpha": 2.0}}, "distill_alpha"),
+        ({"export": {"finetune_epochs": -1}}, "finetune_epochs"),
+    ],
+)
+def test_bad_finetune_keys_are_usage_errors(section: dict[str, dict[str, object]], needle: str) -> None:
+    with pytest.raises(UsageError, match="config section") as error:
+        build_config(section)
+    assert needle in str(error.value)
+
+
+def test_fields_a_section_cannot_record_keep_their_defaults() -> None:
+    with pytest.raises(ValueError, match="distill_alpha must keep the default"):
+        EvaluatorSettings(finetune=FinetuneSettings(distill_alpha=0.5))
+    with pytest.raises(ValueError, match="steps, seed must keep the default"):
+        ExportSettings(finetune=FinetuneSettings(steps=10, seed=1))
+
+
+def test_the_final_finetune_runs_the_epochs_with_the_runs_seed() -> None:
+    settings = ExportSettings(finetune_epochs=2.0, finetune=FinetuneSettings(lr=2e-4, distill_alpha=0.5))
+    evaluator = SimpleNamespace(task=SimpleNamespace(train=range(100)))
+    assert settings.final_finetune(evaluator, seed=7) == replace(settings.finetune, steps=4, seed=7)  # 200 / 64
