@@ -103,7 +103,7 @@ def main() -> None:
     for name in loops:
         rate = median(frame[name])
         lines.append(f"| project, {name} searcher (evaluator, packed file, latency, trials.csv"
-                     f"{', SQLite study' if name == 'tpe' else ''}) | {rate:.0f} | {100 * (plain / rate - 1):.1f}% |")
+                     f"{', study journal' if name == 'tpe' else ''}) | {rate:.0f} | {100 * (plain / rate - 1):.1f}% |")
     summary = "\n".join(lines) + (
         f"\n\n{args.rounds} rounds x {args.per_round} candidates per loop, loops alternating within each round."
     )

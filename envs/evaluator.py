@@ -114,6 +114,7 @@ class Evaluator:
         self.groups = channel_groups(task.model, task.input_shape)
         self._cache: dict[str, Result] = {}
         self._latency_by_shape: dict[tuple, float] = {}
+        self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
         self._predictor: LatencyPredictor | None = None
         self.latency_checks: list[LatencyCheck] = []
         """Predicted-and-measured pairs collected while searching with predicted latency."""
@@ -227,7 +228,10 @@ class Evaluator:
         """
         model = compressed.model
         runnable = self.runnable(model)
-        specs = discover_layers(model, self.task.input_shape)
+        key = _architecture_key(model)
+        if key not in self._layers_by_shape:  # a traced forward pass, once per architecture
+            self._layers_by_shape[key] = discover_layers(model, self.task.input_shape)
+        specs = self._layers_by_shape[key]
         compressible = {spec.name for spec in specs}
         nonzero = sum(
             int(torch.count_nonzero(module.weight))

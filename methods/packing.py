@@ -29,6 +29,7 @@ filler zero). Every table, codebook and header byte counts in the size.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import struct
@@ -52,12 +53,20 @@ MIN_RELATIVE_K = 2
 MAX_RELATIVE_K = 8
 RESERVED_ENCODINGS = ("raw", "fp32")
 """Table ``encoding`` values of the format itself; every other one names a quantizer."""
+MAX_HEADER_BYTES = 64 * 2**20
+"""Largest decompressed header accepted (a pruned LeNet-5 file's is about 3 kB, a pruned ResNet's 13 kB)."""
+MAX_ELEMENTS = 2**32
+"""Most tensor elements a file may declare in all (16 GiB as float32); larger files are refused, not allocated."""
+MAX_DIMS = 16
+"""Most dimensions of one tensor."""
 
 _LENGTH = struct.Struct("<I")
 PREFIX_BYTES = len(MAGIC) + _LENGTH.size
 """Bytes before the compressed header: the magic and the header length."""
 _CORRUPT = "not a packed model file or the file is corrupt"
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, OverflowError, AttributeError)
+_DTYPES = {str(value).removeprefix("torch."): value for value in vars(torch).values() if isinstance(value, torch.dtype)}
+"""Raw entries' dtypes by name (looked up here, never as an attribute of ``torch``)."""
 
 
 class PackFormatError(ValueError):
@@ -127,50 +136,113 @@ def pack(
     return b"".join([MAGIC, _LENGTH.pack(len(header)), header, *segments])
 
 
-def unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read packed bytes back into ``(meta, state)``.
+@dataclass(frozen=True)
+class Header:
+    """A packed file's header, checked for shape but with no payload decoded."""
 
-    Encoded weights come back as float32 equal to their quantizer's stored weight
-    (``methods.quantizers.stored_weight(original, mask, bits, quantizer)``); raw
-    entries keep their dtype and values.
+    meta: dict[str, Any]
+    """The caller's ``meta`` given to :func:`pack`."""
+    tensors: list[dict[str, Any]]
+    """The table of tensors in state order (name, dtype, shape, encoding, payload offset and lengths, ...)."""
+    payload_start: int
+    """Offset of the first payload byte in the file."""
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, by name, in state order."""
+        return {str(entry["name"]): _shape(entry) for entry in self.tensors}
+
+
+def read_header(blob: bytes) -> Header:
+    """The header of packed bytes, without decoding any tensor.
+
+    Checks the magic, the header's size (at most ``MAX_HEADER_BYTES`` once decompressed), the format
+    version, the payload checksum, and that the table has unique names, valid shapes, at most
+    ``MAX_ELEMENTS`` elements in all and payload segments that tile the payload.
 
     Raises:
-        PackFormatError: If ``blob`` is not a packed model or is corrupt.
+        PackFormatError: If ``blob`` is not a packed model, is corrupt or declares too much.
     """
     view = memoryview(blob)
     payload_start = PREFIX_BYTES + header_bytes(view)
     if payload_start > len(view):
         raise PackFormatError(f"{_CORRUPT} (truncated header)")
     try:
-        header = json.loads(zlib.decompress(view[PREFIX_BYTES:payload_start]).decode("utf-8"))
-        if header["version"] != FORMAT_VERSION:
-            raise PackFormatError(f"{_CORRUPT} (unsupported format version {header['version']!r})")
+        header = json.loads(_inflate(view[PREFIX_BYTES:payload_start]).decode("utf-8"))
+        if not isinstance(header, dict) or header.get("version") != FORMAT_VERSION:
+            version = header.get("version") if isinstance(header, dict) else None
+            raise PackFormatError(f"{_CORRUPT} (unsupported format version {version!r})")
         payload = view[payload_start:]
         if header["crc32"] != zlib.crc32(payload):
             raise PackFormatError(f"{_CORRUPT} (payload checksum mismatch)")
-        state: dict[str, torch.Tensor] = {}
-        expected_offset = 0
-        for entry in header["tensors"]:
-            lengths = [int(n) for n in entry["lengths"]]
-            if entry["offset"] != expected_offset or min(lengths, default=0) < 0:
-                raise PackFormatError(f"{_CORRUPT} (bad payload table)")
-            end = expected_offset + sum(lengths)
-            if end > len(payload):
-                raise PackFormatError(f"{_CORRUPT} (truncated payload)")
-            parts = _split(payload[expected_offset:end], lengths)
-            decode = _decode_raw if entry["encoding"] == "raw" else _decode_weight
-            state[str(entry["name"])] = decode(entry, parts)
-            expected_offset = end
-        if expected_offset != len(payload):
-            raise PackFormatError(f"{_CORRUPT} (trailing bytes)")
-        meta = header["meta"]
+        meta, tensors = header["meta"], header["tensors"]
         if not isinstance(meta, dict):
             raise PackFormatError(f"{_CORRUPT} (bad meta)")
+        if not isinstance(tensors, list) or not all(isinstance(entry, dict) for entry in tensors):
+            raise PackFormatError(f"{_CORRUPT} (bad tensor table)")
+        parsed = Header(meta, tensors, payload_start)
+        shapes = parsed.shapes
+        if len(shapes) != len(tensors):
+            raise PackFormatError(f"{_CORRUPT} (a tensor name appears twice)")
+        elements = sum(_numel(shape) for shape in shapes.values())
+        if elements > MAX_ELEMENTS:
+            raise PackFormatError(f"the file declares {elements} tensor elements, more than the {MAX_ELEMENTS} "
+                                  "this loader accepts")
+        offset = 0
+        for entry in tensors:
+            lengths = [int(n) for n in entry["lengths"]]
+            if entry["offset"] != offset or min(lengths, default=0) < 0:
+                raise PackFormatError(f"{_CORRUPT} (bad payload table)")
+            offset += sum(lengths)
+        if offset != len(payload):
+            raise PackFormatError(f"{_CORRUPT} ({'truncated payload' if offset > len(payload) else 'trailing bytes'})")
     except PackFormatError:
         raise
-    except (zlib.error, UnicodeDecodeError, *_DECODE_ERRORS) as error:
+    except (zlib.error, UnicodeDecodeError, RecursionError, *_DECODE_ERRORS) as error:
         raise PackFormatError(f"{_CORRUPT} ({type(error).__name__}: {error})") from error
-    return meta, state
+    return parsed
+
+
+def unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read packed bytes back into ``(meta, state)``.
+
+    Encoded weights come back as float32 equal to their quantizer's stored weight
+    (``methods.quantizers.stored_weight(original, mask, bits, quantizer)``); raw
+    entries keep their dtype and values. Every tensor is allocated at the shape the header declares
+    (see :func:`read_header` for the limits); a caller expecting given shapes checks
+    ``read_header(blob).shapes`` first.
+
+    Raises:
+        PackFormatError: If ``blob`` is not a packed model or is corrupt.
+    """
+    header = read_header(blob)
+    payload = memoryview(blob)[header.payload_start :]
+    state: dict[str, torch.Tensor] = {}
+    try:
+        offset = 0
+        for entry in header.tensors:
+            lengths = [int(n) for n in entry["lengths"]]
+            end = offset + sum(lengths)
+            decode = _decode_raw if entry["encoding"] == "raw" else _decode_weight
+            state[str(entry["name"])] = decode(entry, _split(payload[offset:end], lengths))
+            offset = end
+    except PackFormatError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise PackFormatError(f"{_CORRUPT} ({type(error).__name__}: {error})") from error
+    return header.meta, state
+
+
+def _inflate(data: memoryview) -> bytes:
+    """The decompressed header, refused beyond ``MAX_HEADER_BYTES`` (a small file must not inflate to gigabytes)."""
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(data, MAX_HEADER_BYTES + 1)
+    if len(text) > MAX_HEADER_BYTES:
+        raise PackFormatError(f"the file's header inflates to more than {MAX_HEADER_BYTES} bytes, "
+                              "more than this loader accepts")
+    if not inflater.eof:
+        raise PackFormatError(f"{_CORRUPT} (truncated header)")
+    return text
 
 
 def header_bytes(blob: bytes | memoryview) -> int:
@@ -224,8 +296,8 @@ def _encode_raw(tensor: torch.Tensor) -> tuple[dict[str, Any], list[bytes]]:
 
 def _decode_raw(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.Tensor:
     """Rebuild a verbatim tensor."""
-    dtype = getattr(torch, str(entry["dtype"]), None)
-    if not isinstance(dtype, torch.dtype):
+    dtype = _DTYPES.get(str(entry["dtype"]))
+    if dtype is None:
         raise PackFormatError(f"{_CORRUPT} (unknown dtype {entry['dtype']!r})")
     shape = _shape(entry)
     (data,) = parts
@@ -360,8 +432,11 @@ def _decode_index(entry: Mapping[str, Any], data: memoryview, numel: int, kept: 
         return flat_mask, None
     k = int(entry.get("k", 0))
     if mode == "relative" and MIN_RELATIVE_K <= k <= MAX_RELATIVE_K:
+        count = int(entry["index_symbols"])
+        if not 0 <= count <= kept + numel // (2**k - 1):  # a symbol per kept weight, an escape per 2**k - 1 gaps
+            raise PackFormatError(f"{_CORRUPT} (bad relative index length)")
         try:
-            symbols = symbol_coding.decode_symbols(str(entry["index_coding"]), data, k, int(entry["index_symbols"]))
+            symbols = symbol_coding.decode_symbols(str(entry["index_coding"]), data, k, count)
         except symbol_coding.StreamError as error:
             raise PackFormatError(f"{_CORRUPT} ({error})") from error
         ends = np.flatnonzero(symbols != 2**k - 1)
@@ -427,14 +502,14 @@ def _crc32(segments: list[bytes]) -> int:
 def _shape(entry: Mapping[str, Any]) -> tuple[int, ...]:
     """Validated tensor shape from a table entry."""
     shape = tuple(int(n) for n in entry["shape"])
-    if any(n < 0 for n in shape):
+    if len(shape) > MAX_DIMS or any(not 0 <= n <= MAX_ELEMENTS for n in shape):
         raise PackFormatError(f"{_CORRUPT} (bad shape)")
     return shape
 
 
 def _numel(shape: tuple[int, ...]) -> int:
     """Element count of ``shape``."""
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)
 
 
 def _split(data: memoryview, lengths: list[int]) -> list[memoryview]:

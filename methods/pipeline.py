@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -11,9 +12,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
-from methods.lowrank import factor_names, factorise_layers, replay_factorisation
+from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
 from methods.packing import WeightEncoding, pack, unpack
 from methods.pruning import apply_mask, lowest_mask
 from methods.quantizers import check_quantizer_names, stored_weight
@@ -21,6 +23,8 @@ from methods.saliency import saliency_scores
 from methods.structured import History, prune_channels, replay_pruning
 
 PACKED_MODEL_FORMAT = 1
+MAX_INPUT_ELEMENTS = 2**24
+"""Largest sample a file's ``input_shape`` may give (replaying its channel pruning traces one zero sample)."""
 
 
 @dataclass
@@ -192,12 +196,12 @@ def decode(blob: bytes, architecture: nn.Module, *, replay: bool = False) -> nn.
     Args:
         blob: a packed model file's bytes.
         architecture: a module of the right shape, or of the original shape with ``replay``.
-        replay: re-apply the file's structured pruning and low-rank factorisation first.
+        replay: re-apply the file's structured pruning and low-rank factorisation first
+            (:func:`replay_structure`).
     """
     meta, state = unpack(blob)
     if replay:
-        replay_pruning(architecture, meta["input_shape"], meta.get("history", []))
-        replay_factorisation(architecture, meta.get("factorised", {}))
+        replay_structure(architecture, meta)
     architecture.load_state_dict(state)
     return architecture.eval()
 
@@ -205,3 +209,76 @@ def decode(blob: bytes, architecture: nn.Module, *, replay: bool = False) -> nn.
 def history_of(meta: dict[str, Any]) -> History:
     """The structured-pruning history stored in a packed file's metadata."""
     return meta.get("history", [])
+
+
+def replay_structure(architecture: nn.Module, meta: Mapping[str, Any]) -> nn.Module:
+    """Re-applies a packed file's channel pruning and low-rank factorisation to ``architecture``, in place.
+
+    Every entry is checked against the architecture before anything is applied (a layer it has,
+    channel indices within the layer, a rank within the layer's), so an edited or damaged header is
+    refused instead of acted on; nothing in the header is imported or called.
+
+    Raises:
+        UsageError: when the header's history or ranks do not fit ``architecture``.
+    """
+    history = history_of(dict(meta))
+    if history:
+        input_shape = _checked_input_shape(meta.get("input_shape"))
+        _check_history(architecture, history)
+        try:
+            replay_pruning(architecture, input_shape, history)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on a history that does not fit
+            raise _unfit(f"its channel pruning cannot be replayed ({type(exc).__name__}: {exc})") from exc
+    factorised = meta.get("factorised", {})
+    _check_factorised(architecture, factorised)
+    replay_factorisation(architecture, factorised)
+    return architecture
+
+
+def _unfit(problem: str) -> UsageError:
+    return UsageError(f"the file's header does not fit the architecture: {problem}; "
+                      "the file was made from another model or is damaged")
+
+
+def _checked_input_shape(value: Any) -> tuple[int, ...]:
+    """The file's sample shape, which pruning replay traces one sample of: 1-4 positive sizes, bounded."""
+    ok = isinstance(value, list) and 1 <= len(value) <= 4 and all(type(d) is int and d >= 1 for d in value)
+    if not ok or math.prod(value) > MAX_INPUT_ELEMENTS:
+        raise _unfit(f"its input shape {str(value)[:80]} is not 1-4 positive sizes of at most "
+                     f"{MAX_INPUT_ELEMENTS} elements")
+    return tuple(value)
+
+
+def _check_history(model: nn.Module, history: Any) -> None:
+    """Every entry names a layer with weights and removes distinct channels it has."""
+    modules = dict(model.named_modules())
+    if not isinstance(history, list):
+        raise _unfit("its pruning history is not a list")
+    for number, entry in enumerate(history):
+        name, out, indices = entry if isinstance(entry, list) and len(entry) == 3 else (None, None, None)
+        module = modules.get(name) if isinstance(name, str) and name else None
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or type(out) is not bool:
+            raise _unfit(f"pruning history entry {number} ({str(entry)[:80]}) names no layer of the model it can prune")
+        size = weight.shape[0] if out else weight.shape[1] * getattr(module, "groups", 1)
+        in_range = isinstance(indices, list) and all(type(i) is int and 0 <= i < size for i in indices)
+        if not in_range or len(set(indices)) != len(indices):
+            raise _unfit(f"pruning history entry {number} removes channels {name!r} does not have (it has {size})")
+
+
+def _check_factorised(model: nn.Module, factorised: Any) -> None:
+    """Every low-rank layer is a factorisable layer of the (pruned) model, at a rank it can have."""
+    if not isinstance(factorised, dict):
+        raise _unfit("its low-rank layers are not a mapping")
+    modules = dict(model.named_modules())
+    for name, rank in factorised.items():
+        module = modules.get(name) if name else None
+        fits = (
+            module is not None and factorisable(module) and module.weight.shape[0] > 0
+            and type(rank) is int and 1 <= rank <= full_rank(module)
+        )
+        if not fits:
+            raise _unfit(f"its low-rank layer {name!r} at rank {str(rank)[:20]} is not a layer of the model "
+                         "that can have that rank")

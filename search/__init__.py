@@ -5,6 +5,7 @@ Python API::
     from search import run_search, load_model
     outcome = run_search(task="lenet5", budget_mb="60KB", searcher="tpe", trials=30)
     model = load_model(outcome.run_dir / outcome.models[0].model_file)
+    # a user model's file runs no code it names: load_model(path, model=MyNet()) or factory=MyNet
 
 Names are imported lazily, so the leaf modules (``core.policy``, ``core.budget``, ...)
 stay importable without torch.

@@ -1,4 +1,9 @@
-"""trials.csv: every evaluated candidate, appended and flushed one row at a time."""
+"""trials.csv: every evaluated candidate, appended and flushed one row at a time.
+
+A row is handed to the operating system before ``append`` returns, so a killed search keeps every
+finished trial. Rows are not fsynced (about 5 ms each, 3% of a LeNet-5 candidate): a power cut may
+lose the last ones, as it may the last entries of the Optuna study's journal.
+"""
 
 from __future__ import annotations
 
@@ -107,11 +112,12 @@ class TrialArchive:
         csv.DictWriter(buffer, COLUMNS).writeheader()
         return buffer.getvalue()
 
-    def _write_text(self, text: str, mode: str = "w") -> None:
+    def _write_text(self, text: str, mode: str = "w", sync: bool = True) -> None:
         with open(self.path, mode, newline="") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                os.fsync(handle.fileno())
 
     def _load(self) -> list[Trial]:
         text = self.path.read_text()
@@ -134,9 +140,9 @@ class TrialArchive:
         return buffer.getvalue()
 
     def append(self, searcher: str, policy: Policy, result: Result) -> Trial:
-        """Records one evaluated candidate durably and returns its row."""
+        """Records one evaluated candidate (flushed, not fsynced; see the module docstring) and returns its row."""
         feasible = result.ok and self.budget.admits(result.size_bytes, result.latency_ms)
         trial = Trial(len(self.trials), searcher, policy, result, feasible)
-        self._write_text(self._render(trial), mode="a")
+        self._write_text(self._render(trial), mode="a", sync=False)
         self.trials.append(trial)
         return trial

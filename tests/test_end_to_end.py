@@ -92,8 +92,11 @@ def test_resume_after_kill_loses_no_finished_trial(tmp_path: Path) -> None:
     assert (run / "pareto.csv").is_file()
 
     import optuna
+    from optuna.storages.journal import JournalFileBackend
 
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{run / 'study.db'}")
+    assert not (run / "study.db").exists()  # stock Optuna reads the study's journal
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(run / "study.journal")))
+    study = optuna.load_study(study_name="search", storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == sum(row["status"] == "ok" for row in after)
 

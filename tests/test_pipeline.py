@@ -60,12 +60,13 @@ def _data(n: int = 64) -> TensorDataset:
     return TensorDataset(inputs, torch.randint(0, 10, (n,), generator=generator))
 
 
-def _assert_reloads_exactly(compressed: CompressedModel, path: Path) -> None:
-    """The packed file, written and loaded back, computes exactly what the compressed model does."""
+def _assert_reloads_exactly(compressed: CompressedModel, path: Path, base: nn.Module) -> None:
+    """The packed file, written and loaded back into ``base``'s architecture, computes exactly what the compressed
+    model does."""
     write_packed(path, compressed.blob)
     with torch.inference_mode():
         x = torch.randn(3, 1, 28, 28)
-        assert torch.equal(load_model(path)(x), compressed.model(x))
+        assert torch.equal(load_model(path, model=base)(x), compressed.model(x))
 
 
 @pytest.mark.parametrize("steps", [0, 3])
@@ -78,7 +79,7 @@ def test_file_size_and_reloaded_outputs_are_exact(factory, tmp_path: Path, steps
     path = tmp_path / "m.acz"
     write_packed(path, compressed.blob)
     assert path.stat().st_size == compressed.size_bytes == len(compressed.blob)
-    reloaded = load_model(path)
+    reloaded = load_model(path, model=model)
     x = torch.randn(5, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(reloaded(x), compressed.model(x))
@@ -168,7 +169,7 @@ def test_kmeans_layers_share_values_through_finetune_and_file(factory, tmp_path:
     write_packed(path, compressed.blob)
     x = torch.randn(3, 1, 28, 28)
     with torch.inference_mode():
-        assert torch.equal(load_model(path)(x), compressed.model(x))
+        assert torch.equal(load_model(path, model=model)(x), compressed.model(x))
 
 
 def test_low_rank_layers_pack_and_reload_exactly(factory, tmp_path: Path) -> None:
@@ -190,7 +191,7 @@ def test_low_rank_layers_pack_and_reload_exactly(factory, tmp_path: Path) -> Non
         assert int((factor.weight == 0).sum()) >= int(0.5 * factor.weight.numel())
     path = tmp_path / "lowrank.acz"
     write_packed(path, compressed.blob)
-    reloaded = load_model(path)
+    reloaded = load_model(path, model=model)
     x = torch.randn(5, 1, 28, 28)
     with torch.inference_mode():
         assert torch.equal(reloaded(x), compressed.model(x))
@@ -212,7 +213,7 @@ def test_data_driven_saliency_picks_other_weights_and_reloads(factory, tmp_path:
     assert int(kept.sum()) == by_magnitude.model.fc.weight.count_nonzero()
     assert not torch.equal(kept, by_magnitude.model.fc.weight != 0)
     assert scored.meta["policy"]["saliency"] == saliency
-    _assert_reloads_exactly(scored, tmp_path / "s.acz")
+    _assert_reloads_exactly(scored, tmp_path / "s.acz", model)
     with pytest.raises(ValueError, match="calibration data"):
         compress(model, Policy.from_choices(choices, saliency), input_shape=(1, 28, 28), source={"model": source})
 
@@ -253,4 +254,4 @@ def test_channel_importance_is_applied_and_replayed(factory, tmp_path: Path, imp
                           input_shape=(1, 28, 28), source={"model": source}, refinement=refinement)
     assert compressed.model.stem.out_channels == 4
     assert compressed.meta["policy"]["channel_importance"] == importance
-    _assert_reloads_exactly(compressed, tmp_path / "c.acz")
+    _assert_reloads_exactly(compressed, tmp_path / "c.acz", model)

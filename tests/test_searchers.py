@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from core.budget import Budget
+from core.errors import UsageError
 from core.policy import Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
-from search.searchers import SEARCHERS, Finished, Searcher
+from search.searchers import SEARCHERS, Finished, OptunaSearcher, Searcher
+from search.searchers.study_storage import JOURNAL_FILE, LEGACY_FILE
 
 SPACE = SearchSpace(("conv1", "conv2", "fc1", "fc2"), ("conv1", "conv2", "fc1"), SpaceSettings())
 BUDGET = Budget(size_bytes=40_000, latency_ms=6.0)
@@ -95,3 +97,58 @@ def test_every_searcher_finds_feasible_candidates(name: str, tmp_path: Path) -> 
 
 def test_optuna_alias_is_tpe() -> None:
     assert SEARCHERS["optuna"] is SEARCHERS["tpe"]
+
+
+OPTUNA = [name for name in UNIQUE if issubclass(SEARCHERS[name], OptunaSearcher)]
+
+
+def _resumed(name: str, run_dir: Path, done: list[tuple[Policy, Result]], more: int) -> list[str]:
+    """Digests proposed by a searcher reopened on ``run_dir`` after ``done``, then driven ``more`` times."""
+    second = make(name, run_dir)
+    second.restore([Finished(p, r) for p, r in done])
+    return [p.digest() for p, _ in drive(second, more)]
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_a_trial_killed_between_ask_and_tell_is_told_on_resume(name: str, tmp_path: Path) -> None:
+    """The archive holds a result the study never heard of (killed after trials.csv, before tell).
+
+    26 trials: NSGA-II's second generation (from trial 20) breeds from the first, the killed trial included.
+    """
+    uninterrupted = [p.digest() for p, _ in drive(make(name, tmp_path / "full"), 26)]
+    first = make(name, tmp_path / "split")
+    done = drive(first, 11)
+    proposal = first.ask()
+    done.append((proposal.policy, synthetic(proposal.policy)))
+    del first  # no tell, no close: as after SIGKILL
+    assert [p.digest() for p, _ in done] + _resumed(name, tmp_path / "split", done, 14) == uninterrupted
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_a_journal_line_torn_by_a_crash_is_dropped(name: str, tmp_path: Path) -> None:
+    uninterrupted = [p.digest() for p, _ in drive(make(name, tmp_path / "full"), 16)]
+    done = drive(make(name, tmp_path / "split"), 12)
+    journal = tmp_path / "split" / JOURNAL_FILE
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial')
+    assert [p.digest() for p, _ in done] + _resumed(name, tmp_path / "split", done, 4) == uninterrupted
+    assert journal.read_bytes().startswith(whole)
+
+
+@pytest.mark.parametrize("name", OPTUNA)
+def test_run_folders_with_a_sqlite_study_keep_resuming_from_it(name: str, tmp_path: Path) -> None:
+    uninterrupted = [p.digest() for p, _ in drive(make(name, tmp_path / "full"), 16)]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / LEGACY_FILE).touch()  # an empty file is an empty SQLite database: the study goes there
+    done = drive(make(name, old), 12)
+    assert not (old / JOURNAL_FILE).exists()
+    assert [p.digest() for p, _ in done] + _resumed(name, old, done, 4) == uninterrupted
+
+
+def test_a_damaged_journal_is_a_usage_error(tmp_path: Path) -> None:
+    drive(make("tpe", tmp_path), 2)
+    with open(tmp_path / JOURNAL_FILE, "ab") as handle:
+        handle.write(b"not json\n")
+    with pytest.raises(UsageError, match="line .* is not a study journal entry"):
+        make("tpe", tmp_path)

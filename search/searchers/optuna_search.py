@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,23 +15,10 @@ from core.result import Result
 from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
 from search.searchers.samplers import make_sampler
+from search.searchers.study_storage import study_storage
 
 STUDY_NAME = "search"
-STUDY_FILE = "study.db"
 _DIGEST = "policy_digest"
-
-
-def _sqlite_storage(path: Path) -> optuna.storages.RDBStorage:
-    """SQLite storage in write-ahead-log mode: each commit survives a killed process without an fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, timeout=30)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        return connection
-
-    return optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"creator": connect})
 
 
 class TrialSuggest:
@@ -49,14 +35,14 @@ class TrialSuggest:
 
 
 class OptunaSearcher(Searcher):
-    """An Optuna study driven through ask/tell, stored in SQLite inside the run folder."""
+    """An Optuna study driven through ask/tell, journaled in the run folder (``study_storage``)."""
 
     multi_objective = False
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
         super().__init__(space, budget, seed, run_dir, **kwargs)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = None if run_dir is None else _sqlite_storage(run_dir / STUDY_FILE)
+        storage = None if run_dir is None else study_storage(run_dir)
         directions = ["maximize", "minimize", "minimize"] if self.multi_objective else ["maximize"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
