@@ -38,6 +38,7 @@ from torch import nn
 from envs.profile import DeviceProfile
 from envs.timing import measure_latency, time_forward
 from methods.discovery import trace_layers
+from methods.layer_kinds import LayerKind, kind_of
 
 TABLE_VERSION = 4
 PROFILE_ROUNDS = 3
@@ -49,7 +50,7 @@ PRECISION = "fp32"
 
 @dataclass(frozen=True)
 class LayerCall:
-    """One Conv2d or Linear call of a forward pass."""
+    """One call of a compressible layer (a registered kind: Conv2d, Linear, ...) in a forward pass."""
 
     key: str
     """Table key: layer type, configuration, input size and precision."""
@@ -77,18 +78,19 @@ class Overhead:
 
 
 def _key(module: nn.Module, shape: tuple[int, ...], precision: str) -> str:
-    if isinstance(module, nn.Conv2d):
-        parts = (
-            "conv", module.in_channels, module.out_channels, *module.kernel_size, *module.stride,
-            *module.padding, *module.dilation, module.groups, module.bias is not None, *shape[1:],
-        )
-    else:
-        parts = ("linear", module.in_features, module.out_features, module.bias is not None, *shape[:-1])
+    parts = _kind(module).timing_config(module, shape)
     return ":".join(str(int(p) if isinstance(p, bool) else p) for p in parts) + f":{precision}"
 
 
+def _kind(module: nn.Module) -> LayerKind:
+    kind = kind_of(module)
+    if kind is None:
+        raise ValueError(f"{type(module).__name__} is not a registered compressible layer kind")
+    return kind
+
+
 def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = PRECISION) -> list[LayerCall]:
-    """The Conv2d and Linear calls of one forward pass of ``model``, in execution order."""
+    """The compressible-layer calls of one forward pass of ``model``, in execution order."""
     calls: list[LayerCall] = []
 
     def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
@@ -100,13 +102,8 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
 
 
 def _fresh_layer(module: nn.Module) -> nn.Module:
-    """A new Conv2d or Linear of the same configuration as ``module`` (dense timing does not depend on values)."""
-    if isinstance(module, nn.Conv2d):
-        return nn.Conv2d(
-            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, module.bias is not None, module.padding_mode,
-        )
-    return nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    """A plain layer of the same configuration as ``module``, outside its model (its kind's ``standalone``)."""
+    return _kind(module).standalone(module)
 
 
 def profile_digest(device: DeviceProfile) -> str:

@@ -15,7 +15,10 @@ from core.space import SpaceSettings
 from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
+from methods.channel_importance import CHANNEL_IMPORTANCES
 from methods.finetune import FinetuneSettings
+from methods.quantizers import QUANTIZERS
+from methods.saliency import SALIENCIES
 from search.drivers import check_config, driver_for
 from search.export import ExportSettings
 
@@ -66,6 +69,7 @@ class SearchConfig:
         if self.device not in list_devices():
             raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(list_devices())}")
         self._check_devices()
+        _check_registered_names(self.space)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise UsageError(f"workers must be a positive integer, got {self.workers!r}")
         check_config(self)
@@ -141,6 +145,20 @@ _NESTED = {"space": SpaceSettings, "evaluator": EvaluatorSettings, "export": Exp
 FINETUNE_FIELD = "finetune"
 """The field of a section that holds a :class:`FinetuneSettings`; config.yaml spells it as the section's
 ``FINETUNE_KEYS`` (flat keys such as ``finetune_steps``), the one place that maps the two shapes."""
+
+
+def _check_registered_names(space: SpaceSettings) -> None:
+    """Every quantizer, saliency and channel criterion the space allows is a registered one.
+
+    Raises:
+        UsageError: naming the first unknown entry and the registered choices.
+    """
+    for key, registry in (("quantizers", QUANTIZERS), ("saliencies", SALIENCIES),
+                          ("channel_importances", CHANNEL_IMPORTANCES)):
+        unknown = [name for name in getattr(space, key) if name not in registry]
+        if unknown:
+            raise UsageError(f"unknown {registry.kind} {unknown[0]!r} in space.{key}; "
+                             f"choose from: {', '.join(registry.names())}")
 
 
 def _finetune_keys(cls: type) -> dict[str, str]:

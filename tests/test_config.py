@@ -86,3 +86,13 @@ def test_the_final_finetune_runs_the_epochs_with_the_runs_seed() -> None:
     settings = ExportSettings(finetune_epochs=2.0, finetune=FinetuneSettings(lr=2e-4, distill_alpha=0.5))
     evaluator = SimpleNamespace(task=SimpleNamespace(train=range(100)))
     assert settings.final_finetune(evaluator, seed=7) == replace(settings.finetune, steps=4, seed=7)  # 200 / 64
+
+
+@pytest.mark.parametrize(
+    ("key", "registered"),
+    [("quantizers", "linear"), ("saliencies", "magnitude"), ("channel_importances", "l1")],
+)
+def test_an_unregistered_name_in_the_space_is_a_usage_error_naming_the_choices(key: str, registered: str) -> None:
+    build_config({"space": {key: [registered]}})
+    with pytest.raises(UsageError, match=f"'nope' in space.{key}; choose from: .*{registered}"):
+        build_config({"space": {key: [registered, "nope"]}})

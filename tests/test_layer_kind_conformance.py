@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import methods.layer_kinds as layer_kinds
 from core.policy import LayerChoice, Policy
 from core.registry import Registry
-from envs.latency_model import _key
+from envs.latency_model import _key, layer_calls
 from methods.discovery import discover_layers
 from methods.layer_kinds import LAYER_KINDS, LayerKind, kind_of
 from methods.layer_kinds.conv2d import Conv2dKind
@@ -119,13 +119,26 @@ def test_timing_config_is_a_key_of_the_configuration(name: str, kind: LayerKind)
 
 
 @pytest.mark.parametrize(
-    "layer", [nn.Conv2d(3, 8, (3, 1), stride=2, padding=(1, 0), groups=1, bias=False), nn.Linear(6, 5)]
+    ("layer", "shape", "key"),
+    [
+        (nn.Conv2d(3, 8, (3, 1), stride=2, padding=(1, 0), bias=False), (3, 12, 12),
+         "conv:3:8:3:1:2:2:1:0:1:1:1:0:12:12:fp32"),
+        (nn.Linear(6, 5), (4, 6), "linear:6:5:1:4:fp32"),
+    ],
 )
-def test_timing_config_gives_the_latency_tables_keys(layer: nn.Module) -> None:
-    """The keys of the latency tables written so far stay valid once the latency model asks the kinds."""
-    shape = (3, 12, 12) if isinstance(layer, nn.Conv2d) else (4, 6)
-    parts = kind_of(layer).timing_config(layer, shape)
-    assert ":".join(str(int(p) if isinstance(p, bool) else p) for p in parts) + ":fp32" == _key(layer, shape, "fp32")
+def test_latency_table_keys_of_the_built_in_kinds_keep_their_format(
+    layer: nn.Module, shape: tuple[int, ...], key: str
+) -> None:
+    """Latency tables written earlier stay valid: the keys the latency model builds from the kinds are unchanged."""
+    assert _key(layer, shape, "fp32") == key
+
+
+@pytest.mark.parametrize(("name", "kind"), KINDS, ids=[name for name, _ in KINDS])
+def test_the_latency_model_times_every_kind(name: str, kind: LayerKind) -> None:
+    layer, shape = kind.example()
+    calls = layer_calls(nn.Sequential(layer), shape)
+    assert [call.module for call in calls] == [layer]
+    assert calls[0].key.startswith(":".join(str(part) for part in kind.timing_config(layer, shape)[:2]))
 
 
 def test_hand_counted_macs_of_the_built_in_kinds() -> None:
