@@ -29,7 +29,7 @@ class LocalDriver(Driver):
     name = "local"
 
     def searchers(self) -> tuple[str, ...]:
-        return tuple(SEARCHERS)
+        return SEARCHERS.names()
 
     def options_type(self, searcher: str) -> type | None:
         return SEARCHERS[searcher].options_type
