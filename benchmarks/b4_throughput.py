@@ -98,12 +98,17 @@ def main() -> None:
             print(", ".join(f"{k} {v:.0f}" for k, v in row.items()), file=sys.stderr)
     frame = pd.DataFrame(rows)
     plain = median(frame.plain)
-    lines = ["| loop | candidates / min (median) | overhead vs plain |", "|---|---:|---:|",
-             f"| plain torch (prune + quantize + 1000-image eval) | {plain:.0f} | - |"]
+    lines = ["| loop | candidates / min: median (min-max) | overhead vs plain: of the medians "
+             "| per round: median (min-max) |", "|---|---:|---:|---:|",
+             f"| plain torch (prune + quantize + 1000-image eval) | {plain:.0f} "
+             f"({frame.plain.min():.0f}-{frame.plain.max():.0f}) | - | - |"]
     for name in loops:
         rate = median(frame[name])
+        per_round = 100 * (frame.plain / frame[name] - 1)
         lines.append(f"| project, {name} searcher (evaluator, packed file, latency, trials.csv"
-                     f"{', study journal' if name == 'tpe' else ''}) | {rate:.0f} | {100 * (plain / rate - 1):.1f}% |")
+                     f"{', study journal' if name == 'tpe' else ''}) | {rate:.0f} "
+                     f"({frame[name].min():.0f}-{frame[name].max():.0f}) | {100 * (plain / rate - 1):.1f}% "
+                     f"| {median(per_round):.1f}% ({per_round.min():.1f}-{per_round.max():.1f}%) |")
     summary = "\n".join(lines) + (
         f"\n\n{args.rounds} rounds x {args.per_round} candidates per loop, loops alternating within each round."
     )

@@ -90,6 +90,9 @@ class EvaluatorSettings:
     new architectures. Exported models are always measured."""
     latency_check_every: int = 5
     """With predicted latency, every this-many-th new architecture is also measured, to report the error."""
+    decode_check_every: int = 20
+    """Every this-many-th candidate (the first included) is also decoded from its packed bytes in full and
+    compared bit for bit with the model that is measured; exported models always are."""
 
     def __post_init__(self) -> None:
         if self.calibration_images < 1:
@@ -101,6 +104,8 @@ class EvaluatorSettings:
             raise ValueError(f"latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         if self.latency_check_every < 1:
             raise ValueError("latency_check_every must be at least 1")
+        if self.decode_check_every < 1:
+            raise ValueError("decode_check_every must be at least 1")
 
 
 class Evaluator:
@@ -113,6 +118,8 @@ class Evaluator:
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
         self._cache: dict[str, Result] = {}
+        self._compressed = 0
+        """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
         self._latency_by_shape: dict[tuple, float] = {}
         self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
         self._predictor: LatencyPredictor | None = None
@@ -146,8 +153,9 @@ class Evaluator:
             saliency_data=TensorDataset(*(t[: self.settings.saliency_images] for t in self.task.train.tensors)),
         )
 
-    def compress(self, policy: Policy, refinement: Refinement | None = None) -> CompressedModel:
-        """Applies ``policy`` to a copy of the task's model and packs it."""
+    def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:
+        """Applies ``policy`` to a copy of the task's model and packs it (``verify``: decode the bytes in full
+        and check them against the measured model)."""
         return compress(
             self.task.model,
             policy,
@@ -155,6 +163,7 @@ class Evaluator:
             source=self.task.source,
             channel_multiple=self.device.channel_multiple,
             refinement=refinement or self.refinement(self.settings.finetune),
+            verify=verify,
         )
 
     @property
@@ -253,8 +262,10 @@ class Evaluator:
         if key in self._cache:
             return self._cache[key]
         start = time.perf_counter()
+        verify = self._compressed % self.settings.decode_check_every == 0
+        self._compressed += 1
         try:
-            result = self.measure(self.compress(policy))
+            result = self.measure(self.compress(policy, verify=verify))
             result = Result(**{**result.to_dict(), "seconds": time.perf_counter() - start})
         except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the search
             if on_error is not None:

@@ -57,6 +57,21 @@ def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.nd
     return lengths
 
 
+def size_lower_bound(counts: np.ndarray) -> int:
+    """A lower bound of ``huffman_size`` for these symbol counts, from their entropy (no code is built).
+
+    No prefix code spends fewer bits than the counts' entropy, and the table takes at least one byte;
+    the bound is rounded down so that float error cannot lift it above the real size.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = float(counts.sum())
+    present = counts[counts > 0]
+    if present.size <= 1:
+        return 1 + int(total) // 8
+    entropy_bits = float(-(present * np.log2(present / total)).sum())
+    return 1 + int(entropy_bits * (1 - 1e-9)) // 8
+
+
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     """Canonical code (uint32, right-aligned) per symbol, 0 where the length is 0; ValueError if Kraft sum > 1."""
     lengths = _check_lengths(lengths)

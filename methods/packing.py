@@ -87,6 +87,18 @@ class WeightEncoding:
     """Huffman-code the weight codes and the relative index where that is smaller."""
 
 
+@dataclass(frozen=True)
+class PackedModel:
+    """A packed file and the state it decodes to."""
+
+    blob: bytes
+    """The file's bytes."""
+    state: dict[str, torch.Tensor]
+    """What :func:`unpack` returns for ``blob``, computed from the encoder's own codes and tables: only the
+    lossless steps (entropy coding, bit packing, the sparse index) are not run backwards;
+    :func:`verify_packed` runs them."""
+
+
 def pack(
     state: Mapping[str, torch.Tensor],
     encodings: Mapping[str, WeightEncoding],
@@ -105,18 +117,67 @@ def pack(
     Raises:
         ValueError: On an unknown name, a bad mask or bit width, or non-JSON ``meta``.
     """
+    return _pack(state, encodings, meta, with_state=False).blob
+
+
+def pack_model(
+    state: Mapping[str, torch.Tensor],
+    encodings: Mapping[str, WeightEncoding],
+    meta: Mapping[str, Any],
+) -> PackedModel:
+    """:func:`pack`, plus the state the file decodes to, without decoding it (see :class:`PackedModel`)."""
+    return _pack(state, encodings, meta, with_state=True)
+
+
+def verify_packed(packed: PackedModel) -> None:
+    """Decodes ``packed.blob`` in full and checks that it gives ``packed.state`` bit for bit.
+
+    Raises:
+        PackFormatError: naming the first tensor that differs.
+    """
+    _, decoded = unpack(packed.blob)
+    if list(decoded) != list(packed.state):
+        raise PackFormatError("the packed file does not decode to the packed state (tensor names differ)")
+    for name, tensor in decoded.items():
+        expected = packed.state[name]
+        same = tensor.dtype == expected.dtype and tensor.shape == expected.shape and torch.equal(
+            _bits(tensor), _bits(expected)
+        )
+        if not same:
+            raise PackFormatError(f"the packed file does not decode to the packed value of {name!r}")
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes (so that -0.0 and 0.0, or two NaNs, compare as stored)."""
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _pack(
+    state: Mapping[str, torch.Tensor],
+    encodings: Mapping[str, WeightEncoding],
+    meta: Mapping[str, Any],
+    *,
+    with_state: bool,
+) -> PackedModel:
     unknown = sorted(set(encodings) - set(state))
     if unknown:
         raise ValueError(f"encodings name tensors missing from the state: {unknown}")
     table: list[dict[str, Any]] = []
     segments: list[bytes] = []
+    stored: dict[str, torch.Tensor] = {}
     offset = 0
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"state entry {name!r} is a {type(tensor).__name__}, not a tensor")
         tensor = tensor.detach().cpu()
         encoding = encodings.get(name)
-        entry, parts = _encode_raw(tensor) if encoding is None else _encode_weight(tensor, encoding)
+        if encoding is None:
+            entry, parts = _encode_raw(tensor)
+            value = tensor
+        else:
+            entry, parts, value = _encode_weight(tensor, encoding, with_state)
+        if with_state:
+            stored[name] = value
         lengths = [len(part) for part in parts]
         table.append({"name": name, **entry, "offset": offset, "lengths": lengths})
         segments.extend(parts)
@@ -133,7 +194,7 @@ def pack(
         separators=(",", ":"),
     )
     header = zlib.compress(text.encode("utf-8"), 9)
-    return b"".join([MAGIC, _LENGTH.pack(len(header)), header, *segments])
+    return PackedModel(b"".join([MAGIC, _LENGTH.pack(len(header)), header, *segments]), stored)
 
 
 @dataclass(frozen=True)
@@ -313,8 +374,11 @@ def _decode_raw(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.Tens
 # --- encoded weights -------------------------------------------------------------
 
 
-def _encode_weight(tensor: torch.Tensor, encoding: WeightEncoding) -> tuple[dict[str, Any], list[bytes]]:
-    """Table entry and payload segments of a pruned / quantized weight."""
+def _encode_weight(
+    tensor: torch.Tensor, encoding: WeightEncoding, with_value: bool = False
+) -> tuple[dict[str, Any], list[bytes], torch.Tensor | None]:
+    """Table entry and payload segments of a pruned / quantized weight, and (``with_value``) the float32 weight
+    they decode to, from the codes and tables before entropy coding."""
     mask, bits = encoding.mask.detach().cpu(), int(encoding.bits)
     if mask.dtype != torch.bool or mask.shape != tensor.shape:
         raise ValueError(f"mask must be bool of shape {tuple(tensor.shape)}, got {mask.dtype} {tuple(mask.shape)}")
@@ -339,11 +403,17 @@ def _encode_weight(tensor: torch.Tensor, encoding: WeightEncoding) -> tuple[dict
         values = tensor.to(torch.float32).numpy().reshape(-1)
         if positions is not None:
             values = values.take(positions)
-        return entry, [index.data, values.astype("<f4").tobytes()]
+        data = values.astype("<f4").tobytes()
+        value = _scatter(np.frombuffer(data, dtype="<f4"), flat_mask, positions, tensor.shape) if with_value else None
+        return entry, [index.data, data], value
     codes = quantizer.encode(tensor, mask, bits, positions)
     entry.update(codes.fields)
     entry["codes_coding"], stream = symbol_coding.encode_symbols(codes.symbols, bits, encoding.huffman)
-    return entry, [index.data, *codes.tables, stream]
+    value = None
+    if with_value:
+        read_back = json.loads(json.dumps(entry, separators=(",", ":")))  # the entry as the file's header holds it
+        value = quantizer.decode(Codes(codes.symbols, tuple(codes.tables), read_back), mask, bits)
+    return entry, [index.data, *codes.tables, stream], value
 
 
 def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.Tensor:
@@ -371,12 +441,7 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
         raise PackFormatError(f"{_CORRUPT} (value size mismatch)")
     flat_mask, positions = _decode_index(entry, parts[0], numel, kept)
     if quantizer is None:
-        values = np.frombuffer(parts[1], dtype="<f4").astype(np.float32)
-        if kept == numel:
-            return torch.from_numpy(values).reshape(shape)
-        out = np.zeros(numel, dtype=np.float32)
-        out[np.flatnonzero(flat_mask) if positions is None else positions] = values
-        return torch.from_numpy(out).reshape(shape)
+        return _scatter(np.frombuffer(parts[1], dtype="<f4"), flat_mask, positions, shape)
     try:
         codes = symbol_coding.decode_symbols(str(entry["codes_coding"]), parts[-1], bits, kept)
     except symbol_coding.StreamError as error:
@@ -386,6 +451,18 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
         return quantizer.decode(Codes(codes, tuple(parts[1:-1]), entry), mask, bits)
     except ValueError as error:
         raise PackFormatError(f"{_CORRUPT} ({error})") from error
+
+
+def _scatter(
+    values: np.ndarray, flat_mask: np.ndarray, positions: np.ndarray | None, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A float32 tensor of ``shape`` holding ``values`` at the kept positions and zeros elsewhere."""
+    values = values.astype(np.float32)
+    if values.size == flat_mask.size:
+        return torch.from_numpy(values).reshape(shape)
+    out = np.zeros(flat_mask.size, dtype=np.float32)
+    out[np.flatnonzero(flat_mask) if positions is None else positions] = values
+    return torch.from_numpy(out).reshape(shape)
 
 
 # --- sparse index ----------------------------------------------------------------
@@ -405,10 +482,10 @@ def _encode_index(numel: int, positions: np.ndarray | None, allow_huffman: bool)
         return _Index({"index": "dense"}, b"")
     bitmask_len = packed_len(numel, 1)
     gaps = np.diff(positions, prepend=-1) - 1
-    k, coding = _best_relative(gaps, allow_huffman)
-    symbols = _relative_symbols(gaps, k)
-    coding, data = symbol_coding.encode_symbols(symbols, k, allow_huffman=coding == symbol_coding.HUFFMAN)
-    if len(data) < bitmask_len:
+    size, k, coding = _best_relative(gaps, allow_huffman)
+    if size < bitmask_len:  # the relative index is only built when it wins
+        symbols = _relative_symbols(gaps, k)
+        coding, data = symbol_coding.encode_symbols(symbols, k, allow_huffman=coding == symbol_coding.HUFFMAN)
         entry = {"index": "relative", "k": k, "index_coding": coding, "index_symbols": int(symbols.size)}
         return _Index(entry, data)
     flat_mask = np.zeros(numel, dtype=np.bool_)
@@ -460,22 +537,22 @@ def _symbol_counts(gap_histogram: np.ndarray, k: int) -> np.ndarray:
     return counts
 
 
-def _best_relative(gaps: np.ndarray, allow_huffman: bool) -> tuple[int, str]:
-    """Symbol width 2-8 and coding (fixed or Huffman) minimising the relative index's bytes."""
+def _best_relative(gaps: np.ndarray, allow_huffman: bool) -> tuple[int, int, str]:
+    """Bytes, symbol width 2-8 and coding (fixed or Huffman) of the smallest relative index."""
     histogram = np.bincount(gaps) if gaps.size else np.zeros(1, dtype=np.int64)
     best: tuple[int, int, str] | None = None
     for k in range(MIN_RELATIVE_K, MAX_RELATIVE_K + 1):
         counts = _symbol_counts(histogram, k)
-        options = [(packed_len(int(counts.sum()), k), symbol_coding.FIXED)]
-        if allow_huffman:
+        fixed = packed_len(int(counts.sum()), k)
+        if best is None or fixed < best[0]:
+            best = (fixed, k, symbol_coding.FIXED)
+        if allow_huffman and huffman.size_lower_bound(counts) < best[0]:  # else Huffman cannot win at this k
             lengths = huffman.code_lengths(counts)
             huff = huffman.table_size(lengths) + -(-huffman.encoded_bits(counts, lengths) // 8)
-            options.append((huff, symbol_coding.HUFFMAN))
-        for size, coding in options:
-            if best is None or size < best[0]:
-                best = (size, k, coding)
+            if huff < best[0]:
+                best = (huff, k, symbol_coding.HUFFMAN)
     assert best is not None
-    return best[1], best[2]
+    return best
 
 
 def _relative_symbols(gaps: np.ndarray, k: int) -> np.ndarray:

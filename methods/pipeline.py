@@ -16,7 +16,7 @@ from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
-from methods.packing import WeightEncoding, pack, unpack
+from methods.packing import WeightEncoding, pack_model, unpack, verify_packed
 from methods.pruning import apply_mask, lowest_mask
 from methods.quantizers import check_quantizer_names, stored_weight
 from methods.saliency import saliency_scores
@@ -29,10 +29,10 @@ MAX_INPUT_ELEMENTS = 2**24
 
 @dataclass
 class CompressedModel:
-    """A compressed candidate: the packed bytes and the model decoded from them."""
+    """A compressed candidate: the packed bytes and the model holding what they decode to."""
 
     model: nn.Module
-    """Runnable model rebuilt from ``blob`` (eval mode); what gets measured."""
+    """Runnable model (eval mode) holding exactly the state ``blob`` decodes to; what gets measured."""
     blob: bytes
     """The packed file; its length is the reported size."""
     meta: dict[str, Any]
@@ -146,11 +146,17 @@ def compress(
     source: dict[str, str],
     channel_multiple: int = 1,
     refinement: Refinement = Refinement(),
+    verify: bool = True,
 ) -> CompressedModel:
     """Applies ``policy`` to a copy of ``base``: channels, then weights, then refinement, then packing.
 
-    The returned model is decoded from the packed bytes, so what is measured is exactly
-    what the file holds.
+    The returned model holds the state the packed bytes decode to, so what is measured is exactly what
+    the file holds: quantized weights are rebuilt from the file's own codes and tables
+    (:func:`methods.packing.pack_model`). With ``verify`` the bytes are also decoded in full (entropy
+    coding, bit packing and the sparse index run backwards) and compared bit for bit.
+
+    Raises:
+        PackFormatError: with ``verify``, when the bytes do not decode to that state.
     """
     check_quantizer_names(policy)
     model = copy.deepcopy(base).eval()
@@ -186,8 +192,11 @@ def compress(
     encodings = {
         f"{name}.weight": WeightEncoding(masks[name], codes[name].bits, codes[name].quantizer) for name in masks
     }
-    blob = pack(model.state_dict(), encodings, meta)
-    return CompressedModel(model=decode(blob, model), blob=blob, meta=meta)
+    packed = pack_model(model.state_dict(), encodings, meta)
+    if verify:
+        verify_packed(packed)
+    model.load_state_dict(packed.state)
+    return CompressedModel(model=model.eval(), blob=packed.blob, meta=meta)
 
 
 def decode(blob: bytes, architecture: nn.Module, *, replay: bool = False) -> nn.Module:

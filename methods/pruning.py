@@ -56,7 +56,8 @@ def lowest_mask(scores: torch.Tensor, sparsity: float, previous: torch.Tensor | 
     count = pruned_count(numel, sparsity)
     keep = np.ones(numel, dtype=np.bool_)
     if count:
-        values = scores.detach().cpu().to(torch.float64).numpy().reshape(-1).copy()
+        exact = scores.dtype in (torch.float32, torch.float64)  # float32 orders and ties exactly as float64
+        values = scores.detach().cpu().to(scores.dtype if exact else torch.float64).numpy().reshape(-1).copy()
         if previous is not None:
             values[~previous.cpu().numpy().reshape(-1)] = -np.inf
         # O(n) selection instead of a full sort: everything below the count-th

@@ -22,14 +22,16 @@ class StreamError(ValueError):
 
 def encode_symbols(symbols: np.ndarray, bits: int, allow_huffman: bool = True) -> tuple[str, bytes]:
     """The smaller of the fixed-width and the Huffman-coded segment for ``symbols`` (< 2**bits)."""
-    fixed = pack_bits(symbols, bits)
     if not allow_huffman or symbols.size == 0:
-        return FIXED, fixed
+        return FIXED, pack_bits(symbols, bits)
+    fixed = packed_len(symbols.size, bits)
     counts = huffman.symbol_counts(symbols, 2**bits)
+    if huffman.size_lower_bound(counts) >= fixed:  # Huffman cannot be smaller: no code is built
+        return FIXED, pack_bits(symbols, bits)
     lengths = huffman.code_lengths(counts)
     size = huffman.table_size(lengths) + -(-huffman.encoded_bits(counts, lengths) // 8)
-    if size >= len(fixed):
-        return FIXED, fixed
+    if size >= fixed:
+        return FIXED, pack_bits(symbols, bits)
     return HUFFMAN, huffman.table_bytes(lengths) + huffman.encode(symbols, lengths)
 
 

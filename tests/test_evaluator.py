@@ -72,3 +72,34 @@ def test_architecture_key_ignores_parameter_registration_order() -> None:
     assert [tuple(p.shape) for p in first.parameters()] != [tuple(p.shape) for p in second.parameters()]
     assert _architecture_key(first) == _architecture_key(second)
     assert _architecture_key(first) != _architecture_key(nn.Sequential(nn.Linear(4, 2)))
+
+
+def test_every_nth_candidate_is_decoded_in_full_and_a_mismatch_fails_it(
+    evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search measures the state built from the encoder's codes; every n-th candidate also decodes the bytes,
+    and bytes that decode to anything else (here a decoder that shifts one weight) fail that candidate."""
+    import torch
+
+    import methods.packing as packing
+    from envs.evaluator import EvaluatorSettings
+
+    real_unpack = packing.unpack
+
+    def off_by_one_unpack(blob: bytes):  # noqa: ANN202 - the signature of unpack
+        meta, state = real_unpack(blob)
+        state["fc1.weight"].view(-1)[0] = torch.nextafter(state["fc1.weight"].view(-1)[0], torch.tensor(1.0))
+        return meta, state
+
+    monkeypatch.setattr(packing, "unpack", off_by_one_unpack)
+    checking = Evaluator(evaluator.task, FAST, EvaluatorSettings(decode_check_every=2))
+    policies = [Policy.from_choices({"fc1": LayerChoice(s, 4)}) for s in (0.5, 0.6, 0.7, 0.8)]
+    results = [checking.evaluate(p) for p in policies]
+    assert [r.ok for r in results] == [False, True, False, True]
+    assert "fc1.weight" in results[0].error and "does not decode" in results[0].error
+    with pytest.raises(packing.PackFormatError, match="fc1.weight"):
+        checking.compress(policies[1])  # outside the search loop every compression is checked
+    monkeypatch.setattr(packing, "unpack", real_unpack)
+    assert checking.compress(policies[1]).blob == evaluator.compress(policies[1]).blob
+    with pytest.raises(ValueError, match="decode_check_every"):
+        EvaluatorSettings(decode_check_every=0)

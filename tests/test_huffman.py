@@ -18,6 +18,7 @@ from methods.huffman import (
     encode,
     encoded_bits,
     huffman_size,
+    size_lower_bound,
     symbol_counts,
     table_bytes,
     table_from_bytes,
@@ -205,3 +206,21 @@ def test_bad_inputs_are_rejected() -> None:
         table_from_bytes(table, 39)  # does not fit the alphabet
     with pytest.raises(ValueError):
         table_from_bytes(b"\x07\x00\xff", 40)  # width beyond the longest code
+
+
+@given(counts=st.lists(st.integers(0, 10**6), min_size=1, max_size=256).filter(lambda c: sum(c) > 0))
+@settings(max_examples=300, deadline=None)
+def test_the_entropy_bound_never_exceeds_the_real_size(counts: list[int]) -> None:
+    """The packer skips building a code when this bound already loses, so it must never overstate the size."""
+    array = np.array(counts, dtype=np.int64)
+    lengths = code_lengths(array)
+    real = table_size(lengths) + -(-encoded_bits(array, lengths) // 8)
+    assert size_lower_bound(array) <= real
+
+
+def test_the_entropy_bound_rules_out_huffman_on_uniform_codes() -> None:
+    """Uniform 8-bit codes (a dense layer at 8 bits): the bound alone shows fixed width is smaller."""
+    counts = np.full(256, 1000)
+    assert size_lower_bound(counts) >= 256 * 1000  # so encode_symbols keeps fixed width without a code
+    lengths = code_lengths(counts)
+    assert table_size(lengths) + encoded_bits(counts, lengths) // 8 > 256 * 1000

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from methods.packing import WeightEncoding, pack, unpack
+from methods.packing import PackFormatError, WeightEncoding, pack, pack_model, unpack, verify_packed
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_v1.acz"
 """Written by :func:`golden_blob` with the packer as it was before quantizers became a registry."""
@@ -74,3 +76,24 @@ def test_the_golden_file_still_loads() -> None:
     for name, tensor in read_state.items():
         assert tensor.dtype == again[name].dtype and tensor.shape == state[name].shape
         assert tensor.numpy().tobytes() == again[name].numpy().tobytes()
+
+
+def test_pack_model_gives_the_state_the_file_decodes_to_for_every_encoding() -> None:
+    """The state the search measures (built from the encoder's codes) is what a full decode of the file gives."""
+    packed = pack_model(*golden_inputs())
+    assert packed.blob == GOLDEN.read_bytes()
+    _, decoded = unpack(packed.blob)
+    assert list(packed.state) == list(decoded)
+    for name, tensor in decoded.items():
+        assert tensor.dtype == packed.state[name].dtype and tensor.shape == packed.state[name].shape
+        assert tensor.numpy().tobytes() == packed.state[name].numpy().tobytes()
+    verify_packed(packed)
+
+
+@pytest.mark.parametrize("name", ["linear_huffman.weight", "kmeans_relative.weight", "fp32_bitmask.weight", "half"])
+def test_verify_packed_names_a_tensor_the_bytes_do_not_give(name: str) -> None:
+    packed = pack_model(*golden_inputs())
+    changed = packed.state[name].clone()
+    changed.view(-1)[0] = torch.nextafter(changed.view(-1)[0], torch.tensor(1.0, dtype=changed.dtype))
+    with pytest.raises(PackFormatError, match=name.replace(".", r"\.")):
+        verify_packed(replace(packed, state={**packed.state, name: changed}))

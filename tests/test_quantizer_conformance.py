@@ -18,7 +18,15 @@ from core.registry import UnknownEntryError
 from core.space import SpaceSettings
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune
 from methods.packed_size import weight_bytes_upper
-from methods.packing import RESERVED_ENCODINGS, WeightEncoding, index_bytes, pack, unpack, weight_payload_bytes
+from methods.packing import (
+    RESERVED_ENCODINGS,
+    WeightEncoding,
+    index_bytes,
+    pack,
+    pack_model,
+    unpack,
+    weight_payload_bytes,
+)
 from methods.pipeline import compress
 from methods.quantizers import QUANTIZERS, Quantizer, check_quantizer_names, stored_weight
 
@@ -86,7 +94,10 @@ def test_pack_then_unpack_is_quantize_dequantize_and_within_the_bound(
     encoding = WeightEncoding(mask, bits, name, huffman=huffman)
     for source in (weight, stored):  # the pipeline packs the stored weight
         blob = pack({"w": source}, {"w": encoding}, {})
-        assert _bits_equal(unpack(blob)[1]["w"], quantizer.quantize_dequantize(source, mask, bits))
+        decoded = unpack(blob)[1]["w"]
+        assert _bits_equal(decoded, quantizer.quantize_dequantize(source, mask, bits))
+        packed = pack_model({"w": source}, {"w": encoding}, {})  # what the search measures, without decoding
+        assert packed.blob == blob and _bits_equal(packed.state["w"], decoded)
     real = weight_payload_bytes(stored, encoding)
     numel, kept, channels = weight.numel(), int(mask.sum()), shape[0]
     assert real <= weight_bytes_upper(numel, channels, kept, bits, quantizer=name)

@@ -10,7 +10,7 @@ import pytest
 from core.registry import UnknownEntryError
 from core.space import SearchSpace, SpaceSettings
 from search.searchers.optuna_search import TrialSuggest
-from search.searchers.samplers import SAMPLERS, SamplerSpec, make_sampler
+from search.searchers.samplers import SAMPLERS, SamplerSpec, make_sampler, reseed
 
 SPACE = SearchSpace(("conv1", "conv2", "fc1", "fc2"), ("conv1", "conv2", "fc1"), SpaceSettings())
 TRIALS = 24
@@ -33,12 +33,21 @@ def _values(name: str, keep: float, bits: float) -> list[float]:
     return [accuracy, keep * bits, keep] if SAMPLERS[name].multi_objective else [accuracy]
 
 
-def _drive(name: str, seed: int, concurrent: bool = False, batch: int = 1) -> list[str]:
-    """Runs a study over the shared space, ``batch`` trials asked before any is told; returns the policies."""
+def _drive(name: str, seed: int, concurrent: bool = False, batch: int = 1, reseeding: str = "") -> list[str]:
+    """Runs a study over the shared space, ``batch`` trials asked before any is told; returns the policies.
+
+    ``reseeding``: before each ask, ``rebuild`` the sampler or ``reseed`` it in place with a seed that
+    depends on the trials so far (as the ask/tell searchers do); empty: neither.
+    """
     study, policies = _study(name, seed, concurrent), []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         while len(policies) < TRIALS:
+            step_seed = seed * 1_000_003 + len(policies)
+            if reseeding == "rebuild":
+                study.sampler = make_sampler(name, step_seed, concurrent=concurrent)
+            elif reseeding == "reseed":
+                assert reseed(study.sampler, step_seed)
             asked = [study.ask() for _ in range(batch)]
             for trial in asked:
                 policy = SPACE.sample(TrialSuggest(trial))
@@ -81,3 +90,13 @@ def test_the_ray_sweep_accepts_every_sampler(name: str) -> None:
 def test_unknown_sampler_names_the_choices() -> None:
     with pytest.raises(UnknownEntryError, match="tpe"):
         make_sampler("cmaes", 0)
+
+
+def test_reseeding_in_place_proposes_what_a_new_sampler_would(name: str) -> None:
+    """The searchers restart the sampler's streams before each ask (resume determinism) without rebuilding it."""
+    assert _drive(name, 5, reseeding="reseed") == _drive(name, 5, reseeding="rebuild")
+    assert _drive(name, 5, reseeding="reseed") != _drive(name, 6, reseeding="reseed")
+
+
+def test_a_sampler_without_known_streams_is_not_reseeded() -> None:
+    assert not reseed(optuna.samplers.GridSampler({"x": [1, 2]}), 3)

@@ -14,7 +14,7 @@ from core.budget import Budget
 from core.result import Result
 from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
-from search.searchers.samplers import make_sampler
+from search.searchers.samplers import make_sampler, reseed
 from search.searchers.study_storage import study_storage
 
 STUDY_NAME = "search"
@@ -60,7 +60,9 @@ class OptunaSearcher(Searcher):
     def ask(self) -> Proposal:
         # A sampler seeded by (seed, trials so far) makes every proposal a function of the stored
         # history alone, so a resumed study proposes exactly what an uninterrupted one would.
-        self.study.sampler = self._sampler(self.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False)))
+        seed = self.seed * 1_000_003 + len(self.study.get_trials(deepcopy=False))
+        if not reseed(self.study.sampler, seed):
+            self.study.sampler = self._sampler(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             trial = self.study.ask()

@@ -50,6 +50,23 @@ SAMPLERS.register("tpe", SamplerSpec(_tpe))
 SAMPLERS.register("nsga2", SamplerSpec(_nsga2, multi_objective=True))
 
 
+def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> bool:
+    """Restarts ``sampler``'s random streams where a sampler built with ``seed`` starts them, in place.
+
+    The streams are the ones Optuna's own ``reseed_rng`` restarts (its RNG and its fallback random
+    sampler's); the sampler keeps its caches (TPE's search space), which a new sampler would rebuild
+    from every trial. Returns False, changing nothing, when the sampler does not have them: build a new
+    one with the seed instead.
+    """
+    fallback = getattr(sampler, "_random_sampler", None)
+    streams = [getattr(sampler, "_rng", None), getattr(fallback, "_rng", None)]
+    if not all(hasattr(stream, "rng") for stream in streams):
+        return False
+    for stream in streams:
+        stream.rng.seed(seed)
+    return True
+
+
 def make_sampler(name: str, seed: int, *, concurrent: bool = False) -> optuna.samplers.BaseSampler:
     """The sampler registered as ``name``, seeded with ``seed``.
 
