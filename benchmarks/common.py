@@ -16,9 +16,31 @@ import pandas as pd
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
+"""CPU flags that change which kernels PyTorch and ONNX Runtime run."""
+
+
 def machine() -> str:
-    """One line describing this machine."""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, {platform.system()}"
+    """One line describing this machine: CPU model and the flags that matter, cores, Python, torch."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    present = ", ".join(flag for flag in KERNEL_FLAGS if flag in flags) or "none of " + "/".join(KERNEL_FLAGS)
+    try:
+        import torch
+
+        torch_version = f", torch {torch.__version__}"
+    except ImportError:
+        torch_version = ""
+    return (f"{model} ({platform.machine()}; {present}), {os.cpu_count()} CPU cores, "
+            f"Python {platform.python_version()}{torch_version}, {platform.system()}")
 
 
 def command_line(args: argparse.Namespace) -> str:
