@@ -22,7 +22,9 @@ class Result:
     size_bytes: int = 0
     """Length of the packed file."""
     latency_ms: float = float("nan")
-    """Median latency on the device profile."""
+    """Latency on the device profile: the minimum of round medians (``envs/timing.py``)."""
+    latency_spread_ms: float = float("nan")
+    """Range of the round medians of that measurement (NaN where it was predicted, or not recorded)."""
     macs: int = 0
     """Multiply-accumulates per sample of the compressed model (dense count)."""
     params: int = 0

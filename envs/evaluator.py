@@ -19,7 +19,7 @@ from envs.latency_model import LatencyPredictor, build_predictor
 from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
 from envs.tasks import Task, evaluate_accuracy
-from envs.timing import measure_latency
+from envs.timing import Latency, measure
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.pipeline import CompressedModel, Refinement, compress
@@ -120,7 +120,9 @@ class Evaluator:
         self._cache: dict[str, Result] = {}
         self._compressed = 0
         """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
-        self._latency_by_shape: dict[tuple, float] = {}
+        self._latency_by_shape: dict[tuple, Latency] = {}
+        self.latency_target_ms: float | None = None
+        """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
         self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
         self._predictor: LatencyPredictor | None = None
         self.latency_checks: list[LatencyCheck] = []
@@ -144,7 +146,7 @@ class Evaluator:
         """BatchNorm recalibration plus ``finetune`` (distilling the task's model when its alpha > 0)."""
         calibration = None
         if self.settings.bn_recalibration and has_batchnorm(self.task.model):
-            calibration = self._calibration_inputs
+            calibration = self.calibration_inputs
         return Refinement(
             calibration=calibration,
             finetune=finetune,
@@ -167,7 +169,7 @@ class Evaluator:
         )
 
     @property
-    def _calibration_inputs(self) -> torch.Tensor:
+    def calibration_inputs(self) -> torch.Tensor:
         """Training images for BatchNorm recalibration and int8 activation ranges."""
         return self.task.train.tensors[0][: self.settings.calibration_images]
 
@@ -183,21 +185,30 @@ class Evaluator:
 
     def runnable(self, model: nn.Module) -> nn.Module:
         """What runs on the device: ``model`` itself, or its conversion for the device's runtime."""
-        return runnable_for(model, self.device, self.task.input_shape, self._calibration_inputs)
+        return runnable_for(model, self.device, self.task.input_shape, self.calibration_inputs)
 
     def latency_ms(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> float:
-        """Latency of ``model`` on the device: measured, or predicted when the settings say so.
+        """:meth:`latency` in milliseconds."""
+        return self.latency(model, reuse, runnable).ms
 
-        Dense models of identical shapes run identical kernels, so they share one value. With
-        ``reuse=False`` the model is always run for real.
+    def latency(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> Latency:
+        """Latency of ``model`` on the device, with its spread: measured, or predicted when the settings say so.
+
+        Dense models of identical shapes run identical kernels, so they share one value. A measured
+        latency within the target whose spread reaches past it (:meth:`Latency.near`) is measured again
+        and the slower figure kept, so that no candidate counts as within target on one lucky run. With
+        ``reuse=False`` the model is always run for real. A predicted latency has a NaN spread.
 
         Args:
             model: the decoded (fp32) model; its parameter names and shapes key the cache.
             reuse: allow a cached or predicted value.
             runnable: ``self.runnable(model)`` if already built.
         """
-        def measured() -> float:
-            return self.time_on_device(runnable or self.runnable(model))
+        def measured() -> Latency:
+            first = self.measure_on_device(runnable or self.runnable(model))
+            if self.latency_target_ms is not None and first.near(self.latency_target_ms):
+                return first.worst(self.measure_on_device(runnable or self.runnable(model)))
+            return first
 
         if not reuse:
             return measured()
@@ -206,21 +217,25 @@ class Evaluator:
             if self.settings.latency == "predicted":
                 predicted = self.predictor(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
-                    self.latency_checks.append(LatencyCheck(predicted, measured()))
-                self._latency_by_shape[key] = predicted
+                    self.latency_checks.append(LatencyCheck(predicted, measured().ms))
+                self._latency_by_shape[key] = Latency(predicted, float("nan"), 0)
             else:
                 self._latency_by_shape[key] = measured()
         return self._latency_by_shape[key]
 
-    def remember_latency(self, model: nn.Module, predicted_ms: float, measured_ms: float) -> None:
+    def remember_latency(self, model: nn.Module, predicted_ms: float, measured: Latency) -> None:
         """Records a real run of ``model``'s architecture: every candidate of these shapes reuses it, and the
         pair counts as a check of the latency model."""
-        self._latency_by_shape[_architecture_key(model)] = measured_ms
-        self.latency_checks.append(LatencyCheck(predicted_ms, measured_ms))
+        self._latency_by_shape[_architecture_key(model)] = measured
+        self.latency_checks.append(LatencyCheck(predicted_ms, measured.ms))
 
     def time_on_device(self, runnable: nn.Module) -> float:
-        """Runs ``runnable`` as the device profile says and returns its median latency in milliseconds."""
-        return measure_latency(runnable, self.task.input_shape, self.device)
+        """Latency in milliseconds of ``runnable`` on the device (:meth:`measure_on_device`)."""
+        return self.measure_on_device(runnable).ms
+
+    def measure_on_device(self, runnable: nn.Module) -> Latency:
+        """Runs ``runnable`` as the device profile says (``envs/timing.py``): its latency and spread."""
+        return measure(runnable, self.task.input_shape, self.device)
 
     def predicted_latency_ms(self, model: nn.Module) -> float | None:
         """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""
@@ -247,10 +262,12 @@ class Evaluator:
             for name, module in model.named_modules()
             if name in compressible
         )
+        latency = self.latency(model, reuse=reuse_latency, runnable=runnable)
         return Result(
             val_accuracy=evaluate_accuracy(runnable, self.task.val),
             size_bytes=compressed.size_bytes,
-            latency_ms=self.latency_ms(model, reuse=reuse_latency, runnable=runnable),
+            latency_ms=latency.ms,
+            latency_spread_ms=latency.spread_ms,
             macs=total_macs(specs),
             params=sum(p.numel() for p in model.parameters()),
             nonzero_weights=nonzero,

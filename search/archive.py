@@ -29,6 +29,7 @@ COLUMNS = [
     "val_accuracy",
     "size_bytes",
     "latency_ms",
+    "latency_spread_ms",
     "macs",
     "params",
     "nonzero_weights",
@@ -65,6 +66,7 @@ def _row(trial: Trial) -> dict[str, Any]:
         "val_accuracy": result.val_accuracy,
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
+        "latency_spread_ms": result.latency_spread_ms,
         "macs": result.macs,
         "params": result.params,
         "nonzero_weights": result.nonzero_weights,
@@ -81,6 +83,7 @@ def _trial(row: dict[str, str]) -> Trial:
         val_accuracy=float(row["val_accuracy"]),
         size_bytes=int(row["size_bytes"]),
         latency_ms=float(row["latency_ms"]),
+        latency_spread_ms=float(row.get("latency_spread_ms") or "nan"),  # absent in earlier run folders
         macs=int(row["macs"]),
         params=int(row["params"]),
         nonzero_weights=int(row["nonzero_weights"]),

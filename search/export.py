@@ -25,6 +25,7 @@ PARETO_COLUMNS = [
     "search_val_accuracy",
     "size_bytes",
     "latency_ms",
+    "latency_spread_ms",
     "predicted_latency_ms",
     "macs",
     "params",
@@ -90,6 +91,8 @@ class ExportedModel:
     """Bytes of the exported file."""
     latency_ms: float
     """Latency of the exported model, measured again on the device profile."""
+    latency_spread_ms: float
+    """Range of the round medians of that measurement (``envs/timing.py``)."""
     predicted_latency_ms: float | None
     """The device's latency model's prediction for it (``None`` when the search measured latency)."""
     macs: int
@@ -109,6 +112,7 @@ class ExportedModel:
             "search_val_accuracy": self.search_val_accuracy,
             "size_bytes": self.size_bytes,
             "latency_ms": round(self.latency_ms, 4),
+            "latency_spread_ms": round(self.latency_spread_ms, 4),
             "predicted_latency_ms": "" if self.predicted_latency_ms is None else round(self.predicted_latency_ms, 4),
             "macs": self.macs,
             "params": self.params,
@@ -201,6 +205,7 @@ def export_front(
             test_accuracy=test_accuracy,
             size_bytes=result.size_bytes,
             latency_ms=result.latency_ms,
+            latency_spread_ms=result.latency_spread_ms,
             predicted_latency_ms=predicted,
             macs=result.macs,
             params=result.params,

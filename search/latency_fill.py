@@ -27,6 +27,7 @@ from core.budget import Budget
 from core.policy import Policy
 from core.space import SearchSpace
 from envs.evaluator import Evaluator
+from envs.timing import Latency
 from methods.pipeline import architecture
 
 BISECTION_STEPS = 10
@@ -79,11 +80,16 @@ class LatencyFill:
         def architecture_of(policy: Policy) -> nn.Module:
             return architecture(task.model, policy, task.input_shape, evaluator.device.channel_multiple)
 
-        def measure_of(model: nn.Module) -> float:
-            return evaluator.time_on_device(evaluator.runnable(model))
+        runs: dict[int, Latency] = {}
 
-        return cls(space, target_ms, fraction, evaluator.predictor, architecture_of, measure_of,
-                   evaluator.remember_latency)
+        def measure_of(model: nn.Module) -> float:
+            runs[id(model)] = evaluator.measure_on_device(evaluator.runnable(model))
+            return runs[id(model)].ms
+
+        def on_measured(model: nn.Module, predicted_ms: float, measured_ms: float) -> None:
+            evaluator.remember_latency(model, predicted_ms, runs.pop(id(model)))
+
+        return cls(space, target_ms, fraction, evaluator.predictor, architecture_of, measure_of, on_measured)
 
     @property
     def correction(self) -> float:

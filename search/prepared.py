@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from core.errors import UsageError
@@ -12,6 +13,7 @@ from envs.runtimes import RuntimeConversionError
 from envs.tasks import Task, load_task
 from search.config import SearchConfig
 from search.drivers import driver_for
+from search.reachability import LatencyReach, check_latency, check_size, noise_warning
 
 
 @dataclass
@@ -28,13 +30,15 @@ class Prepared:
     """Measures candidates."""
     space: SearchSpace
     """Per-layer choices."""
+    latency_reach: LatencyReach | None = None
+    """Baseline and fastest reachable latency on the device, timed before the search (with a latency target)."""
 
 
 def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
-    """Loads (or trains) the task and builds the evaluator its driver needs; checks that the size budget is reachable.
+    """Loads (or trains) the task and builds the evaluator its driver needs; checks that the budgets are reachable.
 
     Raises:
-        UsageError: for bad input, including a size budget below what the methods can reach.
+        UsageError: for bad input, including a size budget or latency target the search space cannot reach.
     """
     device = load_device(config.device)
     task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress)
@@ -44,15 +48,13 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     except RuntimeConversionError as exc:
         raise UsageError(f"device {device.name!r}: {exc}; choose a device whose runtime is torch") from exc
     space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
-    size_budget = config.budget.size_bytes
-    if size_budget is not None:
-        smallest = min(
-            evaluator.compress(space.most_compressed(quantizer), evaluator.refinement()).size_bytes
-            for quantizer in config.space.quantizers
-        )
-        if size_budget < smallest:
-            raise UsageError(
-                f"size budget {size_budget} B is below the smallest file the search space can reach "
-                f"({smallest} B); raise --budget-mb to at least {smallest / 1e6:.4f}"
-            )
-    return Prepared(config, task, device, evaluator, space)
+    check_size(evaluator, space, config.budget)
+    evaluator.latency_target_ms = config.budget.latency_ms
+    reach = None
+    if config.ray_address is None:  # on a cluster the device may be another machine: its nodes time candidates
+        reach = check_latency(evaluator, space, config.budget)
+    if reach is not None and config.budget.latency_ms is not None:
+        warning = noise_warning(reach, config.budget.latency_ms)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
+    return Prepared(config, task, device, evaluator, space, reach)

@@ -142,8 +142,9 @@ def write_report(
     search_seconds: float,
     export_seconds: float,
     latency_checks: Sequence[LatencyCheck] = (),
+    latency_notes: Sequence[str] = (),
 ) -> None:
-    """Writes report.md."""
+    """Writes report.md (``latency_notes``: lines on the target and the machine's timing noise)."""
     ok = sum(t.result.ok for t in trials)
     feasible = sum(t.feasible for t in trials)
     stopped = sum(t.result.status == STATUS_STOPPED for t in trials)
@@ -156,6 +157,7 @@ def write_report(
         f"- Trials: {len(trials)} ({ok} ok, {feasible} within budget, {len(failed)} failed"
         f"{f', {stopped} stopped early by ASHA' if stopped else ''});"
         f" search {search_seconds:.1f} s, final fine-tune and export {export_seconds:.1f} s",
+        *(f"- {note}" for note in latency_notes),
         "",
         *_predictor_lines(latency_checks, models),
         "## Uncompressed baseline",

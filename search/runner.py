@@ -11,10 +11,12 @@ from tqdm import tqdm
 
 from core.policy import Policy
 from envs.evaluator import LatencyCheck
+from envs.timing import MAX_ROUNDS, MIN_ROUNDS, calls_per_round
 from search.archive import Trial
 from search.drivers import driver_for
 from search.export import ExportedModel, candidates, export_front, write_pareto_csv
 from search.prepared import Prepared
+from search.reachability import latency_notes
 from search.report import Baseline, plot_front, write_report
 from search.run_folder import CONFIG_FILE
 
@@ -81,7 +83,7 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
         budget=config.budget,
         device_text=f"{device.name} ({device.description or device.runtime}); latency at batch {device.batch}, "
         f"input {tuple(device.input_shape or prepared.task.input_shape)}, {device.threads} thread(s), "
-        f"median of {device.repeats}",
+        f"minimum of round medians ({MIN_ROUNDS}-{MAX_ROUNDS} rounds of {calls_per_round(device)} calls)",
         baseline=baseline,
         trials=trials,
         models=models,
@@ -89,5 +91,6 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
         search_seconds=search_seconds,
         export_seconds=export_seconds,
         latency_checks=prepared.evaluator.latency_checks,
+        latency_notes=latency_notes(prepared.latency_reach, config.budget.latency_ms),
     )
     return RunOutcome(run_dir, trials, models, baseline, prepared.evaluator.latency_checks)

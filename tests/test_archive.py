@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from core.budget import Budget
@@ -39,3 +40,21 @@ def test_a_torn_last_row_is_dropped(tmp_path: Path) -> None:
     assert [t.number for t in again.trials] == [0]
     again.append("tpe", _policy(0.3), Result(val_accuracy=0.7, size_bytes=700, latency_ms=5.0))
     assert [t.policy for t in TrialArchive(path, BUDGET).trials] == [_policy(0.1), _policy(0.3)]
+
+
+def test_latency_spread_is_kept_and_earlier_archives_without_it_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "trials.csv"
+    archive = TrialArchive(path, BUDGET)
+    result = Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0, latency_spread_ms=0.25)
+    archive.append("tpe", _policy(0.1), result)
+    assert TrialArchive(path, BUDGET).trials[0].result.latency_spread_ms == 0.25
+    header, row = path.read_text().splitlines()
+    columns = header.split(",")
+    drop = columns.index("latency_spread_ms")
+    earlier = tmp_path / "earlier.csv"  # as written before latencies carried a spread
+    values = row.split(",")
+    earlier.write_text(",".join(c for i, c in enumerate(columns) if i != drop) + "\n"
+                       + ",".join(v for i, v in enumerate(values) if i != drop) + "\n")
+    loaded = TrialArchive(earlier, BUDGET).trials
+    assert len(loaded) == 1 and loaded[0].result.latency_ms == 5.0
+    assert math.isnan(loaded[0].result.latency_spread_ms)

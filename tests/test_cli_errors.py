@@ -113,6 +113,17 @@ def test_budget_below_reachable_size(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not out.exists()
 
 
+def test_unreachable_latency_target_is_refused_with_what_would_reach_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    err = _run(["--task", "lenet300", "--device", "cpu-b1", "--target-latency", "1us", "--quiet",
+                "--out", str(out)], capsys)
+    assert "latency target 0.001 ms is below the fastest model the search space allows" in err
+    assert "ms for the full model" in err and "raise --target-latency to at least" in err
+    assert not out.exists()
+
+
 def test_an_earlier_run_is_never_touched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     earlier = tmp_path / "earlier"
     earlier.mkdir()

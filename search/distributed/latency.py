@@ -11,8 +11,9 @@ import ray
 from ray import cloudpickle
 from torch import nn
 
-from envs.device import DeviceProfile, measure_latency
+from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
+from envs.timing import Latency, measure
 
 RESOURCE_SHARE = 0.01
 """Amount of the device's custom resource the latency meter holds (so many runs can share a device node)."""
@@ -30,9 +31,9 @@ class LatencyMeter:
     node with the resource, and the pending measurement is retried.
     """
 
-    def measure(self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile) -> tuple[float, str]:
-        """Median latency in ms of ``model`` on ``device``, and this node's Ray id."""
-        return measure_latency(model, input_shape, device), ray.get_runtime_context().get_node_id()
+    def measure(self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile) -> tuple[Latency, str]:
+        """Latency (and spread) of ``model`` on ``device``, and this node's Ray id."""
+        return measure(model, input_shape, device), ray.get_runtime_context().get_node_id()
 
 
 def start_meter(device: DeviceProfile) -> Any:
@@ -71,10 +72,10 @@ class RemoteLatencyEvaluator(Evaluator):
         if self._meter is None:
             self._meter = start_meter(self.device)
 
-    def time_on_device(self, runnable: nn.Module) -> float:
+    def measure_on_device(self, runnable: nn.Module) -> Latency:
         """Latency measured on a node that holds the device's Ray resource (this process without one)."""
         if self.device.ray_resource is None:
-            latency = measure_latency(runnable, self.task.input_shape, self.device)
+            latency = measure(runnable, self.task.input_shape, self.device)
             self.last_latency_node = ray.get_runtime_context().get_node_id()
             return latency
         self.start_meter()
