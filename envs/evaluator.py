@@ -20,12 +20,16 @@ from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
 from envs.tasks import Task, evaluate_accuracy
 from envs.timing import Latency, measure
+from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
+from envs.timing_worker import TimingWorker
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.pipeline import CompressedModel, Refinement, compress
 from methods.structured import channel_groups
 
 LATENCY_MODES = ("measured", "predicted")
+TIMING_MODES = ("worker", "inline")
+"""Where latencies are measured: a separate timing process, or the searching process itself."""
 
 
 def _architecture_key(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -90,6 +94,9 @@ class EvaluatorSettings:
     new architectures. Exported models are always measured."""
     latency_check_every: int = 5
     """With predicted latency, every this-many-th new architecture is also measured, to report the error."""
+    timing: str = "worker"
+    """Where latencies are measured: ``worker``, a separate long-lived process that only times models
+    (``envs/timing_worker.py``), as a deployment runs them; or ``inline``, in the searching process."""
     decode_check_every: int = 20
     """Every this-many-th candidate (the first included) is also decoded from its packed bytes in full and
     compared bit for bit with the model that is measured; exported models always are."""
@@ -104,6 +111,8 @@ class EvaluatorSettings:
             raise ValueError(f"latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         if self.latency_check_every < 1:
             raise ValueError("latency_check_every must be at least 1")
+        if self.timing not in TIMING_MODES:
+            raise ValueError(f"timing must be one of {TIMING_MODES}, got {self.timing!r}")
         if self.decode_check_every < 1:
             raise ValueError("decode_check_every must be at least 1")
 
@@ -121,6 +130,7 @@ class Evaluator:
         self._compressed = 0
         """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
         self._latency_by_shape: dict[tuple, Latency] = {}
+        self._timing_worker: TimingWorker | None = None
         self.latency_target_ms: float | None = None
         """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
         self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
@@ -205,9 +215,9 @@ class Evaluator:
             runnable: ``self.runnable(model)`` if already built.
         """
         def measured() -> Latency:
-            first = self.measure_on_device(runnable or self.runnable(model))
+            first = self.measure_model(model, runnable)
             if self.latency_target_ms is not None and first.near(self.latency_target_ms):
-                return first.worst(self.measure_on_device(runnable or self.runnable(model)))
+                return first.worst(self.measure_model(model, runnable))
             return first
 
         if not reuse:
@@ -234,8 +244,36 @@ class Evaluator:
         return self.measure_on_device(runnable).ms
 
     def measure_on_device(self, runnable: nn.Module) -> Latency:
-        """Runs ``runnable`` as the device profile says (``envs/timing.py``): its latency and spread."""
+        """Runs ``runnable`` in this process as the device profile says (``envs/timing.py``): latency and spread."""
         return measure(runnable, self.task.input_shape, self.device)
+
+    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+        """Latency of the fp32 ``model`` as the device runs it, where the settings say to time it.
+
+        Args:
+            model: the decoded fp32 model.
+            runnable: ``self.runnable(model)`` if already built (used when timing inline).
+        """
+        return self.measure_here(model, runnable)
+
+    def measure_here(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+        """:meth:`measure_model` on this machine: in the timing worker, or inline (``settings.timing``)."""
+        if self.settings.timing == "worker":
+            if self._timing_worker is None:
+                self._timing_worker = TimingWorker(self.calibration_inputs)
+            return self._timing_worker.measure(model, self.task.input_shape, self.device)
+        return self.measure_on_device(runnable or self.runnable(model))
+
+    def timing_text(self) -> str:
+        """Where and how latencies are measured, for reports."""
+        if self.settings.timing == "worker":
+            return f"timed in {TIMING_WORKER_TEXT}"
+        return "timed in the searching process"
+
+    def close(self) -> None:
+        """Ends the timing worker, if one was started (a later measurement starts another)."""
+        if self._timing_worker is not None:
+            self._timing_worker.close()
 
     def predicted_latency_ms(self, model: nn.Module) -> float | None:
         """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""

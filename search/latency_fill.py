@@ -83,7 +83,7 @@ class LatencyFill:
         runs: dict[int, Latency] = {}
 
         def measure_of(model: nn.Module) -> float:
-            runs[id(model)] = evaluator.measure_on_device(evaluator.runnable(model))
+            runs[id(model)] = evaluator.measure_model(model)
             return runs[id(model)].ms
 
         def on_measured(model: nn.Module, predicted_ms: float, measured_ms: float) -> None:

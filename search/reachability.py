@@ -59,10 +59,7 @@ def check_latency(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> L
         return None
     task, device = evaluator.task, evaluator.device
     narrowest = _narrowest(evaluator, space)
-    reach = LatencyReach(
-        measure(evaluator.runnable(task.model), task.input_shape, device),
-        measure(evaluator.runnable(narrowest), task.input_shape, device),
-    )
+    reach = LatencyReach(evaluator.measure_here(task.model), evaluator.measure_here(narrowest))
     if reach.fastest.ms <= target:
         return reach
     others = []

@@ -53,6 +53,13 @@ def _baseline(prepared: Prepared) -> Baseline:
 
 def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
     """Searches, exports the Pareto front and writes the report into ``run_dir``."""
+    try:
+        return _run(prepared, run_dir, progress)
+    finally:
+        prepared.evaluator.close()  # ends its timing worker
+
+
+def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
     config = prepared.config
     (run_dir / CONFIG_FILE).write_text(config.to_yaml())
     baseline = _baseline(prepared)
@@ -83,7 +90,8 @@ def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
         budget=config.budget,
         device_text=f"{device.name} ({device.description or device.runtime}); latency at batch {device.batch}, "
         f"input {tuple(device.input_shape or prepared.task.input_shape)}, {device.threads} thread(s), "
-        f"minimum of round medians ({MIN_ROUNDS}-{MAX_ROUNDS} rounds of {calls_per_round(device)} calls)",
+        f"minimum of round medians ({MIN_ROUNDS}-{MAX_ROUNDS} rounds of {calls_per_round(device)} calls), "
+        f"{prepared.evaluator.timing_text()}",
         baseline=baseline,
         trials=trials,
         models=models,

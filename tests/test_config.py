@@ -52,7 +52,7 @@ def test_an_earlier_run_folder_loads_into_the_nested_shape(tmp_path: Path) -> No
 def test_config_yaml_keeps_the_flat_keys_and_round_trips() -> None:
     config = build_config(yaml.safe_load(EARLIER_RUN))
     data = yaml.safe_load(config.to_yaml())
-    added_since = {"decode_check_every": 20}  # a setting newer than the earlier run folder, at its default
+    added_since = {"timing": "worker", "decode_check_every": 20}  # settings newer than that run folder
     assert data["evaluator"] == {**yaml.safe_load(EARLIER_RUN)["evaluator"], **added_since}
     assert data["export"] == yaml.safe_load(EARLIER_RUN)["export"]
     assert build_config(data) == config
@@ -97,3 +97,9 @@ def test_an_unregistered_name_in_the_space_is_a_usage_error_naming_the_choices(k
     build_config({"space": {key: [registered]}})
     with pytest.raises(UsageError, match=f"'nope' in space.{key}; choose from: .*{registered}"):
         build_config({"space": {key: [registered, "nope"]}})
+
+
+def test_the_timing_place_is_checked() -> None:
+    assert build_config({"evaluator": {"timing": "inline"}}).evaluator.timing == "inline"
+    with pytest.raises(UsageError, match="timing must be one of"):
+        build_config({"evaluator": {"timing": "elsewhere"}})

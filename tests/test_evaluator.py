@@ -112,7 +112,7 @@ class _ScriptedTiming(Evaluator):
         super().__init__(*args, **kwargs)
         self.timings = list(timings)
 
-    def measure_on_device(self, runnable):  # noqa: ANN001, ANN201 - Evaluator's signature
+    def measure_model(self, model, runnable=None):  # noqa: ANN001, ANN201 - Evaluator's signature
         return self.timings.pop(0)
 
 

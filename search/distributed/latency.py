@@ -72,6 +72,16 @@ class RemoteLatencyEvaluator(Evaluator):
         if self._meter is None:
             self._meter = start_meter(self.device)
 
+    def timing_text(self) -> str:
+        """Where latencies are measured."""
+        if self.device.ray_resource is None:
+            return "timed in the Ray trial's process"
+        return f"timed by the device's latency meter (a Ray actor on a node with resource {self.device.ray_resource!r})"
+
+    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+        """On the device's node (its latency meter is already a long-lived process of its own)."""
+        return self.measure_on_device(runnable or self.runnable(model))
+
     def measure_on_device(self, runnable: nn.Module) -> Latency:
         """Latency measured on a node that holds the device's Ray resource (this process without one)."""
         if self.device.ray_resource is None:
