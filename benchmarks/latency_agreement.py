@@ -7,7 +7,8 @@ For random channel-pruned policies of each task, side by side in one run:
 - ``export``: the same architecture timed again later through the evaluator, as the export does;
 - ``inline``: timed inside the searching process (``evaluator.timing: inline``), the protocol before the worker;
 - ``fresh``: the packed file loaded with ``load_model`` in a new Python process and timed there, as a user
-  deploying it would.
+  deploying it would (with the allocator settings of ``envs.timing.ALLOCATOR_ENV``, which the README asks a
+  deployment to use).
 
 The table gives, per task, the median absolute relative difference of each against ``fresh`` and of ``search``
 against ``export``, and the share of files whose fresh-process latency is within the search's figure plus its
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from core.space import SearchSpace, SpaceSettings  # noqa: E402
 from envs.device import load_device  # noqa: E402
 from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
+from envs.timing import allocator_env  # noqa: E402
 from methods.finetune import FinetuneSettings  # noqa: E402
 from methods.packing import write_packed  # noqa: E402
 
@@ -55,7 +58,8 @@ print(json.dumps([latency.ms, latency.spread_ms]))
 def fresh_latency(path: Path, device: str, input_shape: tuple[int, ...]) -> float:
     """Latency of the packed file loaded and timed in a new Python process."""
     proc = subprocess.run([sys.executable, "-c", FRESH, str(path), device, json.dumps(list(input_shape))],
-                          capture_output=True, text=True, cwd=ROOT, check=True, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, cwd=ROOT, check=True, stdin=subprocess.DEVNULL,
+                          env=allocator_env(dict(os.environ)))
     return float(json.loads(proc.stdout.strip().splitlines()[-1])[0])
 
 

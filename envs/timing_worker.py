@@ -5,8 +5,9 @@ work's state, which moves a small model's latency by up to 2x. The timing worker
 process (``python -m envs.timing_worker``: a fresh interpreter, not a fork of the searching one, and the
 caller's main module is never re-imported) that does nothing but time: it
 receives the decoded fp32 model, converts it for the profile's runtime itself (as a deployment loads a file
-and builds its runtime), warms up and measures it with the protocol of :mod:`envs.timing`. It uses glibc's
-default allocator settings, the profile's intra-op threads and one inter-op thread.
+and builds its runtime), warms up and measures it with the protocol of :mod:`envs.timing`. It runs with
+glibc malloc set by :data:`envs.timing.ALLOCATOR_ENV` (a fixed mmap threshold, no trimming), the profile's
+intra-op threads and one inter-op thread.
 
 The model travels pickled with ``cloudpickle``; classes defined in a user's ``--model FILE.py`` (imported
 under a private module name the worker could not import) travel by value. The worker is started on first
@@ -30,11 +31,14 @@ from torch import nn
 
 from envs.profile import DeviceProfile
 from envs.runtimes import RuntimeConversionError, runnable_for
-from envs.timing import Latency, measure
+from envs.timing import Latency, allocator_env, allocator_text, measure
 
 PRIVATE_MODULE_PREFIX = "_autocompress_user_"
 """Modules of user model files are imported under names starting with this (``envs/tasks/user.py``)."""
-SETTINGS_TEXT = "a separate timing process; glibc malloc defaults; the profile's intra-op threads, 1 inter-op thread"
+SETTINGS_TEXT = (
+    f"a separate timing process; glibc malloc with {allocator_text()}; "
+    "the profile's intra-op threads, 1 inter-op thread"
+)
 """How the worker runs, for reports."""
 
 
@@ -88,7 +92,8 @@ class TimingWorker:
             return self._process
         self.close()
         root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = allocator_env({**os.environ, "PYTHONPATH": path})
         process = subprocess.Popen(
             [sys.executable, "-m", "envs.timing_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )

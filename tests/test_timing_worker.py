@@ -13,8 +13,8 @@ from torch import nn
 from envs.profile import DeviceProfile
 from envs.runtimes import RuntimeConversionError
 from envs.tasks.user import build_user_model, parse_factory
-from envs.timing import MIN_ROUNDS
-from envs.timing_worker import TimingWorker, TimingWorkerError
+from envs.timing import ALLOCATOR_ENV, MIN_ROUNDS, allocator_text
+from envs.timing_worker import SETTINGS_TEXT, TimingWorker, TimingWorkerError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = DeviceProfile(name="test-worker", threads=1, batch=4, warmup=1, repeats=3)
@@ -43,6 +43,15 @@ def test_a_model_is_timed_in_one_long_lived_process(worker: TimingWorker) -> Non
     int8 = worker.measure(model, SHAPE, DeviceProfile(name="test-worker-int8", runtime="torch-int8", threads=1,
                                                       batch=4, warmup=1, repeats=3))
     assert int8.ms > 0  # converted inside the worker with the calibration inputs sent once
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the worker's environment from /proc")
+def test_the_worker_runs_with_the_stated_allocator_settings(worker: TimingWorker) -> None:
+    worker.measure(nn.Linear(784, 10).eval(), (784,), FAST)
+    raw = Path(f"/proc/{worker._process.pid}/environ").read_bytes().split(b"\0")
+    environ = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    assert {name: environ.get(name) for name in ALLOCATOR_ENV} == ALLOCATOR_ENV
+    assert allocator_text() in SETTINGS_TEXT
 
 
 def test_a_user_file_model_travels_by_value(worker: TimingWorker) -> None:
