@@ -59,7 +59,14 @@ class SpaceSettings:
     fraction of the target (``search/latency_fill.py``); 0 leaves proposals as they are. The RL agent bounds
     its own actions (AMC's budget wall) and is not filled."""
 
+    uniform_seeds: bool = True
+    """Every searcher first evaluates the uniform policies scaled to the budget (``search/seeds.py``): 8 and
+    4 bits, the widest uniform width within the latency target, the least uniform sparsity within the size
+    budget; so a search never returns less than a uniform policy would."""
+
     def __post_init__(self) -> None:
+        if not isinstance(self.uniform_seeds, bool):
+            raise ValueError(f"uniform_seeds must be true or false, got {self.uniform_seeds!r}")
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
         if not self.ranks or any(not 0.0 < r <= 1.0 for r in self.ranks):
             raise ValueError(f"ranks must be a non-empty set of fractions in (0, 1], got {self.ranks}")

@@ -8,7 +8,7 @@ import pytest
 
 from core.budget import Budget
 from core.errors import UsageError
-from core.policy import Policy
+from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
 from search.searchers import SEARCHERS, Finished, OptunaSearcher, Searcher
@@ -93,6 +93,37 @@ def test_every_searcher_finds_feasible_candidates(name: str, tmp_path: Path) -> 
     history = drive(make(name, tmp_path), 25)
     feasible = [r.val_accuracy for _, r in history if r.ok and BUDGET.admits(r.size_bytes, r.latency_ms)]
     assert feasible, "no feasible candidate in 25 trials"
+
+
+SEEDS = [
+    Policy.from_choices({name: LayerChoice(sparsity=0.5, bits=bits, keep=0.75 if name in SPACE.leaders else 1.0)
+                         for name in SPACE.layers})
+    for bits in (8, 4)
+]
+
+
+def test_seed_policies_are_the_first_proposals(name: str, tmp_path: Path) -> None:
+    searcher = make(name, tmp_path)
+    searcher.start_from(SEEDS)
+    history = drive(searcher, 5)
+    assert [policy for policy, _ in history[:2]] == SEEDS
+    assert all(policy not in SEEDS for policy, _ in history[2:])
+
+
+def test_a_seeded_search_resumes_into_the_same_sequence(name: str, tmp_path: Path) -> None:
+    full = make(name, tmp_path / "full")
+    full.start_from(SEEDS)
+    uninterrupted = [p.digest() for p, _ in drive(full, 8)]
+    for cut in (1, 5):  # inside the seeds, and after them
+        first = make(name, tmp_path / f"split{cut}")
+        first.start_from(SEEDS)
+        done = drive(first, cut)
+        first.close()
+        second = make(name, tmp_path / f"split{cut}")
+        second.start_from(SEEDS)
+        second.restore([Finished(p, r) for p, r in done])
+        rest = [p.digest() for p, _ in drive(second, 8 - cut)]
+        assert [p.digest() for p, _ in done] + rest == uninterrupted, f"resumed after {cut}"
 
 
 def test_optuna_alias_is_tpe() -> None:

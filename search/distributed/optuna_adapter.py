@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
@@ -10,6 +11,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from core.policy import Policy
 from core.space import SearchSpace
 from search.distributed.options import RayOptions
 from search.distributed.recorder import TrialQuota
@@ -87,9 +89,10 @@ class BudgetedOptunaSearch(OptunaSearch):
 
 
 def make_searcher(space: SearchSpace, options: RayOptions, seed: int, concurrent: bool,
-                  quota: TrialQuota | None = None) -> BudgetedOptunaSearch:
+                  quota: TrialQuota | None = None, seeds: Sequence[Policy] = ()) -> BudgetedOptunaSearch:
     """The sweep's search algorithm: the ``options.sampler`` of :mod:`search.searchers.samplers`, on accuracy
-    (e.g. TPE) or, for a multi-objective sampler (e.g. NSGA-II), on (accuracy, size, latency)."""
+    (e.g. TPE) or, for a multi-objective sampler (e.g. NSGA-II), on (accuracy, size, latency); ``seeds``
+    are its first trials (``search/seeds.py``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if SAMPLERS[options.sampler].multi_objective:
         metric: str | list[str] = [name for name, _ in OBJECTIVES]
@@ -97,4 +100,5 @@ def make_searcher(space: SearchSpace, options: RayOptions, seed: int, concurrent
     else:
         metric, mode = ACCURACY_KEY, "max"
     return BudgetedOptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode,
-                                sampler=make_sampler(options.sampler, seed, concurrent=concurrent), quota=quota)
+                                sampler=make_sampler(options.sampler, seed, concurrent=concurrent), quota=quota,
+                                points_to_evaluate=[space.params(policy) for policy in seeds] or None)

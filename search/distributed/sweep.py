@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from core.budget import Budget
 from core.errors import UsageError
+from core.policy import Policy
 from core.space import SearchSpace
 from envs.evaluator import Evaluator
 from search.archive import ARCHIVE_FILE, Trial, TrialArchive
@@ -54,6 +55,8 @@ class SweepJob:
     """Trials evaluated at once."""
     options: RayOptions
     """The sweep's settings."""
+    seeds: tuple[Policy, ...] = ()
+    """Policies evaluated first (``search/seeds.py``)."""
 
     @property
     def finetune_steps(self) -> int:
@@ -139,7 +142,7 @@ def _new_tuner(job: SweepJob, run_dir: Path, trainable: Any, samples: int, progr
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(job.space, options, job.seed, job.workers > 1, quota),
+            search_alg=make_searcher(job.space, options, job.seed, job.workers > 1, quota, job.seeds),
             scheduler=_scheduler(options, job.finetune_steps),
             num_samples=samples,
             max_concurrent_trials=job.workers,

@@ -11,6 +11,7 @@ from search.archive import ARCHIVE_FILE, Trial, TrialArchive
 from search.drivers.base import Driver, PreparedRun
 from search.latency_fill import latency_fill
 from search.searchers import SEARCHERS, Finished
+from search.seeds import run_seeds
 
 
 def best_text(trials: list[Trial]) -> str:
@@ -48,6 +49,8 @@ class LocalDriver(Driver):
             evaluator=prepared.evaluator,
             options=config.searcher_settings,
         )
+        if prepared.space.settings.uniform_seeds:
+            searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
         searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
         fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
         remaining = max(0, config.trials - len(archive.trials))

@@ -15,6 +15,7 @@ from envs.evaluator import Evaluator
 from search.archive import Trial
 from search.distributed.options import RayOptions, parse_address
 from search.drivers.base import Driver, PreparedRun, RunSettings
+from search.seeds import run_seeds
 
 SEARCHER = "ray"
 """The ``--searcher`` name of the sweep."""
@@ -69,6 +70,9 @@ class RayTuneDriver(Driver):
         from search.distributed.sweep import SweepJob, sweep
 
         config = prepared.config
+        seeds = ()
+        if prepared.space.settings.uniform_seeds:
+            seeds = tuple(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
         job = SweepJob(prepared.evaluator, prepared.space, config.budget, config.trials, config.seed,
-                       config.workers, config.searcher_settings)
+                       config.workers, config.searcher_settings, seeds)
         return sweep(job, run_dir, progress)

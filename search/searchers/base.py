@@ -81,6 +81,20 @@ class Searcher(ABC):
     def tell(self, proposal: Proposal, result: Result) -> None:
         """Reports what ``proposal`` measured."""
 
+    def start_from(self, policies: Sequence[Policy]) -> None:
+        """Makes ``policies`` (the run's uniform seeds, ``search/seeds.py``) the first proposals, in order.
+
+        Called once, before :meth:`restore` and the first :meth:`ask`, with the same policies when a run
+        resumes. This default queues them for :meth:`next_seed`; a searcher whose :meth:`ask` does not
+        consult it overrides this method.
+        """
+        self._seeds = list(policies)
+
+    def next_seed(self) -> Policy | None:
+        """The next queued seed policy (removed from the queue), or ``None`` when none is left."""
+        seeds = getattr(self, "_seeds", None)
+        return seeds.pop(0) if seeds else None
+
     def restore(self, finished: Sequence[Finished]) -> None:  # noqa: B027 - optional hook
         """Brings the searcher to the state after ``finished`` (called once, before the first ask)."""
 

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from core.budget import Budget
+from core.policy import Policy
 from core.result import Result
 from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
@@ -56,6 +57,13 @@ class OptunaSearcher(Searcher):
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         return make_sampler("tpe", seed)
+
+    def start_from(self, policies: Sequence[Policy]) -> None:
+        """Enqueues ``policies`` as the study's first trials; a resumed study holds them already."""
+        if self.study.get_trials(deepcopy=False):
+            return
+        for policy in policies:
+            self.study.enqueue_trial(self.space.params(policy))
 
     def ask(self) -> Proposal:
         # A sampler seeded by (seed, trials so far) makes every proposal a function of the stored

@@ -36,7 +36,8 @@ class RandomSearcher(Searcher):
         self._suggest = _RandomSuggest(np.random.default_rng(seed))
 
     def ask(self) -> Proposal:
-        return Proposal(self.space.sample(self._suggest))
+        seed = self.next_seed()
+        return Proposal(seed if seed is not None else self.space.sample(self._suggest))
 
     def tell(self, proposal: Proposal, result: Result) -> None:
         """Random search does not learn."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.budget import Budget
 from core.errors import UsageError
+from core.policy import Policy
 from core.result import Result
 from core.space import SearchSpace
 from search.recipes import recipe_policy
@@ -32,6 +34,9 @@ class RecipeSearcher(Searcher):
         if self.evaluator is None:
             raise UsageError("the recipe searcher needs a task")
         self.policy = recipe_policy(self.options.name, self.evaluator.task.name, space.layers)
+
+    def start_from(self, policies: Sequence[Policy]) -> None:
+        """A recipe is one fixed policy: it evaluates nothing else."""
 
     def ask(self) -> Proposal:
         return Proposal(self.policy)

@@ -141,6 +141,10 @@ class _PrivateRng:
         self._apply(self._outer)
 
 
+_SEED = "seed"
+"""Tag of a seed proposal's handle."""
+
+
 class RLSearcher(Searcher):
     """One episode per candidate; works with or without an evaluator (without: no wall, spec-free features)."""
 
@@ -205,6 +209,9 @@ class RLSearcher(Searcher):
         """Plays an episode up to the last layer; the proposal is what the last step would evaluate."""
         if self._last is not None:
             raise RuntimeError("ask() called again before tell()")
+        seed = self.next_seed()
+        if seed is not None:  # played as forced actions when told (see tell)
+            return Proposal(seed, handle=(_SEED, self.episodes))
         obs, _ = self.env.reset(seed=self.seed if self.episodes == 0 else None)
         self._steps = []
         for _ in range(len(self.space.layers) - 1):
@@ -225,7 +232,12 @@ class RLSearcher(Searcher):
     # --- learning -----------------------------------------------------------------------
 
     def tell(self, proposal: Proposal, result: Result) -> None:
-        """Finishes the episode with ``result``, stores it in the replay buffer and trains."""
+        """Finishes the episode with ``result``, stores it in the replay buffer and trains.
+
+        A seed policy's episode is its layers' choices played as forced actions."""
+        if proposal.handle == (_SEED, self.episodes):
+            self._force(proposal.policy, result)
+            return
         if self._last is None or proposal.handle != self.episodes:
             raise RuntimeError("tell() must follow the ask() that produced the proposal")
         obs, action = self._last
@@ -266,8 +278,8 @@ class RLSearcher(Searcher):
             self._force(item.policy, item.result)
 
     def _force(self, policy: Policy, result: Result) -> None:
-        """Plays ``policy`` as forced actions and learns from ``result`` (resume fallback)."""
-        obs, _ = self.env.reset()
+        """Plays ``policy`` as forced actions and learns from ``result`` (seeds, and the resume fallback)."""
+        obs, _ = self.env.reset(seed=self.seed if self.episodes == 0 else None)
         self._steps, self._last = [], None
         for i, name in enumerate(self.space.layers):
             action = 2 * self.env.grid.levels_of(policy[name], self.env.leaders[i]) - 1

@@ -1,0 +1,133 @@
+"""Uniform seed policies: the strong simple policies a space contains, scaled to the run's budget.
+
+A search should never return less than a uniform policy would have given. Every searcher therefore
+evaluates these first (``Searcher.start_from``): one policy per seed code width (8 and 4 bits where the
+space allows them), each with
+
+- the **widest uniform channel keep ratio** whose architecture, run on the device, meets the latency
+  target (bisection over the keep grid on measured latencies: the same measurement the candidates get);
+- the **least uniform fine-grained sparsity** whose real packed file fits the size budget (bisection over
+  the sparsity grid on exact packed bytes, no fine-tune).
+
+A width at which no sparsity fits, or no width meets the target, gives no seed. The seeds of a run are
+written to its folder (``seeds.json``) the first time, and read back when it resumes, so a resumed search
+replays exactly the same first proposals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from core.budget import Budget
+from core.policy import FP32_BITS, LayerChoice, Policy
+from core.space import SearchSpace
+from envs.evaluator import Evaluator
+from methods.pipeline import architecture
+
+SEEDS_FILE = "seeds.json"
+"""The run's seed policies, in its folder."""
+SEED_BITS = (8, 4)
+"""Code widths of the seeds, where the space allows them (else its widest coded width, else fp32)."""
+
+
+def seed_bits(space: SearchSpace) -> tuple[int, ...]:
+    """The code widths that get a seed in ``space``."""
+    allowed = space.settings.bits
+    chosen = tuple(bits for bits in SEED_BITS if bits in allowed)
+    if chosen:
+        return chosen
+    coded = [bits for bits in allowed if bits != FP32_BITS]
+    return (max(coded),) if coded else (FP32_BITS,)
+
+
+def uniform_policy(space: SearchSpace, bits: int, keep: float = 1.0, sparsity: float = 0.0) -> Policy:
+    """Every layer with ``bits`` and ``sparsity``; every channel-group leader with ``keep``."""
+    quantizer = space.settings.quantizers[0]
+    keeps = space.leaders if space.searches_keep else ()
+    return Policy.from_choices(
+        {
+            name: LayerChoice(sparsity=sparsity, bits=bits, keep=keep if name in keeps else 1.0, quantizer=quantizer)
+            for name in space.layers
+        },
+        space.settings.saliencies[0],
+        space.settings.channel_importances[0],
+    )
+
+
+def _grid(low: float, high: float, step: float) -> list[float]:
+    count = int(round((high - low) / step))
+    return [round(low + i * step, 6) for i in range(count + 1)]
+
+
+def _last_true(values: list[float], test: Callable[[float], bool]) -> float | None:
+    """The last of ``values`` passing ``test``, by bisection (``test`` assumed true up to some point, false after)."""
+    low, high = -1, len(values)  # values[low] passes (or none), values[high] fails (or none)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if test(values[mid]):
+            low = mid
+        else:
+            high = mid
+    return values[low] if low >= 0 else None
+
+
+def widest_keep(evaluator: Evaluator, space: SearchSpace, target_ms: float | None) -> float | None:
+    """The widest uniform keep ratio on the keep grid whose measured latency meets ``target_ms`` (1 without one).
+
+    Returns ``None`` when even the narrowest misses the target.
+    """
+    if target_ms is None or not space.searches_keep:
+        return 1.0
+    task = evaluator.task
+
+    def fast_enough(keep: float) -> bool:
+        model = architecture(task.model, uniform_policy(space, FP32_BITS, keep), task.input_shape,
+                             evaluator.device.channel_multiple)
+        return evaluator.latency(model).ms <= target_ms
+
+    return _last_true(_grid(*space.keep_grid()), fast_enough)
+
+
+def least_sparsity(evaluator: Evaluator, space: SearchSpace, bits: int, keep: float,
+                   size_bytes: int | None) -> float | None:
+    """The smallest uniform sparsity on the space's grid whose packed file fits ``size_bytes`` (0 without one).
+
+    Returns ``None`` when even the space's highest sparsity does not fit.
+    """
+    refinement = evaluator.refinement()
+
+    def fits(sparsity: float) -> bool:
+        policy = uniform_policy(space, bits, keep, sparsity)
+        return evaluator.compress(policy, refinement, verify=False).size_bytes <= size_bytes
+
+    if size_bytes is None or fits(0.0):
+        return 0.0
+    step = space.settings.sparsity_step
+    highest = round(int(space.settings.sparsity_max / step + 1e-9) * step, 6)
+    descending = [value for value in _grid(0.0, highest, step) if value > 0][::-1]
+    return _last_true(descending, fits)  # fits from the highest sparsity down to the least that fits
+
+
+def uniform_seeds(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> list[Policy]:
+    """The run's uniform seed policies (see the module docstring); possibly none."""
+    keep = widest_keep(evaluator, space, budget.latency_ms)
+    if keep is None:
+        return []
+    seeds = []
+    for bits in seed_bits(space):
+        sparsity = least_sparsity(evaluator, space, bits, keep, budget.size_bytes)
+        if sparsity is not None:
+            seeds.append(uniform_policy(space, bits, keep, sparsity))
+    return list(dict.fromkeys(seeds))
+
+
+def run_seeds(run_dir: Path, evaluator: Evaluator, space: SearchSpace, budget: Budget) -> list[Policy]:
+    """The seeds saved in ``run_dir``, or the run's seeds computed now and saved there."""
+    path = run_dir / SEEDS_FILE
+    if path.is_file():
+        return [Policy.from_dict(item) for item in json.loads(path.read_text())]
+    seeds = uniform_seeds(evaluator, space, budget)
+    path.write_text(json.dumps([policy.to_dict() for policy in seeds], indent=1) + "\n")
+    return seeds
