@@ -264,6 +264,20 @@ class Evaluator:
             return self._timing_worker.measure(model, self.task.input_shape, self.device)
         return self.measure_on_device(runnable or self.runnable(model))
 
+    def fresh_latency(self, model: nn.Module) -> Latency:
+        """Latency of ``model`` in a timing process started for it alone, as a user loading the file would run it.
+
+        Exports are confirmed this way: a long-lived process and a new one can differ. With
+        ``settings.timing: inline`` it is measured here.
+        """
+        if self.settings.timing != "worker":
+            return self.measure_here(model)
+        worker = TimingWorker(self.calibration_inputs)
+        try:
+            return worker.measure(model, self.task.input_shape, self.device)
+        finally:
+            worker.close()
+
     def timing_text(self) -> str:
         """Where and how latencies are measured, for reports."""
         if self.settings.timing == "worker":

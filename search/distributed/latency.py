@@ -82,6 +82,10 @@ class RemoteLatencyEvaluator(Evaluator):
         """On the device's node (its latency meter is already a long-lived process of its own)."""
         return self.measure_on_device(runnable or self.runnable(model))
 
+    def fresh_latency(self, model: nn.Module) -> Latency:
+        """On the device's node, as every latency of a sweep."""
+        return self.measure_model(model)
+
     def measure_on_device(self, runnable: nn.Module) -> Latency:
         """Latency measured on a node that holds the device's Ray resource (this process without one)."""
         if self.device.ray_resource is None:

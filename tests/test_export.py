@@ -1,0 +1,61 @@
+"""Export: every model is re-timed in a process started for it alone, and the slower figure decides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from core.budget import Budget
+from core.policy import LayerChoice, Policy
+from core.result import Result
+from envs.device import DeviceProfile
+from envs.evaluator import Evaluator
+from envs.tasks import load_task
+from envs.timing import MIN_ROUNDS, Latency
+from search.archive import Trial
+from search.export import ExportSettings, export_front
+
+FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
+POLICY = Policy.from_choices({"fc1": LayerChoice(0.5, 4), "fc2": LayerChoice(0.5, 4)})
+
+
+class _ScriptedTiming(Evaluator):
+    """Device timings from a script: the timing process says ``warm`` ms, a fresh process ``fresh`` ms."""
+
+    def __init__(self, *args: object, warm: float, fresh: float, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.warm, self.fresh, self.fresh_calls = warm, fresh, 0
+
+    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+        return Latency(self.warm, 0.1, 3)
+
+    def fresh_latency(self, model: nn.Module) -> Latency:
+        self.fresh_calls += 1
+        return Latency(self.fresh, 0.2, 3)
+
+
+def _export(evaluator: Evaluator, budget: Budget, tmp_path: Path) -> tuple[list, list]:
+    trial = Trial(0, "random", POLICY, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
+    return export_front(evaluator, [trial], budget, tmp_path, settings=ExportSettings(finetune_epochs=0), seed=0)
+
+
+@pytest.mark.parametrize(("fresh", "kept"), [(9.0, True), (10.5, False)])
+def test_the_slower_of_the_timing_process_and_a_fresh_one_decides(tmp_path: Path, fresh: float, kept: bool) -> None:
+    evaluator = _ScriptedTiming(load_task("lenet300"), FAST, warm=9.5, fresh=fresh)
+    models, dropped = _export(evaluator, Budget(latency_ms=10.0), tmp_path)
+    assert evaluator.fresh_calls == 1
+    if kept:
+        assert [(m.latency_ms, m.latency_spread_ms) for m in models] == [(9.5, 0.2)]
+        assert (tmp_path / models[0].model_file).is_file()
+    else:
+        assert not models and "over budget" in dropped[0].reason and "10.50 ms" in dropped[0].reason
+
+
+def test_a_fresh_timing_process_is_started_and_ended_for_each_call() -> None:
+    evaluator = Evaluator(load_task("lenet300"), FAST)
+    model = load_task("lenet300").model
+    first = evaluator.fresh_latency(model)
+    assert first.ms > 0 and first.rounds >= MIN_ROUNDS
+    assert evaluator._timing_worker is None  # the long-lived timing process is neither used nor started
