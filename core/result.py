@@ -33,6 +33,11 @@ class Result:
     """Weights of compressible layers that survive pruning."""
     seconds: float = 0.0
     """Wall time spent evaluating the candidate."""
+    finetune_steps: int = 0
+    """Fine-tune steps behind ``val_accuracy`` (more for a candidate promoted to the higher fidelity)."""
+    screen_accuracy: float = float("nan")
+    """Validation accuracy at the screening fidelity that every candidate gets (``val_accuracy`` unless the
+    candidate was promoted; NaN where not recorded)."""
     error: str = ""
     """Error text of a failed candidate."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

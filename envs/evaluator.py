@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -97,6 +97,14 @@ class EvaluatorSettings:
     timing: str = "worker"
     """Where latencies are measured: ``worker``, a separate long-lived process that only times models
     (``envs/timing_worker.py``), as a deployment runs them; or ``inline``, in the searching process."""
+    promote_top: float = 0.25
+    """Multi-fidelity evaluation (``search/fidelity.py``): a within-budget candidate whose screening accuracy
+    (after ``finetune_steps``) ranks in this top fraction of the run's within-budget candidates so far is
+    fine-tuned again for ``promote_steps`` and scored on that; 0 = every candidate gets the screening only."""
+    promote_steps: int = 30
+    """Fine-tune steps of a promoted candidate."""
+    promote_lr: float = 1e-3
+    """Adam learning rate of that fine-tune."""
     decode_check_every: int = 20
     """Every this-many-th candidate (the first included) is also decoded from its packed bytes in full and
     compared bit for bit with the model that is measured; exported models always are."""
@@ -115,6 +123,15 @@ class EvaluatorSettings:
             raise ValueError(f"timing must be one of {TIMING_MODES}, got {self.timing!r}")
         if self.decode_check_every < 1:
             raise ValueError("decode_check_every must be at least 1")
+        if not 0.0 <= self.promote_top <= 1.0:
+            raise ValueError("promote_top must be in [0, 1] (0 = no promotion)")
+        if self.promote_steps < 1 or not self.promote_lr > 0:
+            raise ValueError("promote_steps must be at least 1 and promote_lr positive")
+
+    @property
+    def promotion(self) -> FinetuneSettings:
+        """The fine-tune of a promoted candidate."""
+        return replace(self.finetune, steps=self.promote_steps, lr=self.promote_lr)
 
 
 class Evaluator:
@@ -325,17 +342,28 @@ class Evaluator:
             nonzero_weights=nonzero,
         )
 
-    def evaluate(self, policy: Policy, on_error: Callable[[Exception], None] | None = None) -> Result:
-        """Compresses and measures one candidate; a candidate that raises becomes a failed result."""
+    def evaluate(self, policy: Policy, on_error: Callable[[Exception], None] | None = None,
+                 finetune: FinetuneSettings | None = None) -> Result:
+        """Compresses and measures one candidate; a candidate that raises becomes a failed result.
+
+        Args:
+            policy: the candidate.
+            on_error: called with the exception of a failed candidate.
+            finetune: the candidate's fine-tune (default: ``settings.finetune``, the screening fidelity).
+        """
+        finetune = self.settings.finetune if finetune is None else finetune
         key = policy.digest()
+        if finetune != self.settings.finetune:
+            key = f"{key}@{finetune.steps}:{finetune.lr}"
         if key in self._cache:
             return self._cache[key]
         start = time.perf_counter()
         verify = self._compressed % self.settings.decode_check_every == 0
         self._compressed += 1
         try:
-            result = self.measure(self.compress(policy, verify=verify))
-            result = Result(**{**result.to_dict(), "seconds": time.perf_counter() - start})
+            result = self.measure(self.compress(policy, self.refinement(finetune), verify=verify))
+            result = replace(result, seconds=time.perf_counter() - start, finetune_steps=finetune.steps,
+                             screen_accuracy=result.val_accuracy)
         except Exception as exc:  # noqa: BLE001 - a broken candidate must not stop the search
             if on_error is not None:
                 on_error(exc)

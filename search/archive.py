@@ -34,6 +34,8 @@ COLUMNS = [
     "params",
     "nonzero_weights",
     "feasible",
+    "finetune_steps",
+    "screen_accuracy",
     "seconds",
     "error",
     "policy",
@@ -71,6 +73,8 @@ def _row(trial: Trial) -> dict[str, Any]:
         "params": result.params,
         "nonzero_weights": result.nonzero_weights,
         "feasible": trial.feasible,
+        "finetune_steps": result.finetune_steps,
+        "screen_accuracy": result.screen_accuracy,
         "seconds": round(result.seconds, 4),
         "error": result.error.replace("\n", " ")[:500],
         "policy": trial.policy.to_json(),
@@ -89,6 +93,8 @@ def _trial(row: dict[str, str]) -> Trial:
         nonzero_weights=int(row["nonzero_weights"]),
         seconds=float(row["seconds"]),
         error=row["error"],
+        finetune_steps=int(row.get("finetune_steps") or 0),  # absent in earlier run folders
+        screen_accuracy=float(row.get("screen_accuracy") or "nan"),
     )
     return Trial(
         number=int(row["trial"]),

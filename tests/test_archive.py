@@ -3,6 +3,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from core.budget import Budget
 from core.policy import LayerChoice, Policy
 from core.result import Result
@@ -42,19 +44,24 @@ def test_a_torn_last_row_is_dropped(tmp_path: Path) -> None:
     assert [t.policy for t in TrialArchive(path, BUDGET).trials] == [_policy(0.1), _policy(0.3)]
 
 
-def test_latency_spread_is_kept_and_earlier_archives_without_it_still_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("later", [("latency_spread_ms",), ("finetune_steps", "screen_accuracy")])
+def test_later_columns_are_kept_and_earlier_archives_without_them_still_load(tmp_path: Path, later: tuple) -> None:
     path = tmp_path / "trials.csv"
     archive = TrialArchive(path, BUDGET)
-    result = Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0, latency_spread_ms=0.25)
+    result = Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0, latency_spread_ms=0.25, finetune_steps=30,
+                    screen_accuracy=0.5)
     archive.append("tpe", _policy(0.1), result)
-    assert TrialArchive(path, BUDGET).trials[0].result.latency_spread_ms == 0.25
+    assert TrialArchive(path, BUDGET).trials[0].result == result
     header, row = path.read_text().splitlines()
     columns = header.split(",")
-    drop = columns.index("latency_spread_ms")
-    earlier = tmp_path / "earlier.csv"  # as written before latencies carried a spread
+    drop = {columns.index(name) for name in later}
+    earlier = tmp_path / "earlier.csv"  # as written before these columns existed
     values = row.split(",")
-    earlier.write_text(",".join(c for i, c in enumerate(columns) if i != drop) + "\n"
-                       + ",".join(v for i, v in enumerate(values) if i != drop) + "\n")
+    earlier.write_text(",".join(c for i, c in enumerate(columns) if i not in drop) + "\n"
+                       + ",".join(v for i, v in enumerate(values) if i not in drop) + "\n")
     loaded = TrialArchive(earlier, BUDGET).trials
     assert len(loaded) == 1 and loaded[0].result.latency_ms == 5.0
-    assert math.isnan(loaded[0].result.latency_spread_ms)
+    defaults = Result()
+    for name in later:
+        value, default = getattr(loaded[0].result, name), getattr(defaults, name)
+        assert value == default or (math.isnan(value) and math.isnan(default))

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from search.archive import ARCHIVE_FILE, Trial, TrialArchive
 from search.drivers.base import Driver, PreparedRun
+from search.fidelity import Promotion
 from search.latency_fill import latency_fill
 from search.searchers import SEARCHERS, Finished
 from search.seeds import run_seeds
@@ -53,6 +54,7 @@ class LocalDriver(Driver):
             searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
         searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
         fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
+        promotion = Promotion(prepared.evaluator, config.budget, [t.result for t in archive.trials])
         remaining = max(0, config.trials - len(archive.trials))
         bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
@@ -61,7 +63,7 @@ class LocalDriver(Driver):
             for _ in range(remaining):
                 proposal = searcher.ask()
                 policy = proposal.policy if fill is None else fill(proposal.policy)
-                result = prepared.evaluator.evaluate(policy)
+                result = promotion(policy, prepared.evaluator.evaluate(policy))
                 archive.append(config.searcher, policy, result)
                 searcher.tell(proposal, result)
                 bar.update(1)
