@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from core.policy import (
@@ -59,14 +59,19 @@ class SpaceSettings:
     fraction of the target (``search/latency_fill.py``); 0 leaves proposals as they are. The RL agent bounds
     its own actions (AMC's budget wall) and is not filled."""
 
+    budget_repair: bool = True
+    """A proposal outside the budget is moved just inside it before it is evaluated (``search/budget_repair.py``):
+    keep ratios scaled together to the latency target, kept fractions to the size budget. Not for the RL
+    agent (its budget wall bounds its actions) or the Ray sweep."""
     uniform_seeds: bool = True
     """Every searcher first evaluates the uniform policies scaled to the budget (``search/seeds.py``): 8 and
     4 bits, the widest uniform width within the latency target, the least uniform sparsity within the size
     budget; so a search never returns less than a uniform policy would."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.uniform_seeds, bool):
-            raise ValueError(f"uniform_seeds must be true or false, got {self.uniform_seeds!r}")
+        for flag in ("uniform_seeds", "budget_repair"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))
         if not self.ranks or any(not 0.0 < r <= 1.0 for r in self.ranks):
             raise ValueError(f"ranks must be a non-empty set of fractions in (0, 1], got {self.ranks}")
@@ -120,6 +125,26 @@ class SearchSpace:
         if keep >= high:
             return high
         return round(low + max(0, math.floor((keep - low) / step + 1e-9)) * step, 6)
+
+    def scaled_keeps(self, policy: Policy, alpha: float) -> Policy:
+        """``policy`` with every leader's keep ratio multiplied by ``alpha``, snapped down to the keep grid."""
+        choices = policy.choices
+        for name in self.leaders:
+            choice = policy[name]
+            choices[name] = replace(choice, keep=self.snap_keep(min(1.0, choice.keep * alpha)))
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance)
+
+    def scaled_density(self, policy: Policy, beta: float) -> Policy:
+        """``policy`` with every layer's kept fraction ``1 - sparsity`` multiplied by ``beta`` (< 1), the sparsity
+        rounded up to its grid and clipped to ``sparsity_max``."""
+        low, high, step = self._sparsity_grid()
+        choices = policy.choices
+        for name in self.layers:
+            choice = policy[name]
+            wanted = 1.0 - (1.0 - choice.sparsity) * beta
+            sparsity = min(high, low + math.ceil((wanted - low) / step - 1e-9) * step)
+            choices[name] = replace(choice, sparsity=round(max(choice.sparsity, sparsity), 6))
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance)
 
     def keep_grid(self) -> tuple[float, float, float]:
         """Smallest keep ratio, largest (1) and step of the keep grid."""

@@ -13,6 +13,9 @@ from torch.utils.data import TensorDataset
 
 from methods.quantizers import parametrization
 
+LR_SCHEDULES = ("constant", "cosine")
+"""Learning-rate schedules of a fine-tune."""
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:
@@ -34,7 +37,12 @@ class FinetuneSettings:
     """Iterative pruning: the steps are split over this many prune-then-retrain rounds whose sparsity
     rises on a cubic schedule; only the last round quantizes (1 = prune once, then fine-tune)."""
 
+    lr_schedule: str = "constant"
+    """``constant``, or ``cosine``: the learning rate decays from ``lr`` to 0 over the steps (of each round)."""
+
     def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
             raise ValueError("fine-tune needs steps >= 0, lr > 0 and batch_size >= 1")
         if isinstance(self.prune_rounds, bool) or not isinstance(self.prune_rounds, int) or self.prune_rounds < 1:
@@ -99,6 +107,9 @@ def masked_finetune(
     inputs, labels = train.tensors
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    schedule = None
+    if settings.lr_schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.steps)
     model.train()
     try:
         step = 0
@@ -120,6 +131,8 @@ def masked_finetune(
                 )
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
                 step += 1
                 if step >= settings.steps:
                     break

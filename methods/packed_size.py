@@ -3,14 +3,21 @@
 A layer's payload is its sparse index plus, for fp32, 4 bytes per kept weight or, for codes, its
 quantizer's tables and codes (:meth:`methods.quantizers.Quantizer.bytes_upper`). The bounds hold for
 every mask and every weight value with those counts (checked against real files in
-``tests/test_packed_size.py`` and, per quantizer, ``tests/test_quantizer_conformance.py``).
+``tests/test_packed_size.py`` and, per quantizer, ``tests/test_quantizer_conformance.py``). Where a layer's
+weights are at hand, :class:`Payload` measures its payload exactly, as the packer stores it.
 """
 
 from __future__ import annotations
 
-from methods.packing import MAX_RELATIVE_K, MIN_RELATIVE_K
+from collections.abc import Sequence
+
+import torch
+
+from core.policy import LayerChoice
+from methods.packing import MAX_RELATIVE_K, MIN_RELATIVE_K, WeightEncoding, index_bytes, weight_payload_bytes
+from methods.pruning import magnitude_mask, pruned_count
 from methods.quantization import FP32_BITS
-from methods.quantizers import QUANTIZERS
+from methods.quantizers import QUANTIZERS, stored_weight
 from methods.symbol_coding import packed_len
 
 
@@ -44,3 +51,34 @@ def weight_bytes_upper(
     if bits == FP32_BITS:
         return index + 4 * kept
     return index + QUANTIZERS[quantizer].bytes_upper(numel=numel, kept=kept, bits=bits, channels=channels)
+
+
+class Payload:
+    """Payload bytes of a layer's weight at its original shape, measured as the packer stores it (memoized).
+
+    With ``exact_codes`` the weight is encoded exactly as the pipeline encodes it, so the bytes are
+    exact. A per-candidate fine-tune changes the codes but not the mask: then only the index is
+    measured and the codes count at their bound (``methods/packed_size.py``).
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], exact_codes: bool = True):
+        """Args: weights: each layer's weight tensor (episode order); exact_codes: see the class."""
+        self._weights = list(weights)
+        self._exact = exact_codes
+        self._memo: dict[tuple, int] = {}
+
+    def __call__(self, index: int, choice: LayerChoice) -> int:
+        weight = self._weights[index]
+        key = (index, choice) if self._exact else (index, choice.sparsity)
+        if key not in self._memo:
+            mask = magnitude_mask(weight, choice.sparsity)
+            if self._exact:
+                stored = stored_weight(weight, mask, choice.bits, choice.quantizer)
+                self._memo[key] = weight_payload_bytes(stored, WeightEncoding(mask, choice.bits, choice.quantizer))
+            else:
+                self._memo[key] = index_bytes(mask)
+        if self._exact:
+            return self._memo[key]
+        kept = weight.numel() - pruned_count(weight.numel(), choice.sparsity)
+        return weight_bytes_upper(weight.numel(), weight.shape[0], kept, choice.bits, self._memo[key],
+                                  choice.quantizer)

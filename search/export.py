@@ -47,13 +47,15 @@ class ExportSettings:
         ("distill_alpha", "distill_alpha"),
         ("distill_temperature", "distill_temperature"),
         ("prune_rounds", "prune_rounds"),
+        ("finetune_schedule", "lr_schedule"),
     )
     """config.yaml keys of :attr:`finetune`'s fields (the file keeps these flat keys)."""
 
     finetune_epochs: float = 2.0
     """Epochs of masked quantization-aware fine-tuning per exported model."""
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    """That fine-tune: Adam ``lr`` (``finetune_lr``), distillation from the original model (``distill_alpha``,
+    """That fine-tune: Adam ``lr`` (``finetune_lr``) on a ``constant`` or ``cosine`` schedule
+    (``finetune_schedule``), distillation from the original model (``distill_alpha``,
     0 = off; ``distill_temperature``) and iterative pruning (``prune_rounds``: prune-then-retrain rounds on a
     cubic sparsity schedule). Its steps come from ``finetune_epochs`` and its seed from the run's."""
     max_models: int = 6

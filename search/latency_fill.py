@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
 
 from torch import nn
 
@@ -97,11 +96,7 @@ class LatencyFill:
         return statistics.median(self.ratios[-CALIBRATION_WINDOW:]) if self.ratios else 1.0
 
     def _scaled(self, policy: Policy, alpha: float) -> Policy:
-        choices = policy.choices
-        for name in self.space.leaders:
-            choice = policy[name]
-            choices[name] = replace(choice, keep=self.space.snap_keep(min(1.0, choice.keep * alpha)))
-        return Policy.from_choices(choices, policy.saliency, policy.channel_importance)
+        return self.space.scaled_keeps(policy, alpha)
 
     def _latency(self, policy: Policy) -> float:
         widths = tuple(policy[name].keep for name in self.space.leaders) + tuple(c.rank for _, c in policy)

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from search.archive import ARCHIVE_FILE, Trial, TrialArchive
+from search.budget_repair import BudgetRepair
 from search.drivers.base import Driver, PreparedRun
 from search.fidelity import Promotion
 from search.latency_fill import latency_fill
@@ -54,6 +55,11 @@ class LocalDriver(Driver):
             searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
         searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
         fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
+        repair = None
+        if prepared.space.settings.budget_repair and not searcher.bounds_latency:
+            repair = BudgetRepair(prepared.evaluator, prepared.space, config.budget)
+            for trial in archive.trials:
+                repair.observe(trial.policy, trial.result)
         promotion = Promotion(prepared.evaluator, config.budget, [t.result for t in archive.trials])
         remaining = max(0, config.trials - len(archive.trials))
         bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,
@@ -63,7 +69,10 @@ class LocalDriver(Driver):
             for _ in range(remaining):
                 proposal = searcher.ask()
                 policy = proposal.policy if fill is None else fill(proposal.policy)
+                policy = policy if repair is None else repair(policy)
                 result = promotion(policy, prepared.evaluator.evaluate(policy))
+                if repair is not None:
+                    repair.observe(policy, result)
                 archive.append(config.searcher, policy, result)
                 searcher.tell(proposal, result)
                 bar.update(1)

@@ -165,7 +165,7 @@ class CostModel:
     """Per group, raw-tensor bytes (biases, BatchNorm) removed per channel removed."""
     payload: Callable[[int, LayerChoice], int] | None = None
     """Measured payload bytes of layer ``i``'s weight while its shape is unchanged
-    (see :class:`~search.searchers.rl.calibration.Payload`)."""
+    (see :class:`~methods.packed_size.Payload`)."""
     channel_multiple: int = 1
     """Kept channel counts are rounded to this multiple (the device's)."""
     latency: LatencyCurve | None = None

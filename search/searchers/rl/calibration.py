@@ -2,7 +2,7 @@
 
 Sizes come from real packed bytes: every probe policy is compressed to size the header, and each
 layer's payload at its original shape is measured by packing its weight alone, as the pipeline does
-(:class:`Payload`). Channel coupling is found by really pruning each channel group. Latency points
+(:class:`methods.packed_size.Payload`). Channel coupling is found by really pruning each channel group. Latency points
 are the evaluator's own latency (measured or predicted, as its settings say) of uniformly pruned models.
 """
 
@@ -13,17 +13,14 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import torch
 from torch import nn
 
 from core.policy import LayerChoice, Policy
 from core.spec import LayerSpec
 from methods.discovery import discover_layers, total_macs
-from methods.packed_size import weight_bytes_upper
-from methods.packing import PREFIX_BYTES, WeightEncoding, header_bytes, index_bytes, weight_payload_bytes
+from methods.packed_size import Payload
+from methods.packing import PREFIX_BYTES, header_bytes
 from methods.pipeline import CompressedModel, Refinement
-from methods.pruning import magnitude_mask, pruned_count
-from methods.quantizers import stored_weight
 from methods.structured import ChannelGroup, kept_channels, prune_channels
 from search.searchers.rl.budget_wall import CostModel, LatencyCurve, LayerShape
 
@@ -96,37 +93,6 @@ def _coupling(evaluator: WallEvaluator, probe_keep: float) -> tuple[list[list[fl
             inn[i][g] = (spec.in_channels - after[spec.name].in_channels) / removed
         raw[g] = (full - _raw_bytes(model, weights)) / removed
     return out, inn, raw
-
-
-class Payload:
-    """Payload bytes of a layer's weight at its original shape, measured as the packer stores it (memoized).
-
-    With ``exact_codes`` the weight is encoded exactly as the pipeline encodes it, so the bytes are
-    exact. A per-candidate fine-tune changes the codes but not the mask: then only the index is
-    measured and the codes count at their bound (``methods/packed_size.py``).
-    """
-
-    def __init__(self, weights: Sequence[torch.Tensor], exact_codes: bool = True):
-        """Args: weights: each layer's weight tensor (episode order); exact_codes: see the class."""
-        self._weights = list(weights)
-        self._exact = exact_codes
-        self._memo: dict[tuple, int] = {}
-
-    def __call__(self, index: int, choice: LayerChoice) -> int:
-        weight = self._weights[index]
-        key = (index, choice) if self._exact else (index, choice.sparsity)
-        if key not in self._memo:
-            mask = magnitude_mask(weight, choice.sparsity)
-            if self._exact:
-                stored = stored_weight(weight, mask, choice.bits, choice.quantizer)
-                self._memo[key] = weight_payload_bytes(stored, WeightEncoding(mask, choice.bits, choice.quantizer))
-            else:
-                self._memo[key] = index_bytes(mask)
-        if self._exact:
-            return self._memo[key]
-        kept = weight.numel() - pruned_count(weight.numel(), choice.sparsity)
-        return weight_bytes_upper(weight.numel(), weight.shape[0], kept, choice.bits, self._memo[key],
-                                  choice.quantizer)
 
 
 def calibrate(
