@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from torch import nn
 
 from core.budget import Budget
 from core.policy import LayerChoice, Policy
 from core.space import SearchSpace, SpaceSettings
-from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
-from envs.timing import Latency
 from methods.pipeline import architecture
 from search.budget_repair import BudgetRepair
-
-FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
-
-
-class _ParameterTiming(Evaluator):
-    """Latency proportional to the parameter count (a shared machine's timing noise is not reproducible)."""
-
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
-        return Latency(sum(p.numel() for p in model.parameters()) / 10_000, 0.0, 3)
+from tests.fixtures.parameter_timing import FAST, ParameterTiming
 
 
 @pytest.fixture(scope="module")
 def evaluator() -> Evaluator:
-    return _ParameterTiming(load_task("lenet300"), FAST)
+    return ParameterTiming(load_task("lenet300"), FAST)
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from torch import nn
 
 from core.budget import Budget
 from core.policy import LayerChoice, Policy
 from core.space import SearchSpace, SpaceSettings
-from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
-from envs.timing import Latency
 from methods.pipeline import architecture
 from search.seeds import SEEDS_FILE, run_seeds, seed_bits, uniform_policy, uniform_seeds
-
-FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
-
-
-class _ParameterTiming(Evaluator):
-    """Latency proportional to the parameter count (a shared machine's timing noise is not reproducible)."""
-
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
-        return Latency(sum(p.numel() for p in model.parameters()) / 10_000, 0.0, 3)
+from tests.fixtures.parameter_timing import FAST, ParameterTiming
 
 
 @pytest.fixture(scope="module")
 def evaluator() -> Evaluator:
-    return _ParameterTiming(load_task("lenet300"), FAST)
+    return ParameterTiming(load_task("lenet300"), FAST)
 
 
 def _space(evaluator: Evaluator, **settings: object) -> SearchSpace:
