@@ -72,6 +72,12 @@ def check_exposed(finetune: FinetuneSettings, keys: FinetuneKeys, section: str) 
                          f"{', '.join(fixed)} must keep the default")
 
 
+SCREEN_STEPS = 8
+"""Default fine-tune steps of every candidate (the screening fidelity)."""
+SCREEN_LR = 1e-3
+"""Default learning rate of that fine-tune."""
+
+
 @dataclass(frozen=True)
 class EvaluatorSettings:
     """How much work goes into each candidate."""
@@ -83,9 +89,11 @@ class EvaluatorSettings:
     """Recalibrate BatchNorm statistics on training images after compression."""
     calibration_images: int = 500
     """Training images used for BatchNorm recalibration."""
-    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
-    """Masked quantization-aware fine-tune of each candidate: ``steps`` (``finetune_steps``, 0 = none) and
-    ``lr`` (``finetune_lr``); its other fields keep their defaults."""
+    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(steps=SCREEN_STEPS, lr=SCREEN_LR))
+    """Masked quantization-aware fine-tune of each candidate, the screening fidelity: ``steps``
+    (``finetune_steps``, 0 = none) and ``lr`` (``finetune_lr``); its other fields keep their defaults. A
+    short one ranks heavily pruned candidates as the final fine-tune does, where none reads near chance
+    (``benchmarks/proxy_fidelity.py``)."""
     saliency_images: int = 256
     """Training images that score weights for the ``obd`` and ``taylor`` pruning saliencies."""
     latency: str = "measured"
@@ -97,7 +105,7 @@ class EvaluatorSettings:
     timing: str = "worker"
     """Where latencies are measured: ``worker``, a separate long-lived process that only times models
     (``envs/timing_worker.py``), as a deployment runs them; or ``inline``, in the searching process."""
-    promote_top: float = 0.25
+    promote_top: float = 0.2
     """Multi-fidelity evaluation (``search/fidelity.py``): a within-budget candidate whose screening accuracy
     (after ``finetune_steps``) ranks in this top fraction of the run's within-budget candidates so far is
     fine-tuned again for ``promote_steps`` and scored on that; 0 = every candidate gets the screening only."""

@@ -31,7 +31,7 @@ def _policy(sparsity: float, bits: int = 4) -> Policy:
 def test_the_first_within_budget_candidate_is_promoted_and_scored_after_its_fine_tune(evaluator: Evaluator) -> None:
     promotion = Promotion(evaluator, Budget())
     screened = evaluator.evaluate(_policy(0.9, 2))
-    assert screened.finetune_steps == 0 and screened.screen_accuracy == screened.val_accuracy
+    assert screened.finetune_steps == SETTINGS.finetune.steps and screened.screen_accuracy == screened.val_accuracy
     result = promotion(_policy(0.9, 2), screened)
     assert result.finetune_steps == SETTINGS.promote_steps
     assert result.screen_accuracy == screened.val_accuracy
