@@ -30,6 +30,7 @@ COLUMNS = [
     "size_bytes",
     "latency_ms",
     "latency_spread_ms",
+    "runtime",
     "macs",
     "params",
     "nonzero_weights",
@@ -67,6 +68,7 @@ def _row(trial: Trial) -> dict[str, Any]:
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_spread_ms": result.latency_spread_ms,
+        "runtime": result.runtime or trial.policy.runtime or "",
         "macs": result.macs,
         "params": result.params,
         "nonzero_weights": result.nonzero_weights,
@@ -89,6 +91,7 @@ def _trial(row: dict[str, str]) -> Trial:
         nonzero_weights=int(row["nonzero_weights"]),
         seconds=float(row["seconds"]),
         error=row["error"],
+        runtime=row.get("runtime") or "",  # absent in earlier run folders
     )
     return Trial(
         number=int(row["trial"]),
