@@ -236,7 +236,8 @@ class CompressEnv(gym.Env):
             raise ValueError("CompressEnv needs an evaluator or an evaluate callable")
         self.evaluator = evaluator
         self.space = space or SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders),
-                                          space_settings or SpaceSettings(), tuple(evaluator.layers))
+                                          space_settings or SpaceSettings(), tuple(evaluator.layers),
+                                          tuple(evaluator.device.runtimes))
         self.budget = budget or Budget(None if budget_mb is None else parse_size(budget_mb),
                                        None if target_latency_ms is None else parse_latency(target_latency_ms))
         self._evaluate = evaluate or evaluator.evaluate
