@@ -59,7 +59,7 @@ class DeviceProfile:
             raise UsageError(f"device {self.name!r}: runtime {self.runtime!r} is not one of its runtimes "
                              f"({', '.join(names)})")
         ordered = (self.runtime, *(name for name in names if name != self.runtime))
-        object.__setattr__(self, "runtimes", _runnable(self.name, ordered))
+        object.__setattr__(self, "runtimes", _runnable_here(self.name, ordered))
         for name in ("threads", "batch", "repeats", "channel_multiple"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"device {self.name!r}: {name} must be >= 1")
@@ -88,13 +88,6 @@ class DeviceProfile:
             return self
         return replace(self, runtime=runtime, runtimes=(runtime,))
 
-    @property
-    def runtimes_text(self) -> str:
-        """The allowed runtimes for reports: ``torch`` or ``torch (default), torch-int8, ...``."""
-        if len(self.runtimes) == 1:
-            return self.runtime
-        return ", ".join(f"{name} (default)" if name == self.runtime else name for name in self.runtimes)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for YAML and reports."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -103,7 +96,7 @@ class DeviceProfile:
         return data
 
 
-def _runnable(device: str, names: tuple[str, ...]) -> tuple[str, ...]:
+def _runnable_here(device: str, names: tuple[str, ...]) -> tuple[str, ...]:
     """``names`` less the runtimes this machine cannot run, each left out with a warning (a profile that allows one
     runtime keeps it: converting for it fails with the engine's own error).
 
