@@ -90,10 +90,15 @@ class Policy:
     channel_importance: str = "l1"
     """Which channels structured pruning removes first (one criterion for the whole network): a name in
     ``methods.channel_importance.CHANNEL_IMPORTANCES``."""
+    runtime: str | None = None
+    """Runtime the candidate is converted for and timed on (one for the whole network): a name in
+    ``envs.runtimes.RUNTIMES`` that the device profile allows; ``None`` = the profile's default runtime."""
 
     def __post_init__(self) -> None:
         check_criterion_name("saliency", self.saliency)
         check_criterion_name("channel_importance", self.channel_importance)
+        if self.runtime is not None:
+            check_criterion_name("runtime", self.runtime)
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError("a policy names each layer at most once")
@@ -101,10 +106,14 @@ class Policy:
 
     @classmethod
     def from_choices(
-        cls, choices: Mapping[str, LayerChoice], saliency: str = "magnitude", channel_importance: str = "l1"
+        cls,
+        choices: Mapping[str, LayerChoice],
+        saliency: str = "magnitude",
+        channel_importance: str = "l1",
+        runtime: str | None = None,
     ) -> Policy:
         """Builds a policy from a ``{module name: LayerChoice}`` mapping."""
-        return cls(tuple(choices.items()), saliency, channel_importance)
+        return cls(tuple(choices.items()), saliency, channel_importance, runtime)
 
     @classmethod
     def uniform(cls, names: list[str], choice: LayerChoice, saliency: str = "magnitude") -> Policy:
@@ -128,8 +137,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with a format version tag.
 
-        Fields at their default are left out when they were added after version 1, so digests of
-        earlier policies stay valid.
+        Fields at their default are left out when they were added after version 1 (``runtime`` when
+        ``None``), so digests of earlier policies stay valid.
         """
         data: dict[str, Any] = {
             "version": POLICY_FORMAT_VERSION,
@@ -139,6 +148,8 @@ class Policy:
             data["saliency"] = self.saliency
         if self.channel_importance != "l1":
             data["channel_importance"] = self.channel_importance
+        if self.runtime is not None:
+            data["runtime"] = self.runtime
         return data
 
     @classmethod
@@ -155,7 +166,8 @@ class Policy:
         if not isinstance(layers, Mapping):
             raise ValueError("policy 'layers' must be a mapping")
         choices = tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items())
-        return cls(choices, data.get("saliency", "magnitude"), data.get("channel_importance", "l1"))
+        saliency, importance = data.get("saliency", "magnitude"), data.get("channel_importance", "l1")
+        return cls(choices, saliency, importance, data.get("runtime"))
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace."""

@@ -40,6 +40,8 @@ class Result:
     candidate was promoted; NaN where not recorded)."""
     error: str = ""
     """Error text of a failed candidate."""
+    runtime: str = ""
+    """Runtime the candidate was converted for, timed and evaluated on (empty where not recorded)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     """Free-form extra metrics."""
 

@@ -113,6 +113,20 @@ class SearchSpace:
     """Bounds and grids."""
     specs: tuple[LayerSpec, ...] = ()
     """Shapes and costs of ``layers`` (same order), for searchers that model the network."""
+    runtimes: tuple[str, ...] = ()
+    """Runtimes a candidate may run on, the device profile's default first (``DeviceProfile.runtimes``);
+    searched as one choice per policy when there are several, else policies leave ``runtime`` unset."""
+
+    def __post_init__(self) -> None:
+        names = () if isinstance(self.runtimes, str) else tuple(dict.fromkeys(self.runtimes))
+        for name in names:
+            check_criterion_name("runtimes", name)
+        object.__setattr__(self, "runtimes", names)
+
+    @property
+    def searches_runtime(self) -> bool:
+        """True when the runtime is part of the space (more than one allowed)."""
+        return len(self.runtimes) > 1
 
     def _sparsity_grid(self) -> tuple[float, float, float]:
         step = self.settings.sparsity_step
@@ -132,7 +146,7 @@ class SearchSpace:
         for name in self.leaders:
             choice = policy[name]
             choices[name] = replace(choice, keep=self.snap_keep(min(1.0, choice.keep * alpha)))
-        return Policy.from_choices(choices, policy.saliency, policy.channel_importance)
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime)
 
     def scaled_density(self, policy: Policy, beta: float) -> Policy:
         """``policy`` with every layer's kept fraction ``1 - sparsity`` multiplied by ``beta`` (< 1), the sparsity
@@ -144,7 +158,7 @@ class SearchSpace:
             wanted = 1.0 - (1.0 - choice.sparsity) * beta
             sparsity = min(high, low + math.ceil((wanted - low) / step - 1e-9) * step)
             choices[name] = replace(choice, sparsity=round(max(choice.sparsity, sparsity), 6))
-        return Policy.from_choices(choices, policy.saliency, policy.channel_importance)
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime)
 
     def keep_grid(self) -> tuple[float, float, float]:
         """Smallest keep ratio, largest (1) and step of the keep grid."""
@@ -166,7 +180,8 @@ class SearchSpace:
         return {spec.name for spec in self.specs if spec.groups == 1}
 
     def sample(self, suggest: Suggest) -> Policy:
-        """Builds a policy from one suggestion per decision."""
+        """Builds a policy from one suggestion per decision (the runtime first, when it is searched)."""
+        runtime = suggest.categorical("runtime", self.runtimes) if self.searches_runtime else None
         low, high, step = self._sparsity_grid()
         saliency = self.settings.saliencies[0]
         if len(self.settings.saliencies) > 1:
@@ -187,14 +202,18 @@ class SearchSpace:
                 keep = suggest.float(f"{name}.keep", *self.keep_grid())
             rank = suggest.categorical(f"{name}.rank", self.settings.ranks) if name in rank_layers else 1.0
             choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=quantizer, rank=rank)
-        return Policy.from_choices(choices, saliency, importance)
+        return Policy.from_choices(choices, saliency, importance, runtime)
 
-    def most_compressed(self, quantizer: str | None = None) -> Policy:
+    def most_compressed(self, quantizer: str | None = None, runtime: str | None = None) -> Policy:
         """The policy with the highest sparsity, fewest bits and fewest channels the space allows.
 
         Args:
             quantizer: the quantizer of every layer (default: the first allowed one).
+            runtime: the runtime (default: the first allowed one when the runtime is searched, else unset);
+                which runtime is fastest depends on the machine (``search/reachability.py`` times them all).
         """
+        if runtime is None and self.searches_runtime:
+            runtime = self.runtimes[0]
         keep = self.keep_grid()[0] if self.searches_keep else 1.0
         sparsity = self._sparsity_grid()[1]
         rank_layers = self._rank_layers()
@@ -211,11 +230,14 @@ class SearchSpace:
             },
             self.settings.saliencies[0],
             self.settings.channel_importances[0],
+            runtime,
         )
 
     def params(self, policy: Policy) -> dict[str, float | int | str]:
         """The suggestion values that :meth:`sample` would need to produce ``policy``."""
         values: dict[str, float | int | str] = {}
+        if self.searches_runtime:
+            values["runtime"] = policy.runtime or self.runtimes[0]
         if len(self.settings.saliencies) > 1:
             values["saliency"] = policy.saliency
         if self.searches_keep and len(self.settings.channel_importances) > 1:

@@ -24,6 +24,7 @@ from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
 from envs.timing_worker import TimingWorker
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
+from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, compress
 from methods.structured import channel_groups
 
@@ -155,11 +156,12 @@ class Evaluator:
         self._compressed = 0
         """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
         self._latency_by_shape: dict[tuple, Latency] = {}
+        """Latencies by (runtime, architecture): dense models of equal shapes on one runtime run the same kernels."""
         self._timing_worker: TimingWorker | None = None
         self.latency_target_ms: float | None = None
         """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
         self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
-        self._predictor: LatencyPredictor | None = None
+        self._predictors: dict[str, LatencyPredictor] = {}
         self.latency_checks: list[LatencyCheck] = []
         """Predicted-and-measured pairs collected while searching with predicted latency."""
 
@@ -192,7 +194,11 @@ class Evaluator:
 
     def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:
         """Applies ``policy`` to a copy of the task's model and packs it (``verify``: decode the bytes in full
-        and check them against the measured model)."""
+        and check them against the measured model); the file's header records the policy's runtime.
+
+        Raises:
+            ValueError: for a runtime the device profile does not allow.
+        """
         return compress(
             self.task.model,
             policy,
@@ -201,7 +207,21 @@ class Evaluator:
             channel_multiple=self.device.channel_multiple,
             refinement=refinement or self.refinement(self.settings.finetune),
             verify=verify,
+            runtime=self.device_for(policy.runtime).runtime,
         )
+
+    def device_for(self, runtime: str | None = None) -> DeviceProfile:
+        """The profile that converts and times a candidate on ``runtime`` (``None``: the profile's default).
+
+        Raises:
+            ValueError: for a runtime the device profile does not allow.
+        """
+        if runtime is None or runtime == self.device.runtime:
+            return self.device
+        if runtime not in self.device.runtimes:
+            raise ValueError(f"runtime {runtime!r} is not allowed on device {self.device.name!r} "
+                             f"(its runtimes: {', '.join(self.device.runtimes)})")
+        return self.device.on(runtime)
 
     @property
     def calibration_inputs(self) -> torch.Tensor:
@@ -210,47 +230,59 @@ class Evaluator:
 
     @property
     def predictor(self) -> LatencyPredictor:
-        """The device's latency model for this task (built, and if needed profiled, on first use)."""
-        if self._predictor is None:
-            self._predictor = build_predictor(
-                self.task.model, self.task.input_shape, self.device, default_cache_dir(), self.leaders,
-                self.device.channel_multiple, runnable=self.runnable,
+        """The latency model of the device's default runtime for this task (:meth:`predictor_for`)."""
+        return self.predictor_for(None)
+
+    def predictor_for(self, runtime: str | None) -> LatencyPredictor:
+        """The latency model of ``runtime`` (``None``: the default) on the device for this task: one table per
+        runtime (built, and if needed profiled, on first use)."""
+        device = self.device_for(runtime)
+        if device.runtime not in self._predictors:
+            self._predictors[device.runtime] = build_predictor(
+                self.task.model, self.task.input_shape, device, default_cache_dir(), self.leaders,
+                self.device.channel_multiple, runnable=lambda model: self.runnable(model, device.runtime),
             )
-        return self._predictor
+        return self._predictors[device.runtime]
 
-    def runnable(self, model: nn.Module) -> nn.Module:
-        """What runs on the device: ``model`` itself, or its conversion for the device's runtime."""
-        return runnable_for(model, self.device, self.task.input_shape, self.calibration_inputs)
+    def runnable(self, model: nn.Module, runtime: str | None = None) -> nn.Module:
+        """What runs on the device: ``model`` itself, or its conversion for ``runtime`` (``None``: the default)."""
+        return runnable_for(model, self.device_for(runtime), self.task.input_shape, self.calibration_inputs)
 
-    def latency_ms(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> float:
+    def latency_ms(
+        self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None, runtime: str | None = None
+    ) -> float:
         """:meth:`latency` in milliseconds."""
-        return self.latency(model, reuse, runnable).ms
+        return self.latency(model, reuse, runnable, runtime).ms
 
-    def latency(self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None) -> Latency:
-        """Latency of ``model`` on the device, with its spread: measured, or predicted when the settings say so.
+    def latency(
+        self, model: nn.Module, reuse: bool = True, runnable: nn.Module | None = None, runtime: str | None = None
+    ) -> Latency:
+        """Latency of ``model`` on the device running ``runtime`` (``None``: the default), with its spread:
+        measured, or predicted (by that runtime's latency model) when the settings say so.
 
-        Dense models of identical shapes run identical kernels, so they share one value. A measured
+        Dense models of identical shapes on one runtime run identical kernels, so they share one value. A measured
         latency within the target whose spread reaches past it (:meth:`Latency.near`) is measured again
         and the slower figure kept, so that no candidate counts as within target on one lucky run. With
         ``reuse=False`` the model is always run for real. A predicted latency has a NaN spread.
 
         Args:
-            model: the decoded (fp32) model; its parameter names and shapes key the cache.
+            model: the decoded (fp32) model; its parameter names and shapes (and the runtime) key the cache.
             reuse: allow a cached or predicted value.
-            runnable: ``self.runnable(model)`` if already built.
+            runnable: ``self.runnable(model, runtime)`` if already built.
+            runtime: the runtime it runs on.
         """
         def measured() -> Latency:
-            first = self.measure_model(model, runnable)
+            first = self.measure_model(model, runnable, runtime)
             if self.latency_target_ms is not None and first.near(self.latency_target_ms):
-                return first.worst(self.measure_model(model, runnable))
+                return first.worst(self.measure_model(model, runnable, runtime))
             return first
 
         if not reuse:
             return measured()
-        key = _architecture_key(model)
+        key = (self.device_for(runtime).runtime, _architecture_key(model))
         if key not in self._latency_by_shape:
             if self.settings.latency == "predicted":
-                predicted = self.predictor(model)
+                predicted = self.predictor_for(runtime)(model)
                 if len(self._latency_by_shape) % self.settings.latency_check_every == 0:
                     self.latency_checks.append(LatencyCheck(predicted, measured().ms))
                 self._latency_by_shape[key] = Latency(predicted, float("nan"), 0)
@@ -258,48 +290,58 @@ class Evaluator:
                 self._latency_by_shape[key] = measured()
         return self._latency_by_shape[key]
 
-    def remember_latency(self, model: nn.Module, predicted_ms: float, measured: Latency) -> None:
-        """Records a real run of ``model``'s architecture: every candidate of these shapes reuses it, and the
-        pair counts as a check of the latency model."""
-        self._latency_by_shape[_architecture_key(model)] = measured
+    def remember_latency(
+        self, model: nn.Module, predicted_ms: float, measured: Latency, runtime: str | None = None
+    ) -> None:
+        """Records a real run of ``model``'s architecture on ``runtime``: every candidate of these shapes on it
+        reuses it, and the pair counts as a check of the latency model."""
+        self._latency_by_shape[(self.device_for(runtime).runtime, _architecture_key(model))] = measured
         self.latency_checks.append(LatencyCheck(predicted_ms, measured.ms))
 
-    def time_on_device(self, runnable: nn.Module) -> float:
+    def time_on_device(self, runnable: nn.Module, runtime: str | None = None) -> float:
         """Latency in milliseconds of ``runnable`` on the device (:meth:`measure_on_device`)."""
-        return self.measure_on_device(runnable).ms
+        return self.measure_on_device(runnable, runtime).ms
 
-    def measure_on_device(self, runnable: nn.Module) -> Latency:
-        """Runs ``runnable`` in this process as the device profile says (``envs/timing.py``): latency and spread."""
-        return measure(runnable, self.task.input_shape, self.device)
+    def measure_on_device(self, runnable: nn.Module, runtime: str | None = None) -> Latency:
+        """Runs ``runnable`` (already converted for ``runtime``) in this process as the device profile says
+        (``envs/timing.py``): latency and spread."""
+        return measure(runnable, self.task.input_shape, self.device_for(runtime))
 
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
-        """Latency of the fp32 ``model`` as the device runs it, where the settings say to time it.
+    def measure_model(
+        self, model: nn.Module, runnable: nn.Module | None = None, runtime: str | None = None
+    ) -> Latency:
+        """Latency of the fp32 ``model`` as the device runs it on ``runtime``, where the settings say to time it.
 
         Args:
             model: the decoded fp32 model.
-            runnable: ``self.runnable(model)`` if already built (used when timing inline).
+            runnable: ``self.runnable(model, runtime)`` if already built (used when timing inline).
+            runtime: the runtime (``None``: the profile's default).
         """
-        return self.measure_here(model, runnable)
+        return self.measure_here(model, runnable, runtime)
 
-    def measure_here(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
-        """:meth:`measure_model` on this machine: in the timing worker, or inline (``settings.timing``)."""
+    def measure_here(
+        self, model: nn.Module, runnable: nn.Module | None = None, runtime: str | None = None
+    ) -> Latency:
+        """:meth:`measure_model` on this machine: in the timing worker (which converts ``model`` for the runtime
+        itself), or inline (``settings.timing``)."""
         if self.settings.timing == "worker":
             if self._timing_worker is None:
                 self._timing_worker = TimingWorker(self.calibration_inputs)
-            return self._timing_worker.measure(model, self.task.input_shape, self.device)
-        return self.measure_on_device(runnable or self.runnable(model))
+            return self._timing_worker.measure(model, self.task.input_shape, self.device_for(runtime))
+        return self.measure_on_device(runnable or self.runnable(model, runtime), runtime)
 
-    def fresh_latency(self, model: nn.Module) -> Latency:
-        """Latency of ``model`` in a timing process started for it alone, as a user loading the file would run it.
+    def fresh_latency(self, model: nn.Module, runtime: str | None = None) -> Latency:
+        """Latency of ``model`` on ``runtime`` in a timing process started for it alone, as a user loading the
+        file would run it.
 
         Exports are confirmed this way: a long-lived process and a new one can differ. With
         ``settings.timing: inline`` it is measured here.
         """
         if self.settings.timing != "worker":
-            return self.measure_here(model)
+            return self.measure_here(model, runtime=runtime)
         worker = TimingWorker(self.calibration_inputs)
         try:
-            return worker.measure(model, self.task.input_shape, self.device)
+            return worker.measure(model, self.task.input_shape, self.device_for(runtime))
         finally:
             worker.close()
 
@@ -314,21 +356,28 @@ class Evaluator:
         if self._timing_worker is not None:
             self._timing_worker.close()
 
-    def predicted_latency_ms(self, model: nn.Module) -> float | None:
-        """The latency model's prediction for ``model`` (``None`` unless latency is predicted)."""
-        return self.predictor(model) if self.settings.latency == "predicted" else None
+    def predicted_latency_ms(self, model: nn.Module, runtime: str | None = None) -> float | None:
+        """``runtime``'s latency model's prediction for ``model`` (``None`` unless latency is predicted)."""
+        return self.predictor_for(runtime)(model) if self.settings.latency == "predicted" else None
+
+    @staticmethod
+    def runtime_of(compressed: CompressedModel) -> str | None:
+        """The runtime a compressed candidate runs on (its header's, ``None`` for the default)."""
+        return compressed.meta.get(RUNTIME_KEY)
 
     def test_accuracy(self, compressed: CompressedModel) -> float:
         """Test-split accuracy of the compressed model as it runs on the device (report only; never searched on)."""
-        return evaluate_accuracy(self.runnable(compressed.model), self.task.test)
+        return evaluate_accuracy(self.runnable(compressed.model, self.runtime_of(compressed)), self.task.test)
 
     def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
         """Validation accuracy, packed size, latency, MACs and parameters of a compressed model.
 
-        Accuracy and latency are those of the model as the device runs it (int8 on an int8 runtime).
+        Accuracy and latency are those of the model as the device runs it on the candidate's runtime (int8 on
+        an int8 runtime); the result names that runtime.
         """
         model = compressed.model
-        runnable = self.runnable(model)
+        runtime = self.device_for(self.runtime_of(compressed)).runtime
+        runnable = self.runnable(model, runtime)
         key = _architecture_key(model)
         if key not in self._layers_by_shape:  # a traced forward pass, once per architecture
             self._layers_by_shape[key] = discover_layers(model, self.task.input_shape)
@@ -339,7 +388,7 @@ class Evaluator:
             for name, module in model.named_modules()
             if name in compressible
         )
-        latency = self.latency(model, reuse=reuse_latency, runnable=runnable)
+        latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
             val_accuracy=evaluate_accuracy(runnable, self.task.val),
             size_bytes=compressed.size_bytes,
@@ -348,6 +397,7 @@ class Evaluator:
             macs=total_macs(specs),
             params=sum(p.numel() for p in model.parameters()),
             nonzero_weights=nonzero,
+            runtime=runtime,
         )
 
     def evaluate(self, policy: Policy, on_error: Callable[[Exception], None] | None = None,

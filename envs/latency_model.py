@@ -107,9 +107,10 @@ def _fresh_layer(module: nn.Module) -> nn.Module:
 
 
 def profile_digest(device: DeviceProfile) -> str:
-    """Hash of everything in a profile that changes timings (its name and description excluded)."""
+    """Hash of everything in a profile that changes timings (its name and description excluded, and the other
+    runtimes it allows: a table holds one runtime's timings, :attr:`DeviceProfile.runtime`'s)."""
     data = asdict(device)
-    for name in ("name", "description", "ray_resource"):
+    for name in ("name", "description", "ray_resource", "runtimes"):
         data.pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:12]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -59,6 +60,11 @@ MAX_ELEMENTS = 2**32
 """Most tensor elements a file may declare in all (16 GiB as float32); larger files are refused, not allocated."""
 MAX_DIMS = 16
 """Most dimensions of one tensor."""
+RUNTIME_KEY = "runtime"
+"""Optional ``meta`` entry: the device runtime the model was measured on (a registry name; absent in older files)."""
+MAX_NAME_CHARS = 64
+"""Longest runtime name a header may give."""
+_RUNTIME_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME_CHARS}}}")
 
 _LENGTH = struct.Struct("<I")
 PREFIX_BYTES = len(MAGIC) + _LENGTH.size
@@ -213,6 +219,13 @@ class Header:
         """Every tensor's shape, by name, in state order."""
         return {str(entry["name"]): _shape(entry) for entry in self.tensors}
 
+    @property
+    def runtime(self) -> str | None:
+        """The device runtime the model was measured on (``meta["runtime"]``), ``None`` in files that predate it;
+        a name of at most :data:`MAX_NAME_CHARS` letters, digits, ``.``, ``_`` or ``-`` (checked by
+        :func:`read_header`), still to be looked up in the runtime registry by the caller."""
+        return self.meta.get(RUNTIME_KEY)
+
 
 def read_header(blob: bytes) -> Header:
     """The header of packed bytes, without decoding any tensor.
@@ -237,7 +250,7 @@ def read_header(blob: bytes) -> Header:
         if header["crc32"] != zlib.crc32(payload):
             raise PackFormatError(f"{_CORRUPT} (payload checksum mismatch)")
         meta, tensors = header["meta"], header["tensors"]
-        if not isinstance(meta, dict):
+        if not isinstance(meta, dict) or not _valid_runtime(meta.get(RUNTIME_KEY)):
             raise PackFormatError(f"{_CORRUPT} (bad meta)")
         if not isinstance(tensors, list) or not all(isinstance(entry, dict) for entry in tensors):
             raise PackFormatError(f"{_CORRUPT} (bad tensor table)")
@@ -566,6 +579,11 @@ def _relative_symbols(gaps: np.ndarray, k: int) -> np.ndarray:
 
 
 # --- header helpers --------------------------------------------------------------
+
+
+def _valid_runtime(name: Any) -> bool:
+    """True for an absent runtime or a short plain name (``torch-int8``, ``onnxruntime``, ...)."""
+    return name is None or (isinstance(name, str) and _RUNTIME_NAME.fullmatch(name) is not None)
 
 
 def _crc32(segments: list[bytes]) -> int:

@@ -16,7 +16,7 @@ from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
-from methods.packing import WeightEncoding, pack_model, unpack, verify_packed
+from methods.packing import RUNTIME_KEY, WeightEncoding, pack_model, unpack, verify_packed
 from methods.pruning import apply_mask, lowest_mask
 from methods.quantizers import check_quantizer_names, stored_weight
 from methods.saliency import saliency_scores
@@ -36,7 +36,7 @@ class CompressedModel:
     blob: bytes
     """The packed file; its length is the reported size."""
     meta: dict[str, Any]
-    """The file's header metadata (source, policy, pruning history, input shape)."""
+    """The file's header metadata (source, policy, pruning history, input shape, runtime)."""
 
     @property
     def size_bytes(self) -> int:
@@ -147,8 +147,12 @@ def compress(
     channel_multiple: int = 1,
     refinement: Refinement = Refinement(),
     verify: bool = True,
+    runtime: str | None = None,
 ) -> CompressedModel:
     """Applies ``policy`` to a copy of ``base``: channels, then weights, then refinement, then packing.
+
+    ``runtime`` (the device runtime the model is measured on) is recorded in the file's header
+    (:attr:`methods.packing.Header.runtime`); the file itself always holds the fp32 model.
 
     The returned model holds the state the packed bytes decode to, so what is measured is exactly what
     the file holds: quantized weights are rebuilt from the file's own codes and tables
@@ -189,6 +193,8 @@ def compress(
     }
     if factorised:
         meta["factorised"] = factorised
+    if runtime is not None:
+        meta[RUNTIME_KEY] = runtime
     encodings = {
         f"{name}.weight": WeightEncoding(masks[name], codes[name].bits, codes[name].quantizer) for name in masks
     }
@@ -249,6 +255,15 @@ def replay_structure(architecture: nn.Module, meta: Mapping[str, Any]) -> nn.Mod
 def _unfit(problem: str) -> UsageError:
     return UsageError(f"the file's header does not fit the architecture: {problem}; "
                       "the file was made from another model or is damaged")
+
+
+def input_shape_of(meta: Mapping[str, Any]) -> tuple[int, ...]:
+    """A packed file's sample shape (``meta["input_shape"]``), checked like the rest of its header.
+
+    Raises:
+        UsageError: when it is not 1-4 positive sizes of at most ``MAX_INPUT_ELEMENTS`` elements.
+    """
+    return _checked_input_shape(meta.get("input_shape"))
 
 
 def _checked_input_shape(value: Any) -> tuple[int, ...]:

@@ -2,10 +2,11 @@
 
 Python API::
 
-    from search import run_search, load_model
+    from search import run_search, load_model, runnable_model
     outcome = run_search(task="lenet5", budget_mb="60KB", searcher="tpe", trials=30)
     model = load_model(outcome.run_dir / outcome.models[0].model_file)
     # a user model's file runs no code it names: load_model(path, model=MyNet()) or factory=MyNet
+    runnable = runnable_model(path, calibration=inputs)  # converted for the runtime it was measured on (int8: inputs)
 
 Names are imported lazily, so the leaf modules (``core.policy``, ``core.budget``, ...)
 stay importable without torch.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "SearchConfig": "search.config",
     "UsageError": "core.errors",
     "load_model": "search.loading",
+    "runnable_model": "search.loading",
     "LayerChoice": "core.policy",
     "Policy": "core.policy",
     "Result": "core.result",

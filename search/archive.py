@@ -30,6 +30,7 @@ COLUMNS = [
     "size_bytes",
     "latency_ms",
     "latency_spread_ms",
+    "runtime",
     "macs",
     "params",
     "nonzero_weights",
@@ -69,6 +70,7 @@ def _row(trial: Trial) -> dict[str, Any]:
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_spread_ms": result.latency_spread_ms,
+        "runtime": result.runtime or trial.policy.runtime or "",
         "macs": result.macs,
         "params": result.params,
         "nonzero_weights": result.nonzero_weights,
@@ -95,6 +97,7 @@ def _trial(row: dict[str, str]) -> Trial:
         error=row["error"],
         finetune_steps=int(row.get("finetune_steps") or 0),  # absent in earlier run folders
         screen_accuracy=float(row.get("screen_accuracy") or "nan"),
+        runtime=row.get("runtime") or "",
     )
     return Trial(
         number=int(row["trial"]),

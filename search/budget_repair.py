@@ -86,7 +86,8 @@ class BudgetRepair:
 
     def _within_latency(self, policy: Policy, target_ms: float) -> Policy:
         for _ in range(TRIES):
-            latency = self.evaluator.latency(self._architecture(policy)).ms  # the evaluation reuses this figure
+            # the evaluation reuses this figure
+            latency = self.evaluator.latency(self._architecture(policy), runtime=policy.runtime).ms
             if latency <= target_ms:
                 return policy
             narrower = self.space.scaled_keeps(policy, math.sqrt(AIM * target_ms / latency))

@@ -28,6 +28,7 @@ PARETO_COLUMNS = [
     "latency_ms",
     "latency_spread_ms",
     "predicted_latency_ms",
+    "runtime",
     "macs",
     "params",
     "compression_ratio",
@@ -109,6 +110,8 @@ class ExportedModel:
     """Parameters of the architecture."""
     compression_ratio: float
     """fp32 bytes of the original weights (params x 4) / packed bytes."""
+    runtime: str = ""
+    """Runtime the model was measured on (recorded in its file's header; see ``search.runnable_model``)."""
 
     def row(self) -> dict[str, object]:
         """The pareto.csv row."""
@@ -122,6 +125,7 @@ class ExportedModel:
             "latency_ms": round(self.latency_ms, 4),
             "latency_spread_ms": round(self.latency_spread_ms, 4),
             "predicted_latency_ms": "" if self.predicted_latency_ms is None else round(self.predicted_latency_ms, 4),
+            "runtime": self.runtime,
             "macs": self.macs,
             "params": self.params,
             "compression_ratio": round(self.compression_ratio, 3),
@@ -167,10 +171,10 @@ def export_front(
 ) -> tuple[list[ExportedModel], list[Dropped]]:
     """Fine-tunes, re-measures and writes the chosen candidates (see :func:`candidates`).
 
-    Every exported model is measured again after its fine-tune: size from the file's bytes,
-    latency by running it (in the timing process, and again in one started for it alone, as a user
-    loading the file would; the slower figure counts), accuracy on val (for selection) and test
-    (reported only). Candidates over budget after that, or dominated on the new numbers, are dropped.
+    Every exported model is measured again after its fine-tune, on its policy's runtime: size from the file's
+    bytes, latency by running it (in the timing process, and again in one started for it alone, as a user
+    loading the file would; the slower figure counts), accuracy on val (for selection) and test (reported
+    only). Candidates over budget after that, or dominated on the new numbers, are dropped.
     """
     original_bytes = 4 * sum(spec.params for spec in evaluator.layers)
     refinement = evaluator.refinement(settings.final_finetune(evaluator, seed))
@@ -179,7 +183,7 @@ def export_front(
     for trial in chosen:
         compressed = evaluator.compress(trial.policy, refinement)
         result = evaluator.measure(compressed, reuse_latency=False)
-        fresh = evaluator.fresh_latency(compressed.model)
+        fresh = evaluator.fresh_latency(compressed.model, trial.policy.runtime)
         latency = Latency(result.latency_ms, result.latency_spread_ms, 0).worst(fresh)
         result = replace(result, latency_ms=latency.ms, latency_spread_ms=latency.spread_ms)
         if not budget.admits(result.size_bytes, result.latency_ms):
@@ -189,7 +193,7 @@ def export_front(
                 on_step()
             continue
         test_accuracy = evaluator.test_accuracy(compressed)
-        predicted = evaluator.predicted_latency_ms(compressed.model)
+        predicted = evaluator.predicted_latency_ms(compressed.model, result.runtime)
         measured.append((trial, compressed, result, test_accuracy, predicted))
         if on_step is not None:
             on_step()
@@ -222,6 +226,7 @@ def export_front(
             macs=result.macs,
             params=result.params,
             compression_ratio=original_bytes / result.size_bytes,
+            runtime=result.runtime,
         )
         for rank, (trial, name, result, test_accuracy, predicted) in enumerate(exported)
     ], dropped

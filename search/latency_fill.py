@@ -71,9 +71,12 @@ class LatencyFill:
         self._predicted: dict[tuple[float, ...], float] = {}
 
     @classmethod
-    def for_evaluator(cls, evaluator: Evaluator, space: SearchSpace, target_ms: float, fraction: float) -> LatencyFill:
-        """The filler of an evaluator's task and device: predicts with the device's latency model, verifies on
-        the device, and hands each real run to the evaluator (the candidate's latency, and a model check)."""
+    def for_evaluator(
+        cls, evaluator: Evaluator, space: SearchSpace, target_ms: float, fraction: float, runtime: str | None = None
+    ) -> LatencyFill:
+        """The filler of an evaluator's task and device running ``runtime`` (``None``: the default): predicts with
+        that runtime's latency model, verifies on the device, and hands each real run to the evaluator (the
+        candidate's latency, and a model check)."""
         task = evaluator.task
 
         def architecture_of(policy: Policy) -> nn.Module:
@@ -82,13 +85,14 @@ class LatencyFill:
         runs: dict[int, Latency] = {}
 
         def measure_of(model: nn.Module) -> float:
-            runs[id(model)] = evaluator.measure_model(model)
+            runs[id(model)] = evaluator.measure_model(model, runtime=runtime)
             return runs[id(model)].ms
 
         def on_measured(model: nn.Module, predicted_ms: float, measured_ms: float) -> None:
-            evaluator.remember_latency(model, predicted_ms, runs.pop(id(model)))
+            evaluator.remember_latency(model, predicted_ms, runs.pop(id(model)), runtime)
 
-        return cls(space, target_ms, fraction, evaluator.predictor, architecture_of, measure_of, on_measured)
+        predictor = evaluator.predictor_for(runtime)
+        return cls(space, target_ms, fraction, predictor, architecture_of, measure_of, on_measured)
 
     @property
     def correction(self) -> float:
@@ -141,9 +145,34 @@ class LatencyFill:
         return filled
 
 
-def latency_fill(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> LatencyFill | None:
-    """The run's filler, or ``None`` when ``space.latency_fill`` is 0, there is no latency target or no keep ratio."""
+class RuntimeFills:
+    """One :class:`LatencyFill` per runtime, made on first use: a policy's widths fill the target under its own
+    runtime's latency model and measurements (and its own correction)."""
+
+    def __init__(self, evaluator: Evaluator, make: Callable[[str], LatencyFill]):
+        self.evaluator = evaluator
+        self.make = make
+        self.fills: dict[str, LatencyFill] = {}
+        """The fillers made so far, by runtime."""
+
+    def __call__(self, policy: Policy) -> Policy:
+        """``policy`` filled by its runtime's filler."""
+        runtime = self.evaluator.device_for(policy.runtime).runtime
+        if runtime not in self.fills:
+            self.fills[runtime] = self.make(runtime)
+        return self.fills[runtime](policy)
+
+
+def latency_fill(
+    evaluator: Evaluator, space: SearchSpace, budget: Budget
+) -> LatencyFill | RuntimeFills | None:
+    """The run's filler (one per runtime when the space searches the runtime), or ``None`` when
+    ``space.latency_fill`` is 0, there is no latency target or no keep ratio."""
     fraction = space.settings.latency_fill
-    if fraction <= 0 or budget.latency_ms is None or not space.searches_keep:
+    target = budget.latency_ms
+    if fraction <= 0 or target is None or not space.searches_keep:
         return None
-    return LatencyFill.for_evaluator(evaluator, space, budget.latency_ms, fraction)
+    if space.searches_runtime:
+        return RuntimeFills(evaluator, lambda runtime: LatencyFill.for_evaluator(evaluator, space, target, fraction,
+                                                                                 runtime))
+    return LatencyFill.for_evaluator(evaluator, space, target, fraction)

@@ -3,6 +3,8 @@
 A packed file's header says which model it was made from (``meta["source"]``): a built-in task, or a
 user's ``FILE.py:factory``. Like ``torch.load(..., weights_only=True)``, loading never imports or calls
 what a file names unless the caller opts in: a header can be edited by whoever hands over the file.
+It also names the device runtime the model was measured on; :func:`runnable_model` converts the model for it
+(a registered runtime only: the name is looked up, never imported).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import torch
 from torch import nn
 
 from core.errors import UsageError
+from envs.runtimes import RUNTIMES, RuntimeConversionError
 from envs.tasks import TASK_NAMES, build_architecture
-from methods.packing import PackFormatError, read_header, unpack
-from methods.pipeline import replay_structure
+from methods.packing import Header, PackFormatError, read_header, unpack
+from methods.pipeline import input_shape_of, replay_structure
 
 _ARCHITECTURE_OPTIONS = (
     "load_model(path, model=<a module of that architecture>), load_model(path, factory=<a callable "
@@ -52,7 +55,62 @@ def load_model(
         UsageError: when the file is missing or not a packed model, names a user model and no
             architecture was given, or does not match the architecture.
     """
+    return _load(Path(path), model, factory, trust_source)[1]
+
+
+def runnable_model(
+    path: str | Path,
+    *,
+    calibration: torch.Tensor | None = None,
+    runtime: str | None = None,
+    threads: int | None = None,
+    model: nn.Module | None = None,
+    factory: Callable[[], nn.Module] | None = None,
+    trust_source: bool = False,
+) -> nn.Module:
+    """Loads a packed model file (:func:`load_model`) and converts it for the runtime its header records, the
+    runtime it was measured on (``runtime`` column of pareto.csv): an ``nn.Module`` to call in every case.
+
+    Args:
+        path: the packed file.
+        calibration: representative inputs (a batch of samples), needed by int8 runtimes for their activation
+            ranges; the search calibrated on the first ``evaluator.calibration_images`` training samples, so
+            those reproduce its accuracy exactly.
+        runtime: run on this registered runtime instead (files written before runtimes were recorded name none).
+        threads: intra-op threads of ONNX Runtime (default: PyTorch's current number).
+        model, factory, trust_source: the architecture, as for :func:`load_model`.
+
+    Raises:
+        UsageError: as :func:`load_model`; or when the runtime is unknown, unavailable on this machine, needs
+            ``calibration``, or cannot take the model.
+    """
     path = Path(path)
+    header, fp32 = _load(path, model, factory, trust_source)
+    name = runtime or header.runtime
+    if name is None:
+        raise UsageError(f"{path} records no runtime (written before runtimes were recorded); "
+                         "give one, e.g. runnable_model(path, runtime='torch')")
+    if name not in RUNTIMES:
+        raise UsageError(f"{path}: runtime {name!r} is not registered here; use one of {', '.join(RUNTIMES.names())}")
+    engine = RUNTIMES[name]
+    missing = engine.unavailable()
+    if missing is not None:
+        raise UsageError(f"{path} runs on {name!r}, which this machine cannot run ({missing})")
+    if engine.int8 and calibration is None:
+        raise UsageError(f"{path} runs on {name!r}, which sets int8 activation ranges from representative inputs: "
+                         "give calibration=<a batch of them>")
+    shape = input_shape_of(header.meta)
+    example = calibration if calibration is not None else torch.zeros(1, *shape)
+    try:
+        return engine.convert(fp32, shape, threads or torch.get_num_threads(), example)
+    except RuntimeConversionError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+
+
+def _load(
+    path: Path, model: nn.Module | None, factory: Callable[[], nn.Module] | None, trust_source: bool
+) -> tuple[Header, nn.Module]:
+    """The file's header and its model (see :func:`load_model`)."""
     if sum((model is not None, factory is not None, bool(trust_source))) > 1:
         raise UsageError("give at most one of model=, factory= and trust_source=True")
     if not path.is_file():
@@ -77,7 +135,7 @@ def load_model(
     except PackFormatError as exc:
         raise UsageError(f"{path} is not a packed model file: {exc}") from exc
     architecture.load_state_dict(state)
-    return architecture.eval()
+    return header, architecture.eval()
 
 
 def _architecture(

@@ -47,7 +47,8 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
         evaluator.runnable(task.model)
     except RuntimeConversionError as exc:
         raise UsageError(f"device {device.name!r}: {exc}; choose a device whose runtime is torch") from exc
-    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers))
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), config.space, tuple(evaluator.layers),
+                        runtimes=usable_runtimes(evaluator))
     check_size(evaluator, space, config.budget)
     evaluator.latency_target_ms = config.budget.latency_ms
     reach = None
@@ -58,3 +59,18 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
         if warning is not None:
             print(f"warning: {warning}", file=sys.stderr)
     return Prepared(config, task, device, evaluator, space, reach)
+
+
+def usable_runtimes(evaluator: Evaluator) -> tuple[str, ...]:
+    """The device's runtimes that can take the task's model, the default first; each other runtime that cannot
+    is left out of the search with a warning on stderr."""
+    device, usable = evaluator.device, [evaluator.device.runtime]
+    for runtime in device.runtimes[1:]:
+        try:
+            evaluator.runnable(evaluator.task.model, runtime)
+        except RuntimeConversionError as exc:
+            print(f"warning: device {device.name!r}: runtime {runtime!r} left out of the search: {exc}",
+                  file=sys.stderr)
+        else:
+            usable.append(runtime)
+    return tuple(usable)

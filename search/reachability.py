@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -20,22 +20,27 @@ class LatencyReach:
     """The latency range the search space spans on the run's device."""
 
     baseline: Latency
-    """The uncompressed model."""
+    """The uncompressed model (on the device's default runtime)."""
     fastest: Latency
-    """The narrowest widths and lowest ranks the space allows."""
+    """The narrowest widths and lowest ranks the space allows, on the fastest of the space's runtimes."""
+    runtime: str = ""
+    """That runtime, when the space searches the runtime ("" otherwise)."""
 
 
 def check_size(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> None:
-    """Refuses a size budget below the smallest file the space can reach (every allowed quantizer tried).
+    """Refuses a size budget below the smallest file the space can reach (every allowed quantizer and runtime
+    tried: the file's header names the runtime).
 
     Raises:
         UsageError: naming the smallest reachable size.
     """
     if budget.size_bytes is None:
         return
+    runtimes = space.runtimes if space.searches_runtime else (None,)
     smallest = min(
-        evaluator.compress(space.most_compressed(quantizer), evaluator.refinement()).size_bytes
+        evaluator.compress(space.most_compressed(quantizer, runtime), evaluator.refinement()).size_bytes
         for quantizer in space.settings.quantizers
+        for runtime in runtimes
     )
     if budget.size_bytes < smallest:
         raise UsageError(
@@ -46,6 +51,8 @@ def check_size(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> None
 
 def check_latency(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> LatencyReach | None:
     """Times the baseline and the fastest model the space allows on this machine; refuses a target below the latter.
+
+    The narrowest model is timed on every runtime the space allows, and the fastest counts.
 
     Returns:
         Both measurements, or ``None`` without a latency target.
@@ -59,20 +66,30 @@ def check_latency(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> L
         return None
     task, device = evaluator.task, evaluator.device
     narrowest = _narrowest(evaluator, space)
-    reach = LatencyReach(evaluator.measure_here(task.model), evaluator.measure_here(narrowest))
+    allowed = space.runtimes if space.searches_runtime else (device.runtime,)
+    timed = {}
+    for runtime in allowed:
+        try:
+            timed[runtime] = evaluator.measure_here(narrowest, runtime=runtime)
+        except RuntimeConversionError:
+            if runtime == allowed[0]:
+                raise
+    fastest = min(timed, key=lambda runtime: timed[runtime].ms)
+    reach = LatencyReach(evaluator.measure_here(task.model), timed[fastest], fastest if space.searches_runtime else "")
     if reach.fastest.ms <= target:
         return reach
     others = []
     for name, _ in RUNTIMES.items():
-        if name == device.runtime:
+        if name in allowed:
             continue
-        timed = _on_runtime(evaluator, name, task.model), _on_runtime(evaluator, name, narrowest)
-        if None not in timed:
-            others.append(f"{name} {timed[0]:.1f} ms (narrowest {timed[1]:.1f} ms)")
+        full, thin = _on_runtime(evaluator, name, task.model), _on_runtime(evaluator, name, narrowest)
+        if full is not None and thin is not None:
+            others.append(f"{name} {full:.1f} ms (narrowest {thin:.1f} ms)")
     elsewhere = f"; on this machine's other runtimes the full model takes {', '.join(others)}" if others else ""
     raise UsageError(
         f"latency target {target:g} ms is below the fastest model the search space allows on device "
-        f"{device.name!r} ({device.runtime}): {reach.fastest.ms:.1f} ms at the narrowest widths, against "
+        f"{device.name!r} ({', '.join(allowed)}): {reach.fastest.ms:.1f} ms at the narrowest widths"
+        f"{f' on {fastest}' if len(allowed) > 1 else ''}, against "
         f"{reach.baseline.ms:.1f} ms for the full model{elsewhere}; raise --target-latency to at least "
         f"{reach.fastest.ms:.1f}ms, lower space.keep_min, or pick a device profile with a faster runtime"
     )
@@ -86,7 +103,7 @@ def _narrowest(evaluator: Evaluator, space: SearchSpace) -> nn.Module:
 
 def _on_runtime(evaluator: Evaluator, runtime: str, model: nn.Module) -> float | None:
     """Latency of ``model`` on the device's hardware settings with another runtime; ``None`` where it cannot run."""
-    device = replace(evaluator.device, runtime=runtime)
+    device = evaluator.device.on(runtime)
     try:
         runnable = runnable_for(model, device, evaluator.task.input_shape, evaluator.calibration_inputs)
     except (RuntimeConversionError, ImportError):
@@ -118,9 +135,10 @@ def latency_notes(reach: LatencyReach | None, target_ms: float | None) -> list[s
     """report.md lines: the target against the measured baseline and narrowest model, and any noise warning."""
     if reach is None or target_ms is None:
         return []
+    on = f" on {reach.runtime}, the fastest of the allowed runtimes" if reach.runtime else ""
     notes = [f"Latency target {target_ms:g} ms = {target_ms / reach.baseline.ms:.0%} of the full model's "
              f"{reach.baseline.ms:.2f} ms (spread {reach.baseline.spread_ms:.2f} ms) on this device; the narrowest "
-             f"model the space allows takes {reach.fastest.ms:.2f} ms (timed before the search)"]
+             f"model the space allows takes {reach.fastest.ms:.2f} ms{on} (timed before the search)"]
     warning = noise_warning(reach, target_ms)
     if warning is not None:
         notes.append(f"Warning: {warning}")

@@ -47,17 +47,21 @@ def _budget_text(budget: Budget) -> str:
 
 
 def pareto_table(models: Sequence[ExportedModel]) -> str:
-    """A Markdown table of the exported models (with the latency model's prediction when there is one)."""
+    """A Markdown table of the exported models (with the latency model's prediction when there is one, and
+    each model's runtime when they run on different ones)."""
     predicted = any(m.predicted_latency_ms is not None for m in models)
-    extra = " predicted (ms) |" if predicted else ""
+    runtimes = len({m.runtime for m in models}) > 1
+    extra = (" predicted (ms) |" if predicted else "") + (" runtime |" if runtimes else "")
     lines = [
         f"| rank | test acc | val acc | size | ratio | latency (ms) |{extra} MMACs | file |",
-        "|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "") + "---:|---|",
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "") + ("---|" if runtimes else "") + "---:|---|",
     ]
     for m in models:
         cell = " - |" if predicted else ""
         if m.predicted_latency_ms is not None:
             cell = f" {m.predicted_latency_ms:.2f} |"
+        if runtimes:
+            cell += f" {m.runtime} |"
         lines.append(
             f"| {m.rank} | {m.test_accuracy:.4f} | {m.val_accuracy:.4f} | {_size(m.size_bytes)} "
             f"| {m.compression_ratio:.1f}x | {m.latency_ms:.2f} |{cell} {m.macs / 1e6:.2f} | {m.model_file} |"

@@ -51,6 +51,14 @@ def _baseline(prepared: Prepared) -> Baseline:
     )
 
 
+def runtimes_text(prepared: Prepared) -> str:
+    """The runtime candidates run on, or the runtimes the search chose among (for report.md's device line)."""
+    runtimes = prepared.space.runtimes or (prepared.device.runtime,)
+    if len(runtimes) == 1:
+        return f"runtime {runtimes[0]}"
+    return f"runtime searched per candidate among {', '.join(runtimes)} (default {prepared.device.runtime})"
+
+
 def run(prepared: Prepared, run_dir: Path, progress: bool = True) -> RunOutcome:
     """Searches, exports the Pareto front and writes the report into ``run_dir``."""
     try:
@@ -88,7 +96,8 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
         title=f"Compression search: {prepared.task.name} with {config.searcher}",
         config_yaml=config.to_yaml(),
         budget=config.budget,
-        device_text=f"{device.name} ({device.description or device.runtime}); latency at batch {device.batch}, "
+        device_text=f"{device.name} ({device.description or device.runtime}); {runtimes_text(prepared)}; "
+        f"latency at batch {device.batch}, "
         f"input {tuple(device.input_shape or prepared.task.input_shape)}, {device.threads} thread(s), "
         f"minimum of round medians ({MIN_ROUNDS}-{MAX_ROUNDS} rounds of {calls_per_round(device)} calls), "
         f"{prepared.evaluator.timing_text()}",

@@ -1,11 +1,11 @@
 """Uniform seed policies: the strong simple policies a space contains, scaled to the run's budget.
 
 A search should never return less than a uniform policy would have given. Every searcher therefore
-evaluates these first (``Searcher.start_from``): one policy per seed code width (8 and 4 bits where the
-space allows them), each with
+evaluates these first (``Searcher.start_from``): one policy per runtime the space may choose and seed code
+width (8 and 4 bits where the space allows them), each with
 
-- the **widest uniform channel keep ratio** whose architecture, run on the device, meets the latency
-  target (bisection over the keep grid on measured latencies: the same measurement the candidates get);
+- the **widest uniform channel keep ratio** whose architecture, run on the device on that runtime, meets the
+  latency target (bisection over the keep grid on measured latencies: the same measurement the candidates get);
 - the **least uniform fine-grained sparsity** whose real packed file fits the size budget (bisection over
   the sparsity grid on exact packed bytes, no fine-tune).
 
@@ -42,8 +42,10 @@ def seed_bits(space: SearchSpace) -> tuple[int, ...]:
     return (max(coded),) if coded else (FP32_BITS,)
 
 
-def uniform_policy(space: SearchSpace, bits: int, keep: float = 1.0, sparsity: float = 0.0) -> Policy:
-    """Every layer with ``bits`` and ``sparsity``; every channel-group leader with ``keep``."""
+def uniform_policy(space: SearchSpace, bits: int, keep: float = 1.0, sparsity: float = 0.0,
+                   runtime: str | None = None) -> Policy:
+    """Every layer with ``bits`` and ``sparsity``; every channel-group leader with ``keep``; run on ``runtime``
+    (``None``: the device's default, where the space does not search the runtime)."""
     quantizer = space.settings.quantizers[0]
     keeps = space.leaders if space.searches_keep else ()
     return Policy.from_choices(
@@ -53,6 +55,7 @@ def uniform_policy(space: SearchSpace, bits: int, keep: float = 1.0, sparsity: f
         },
         space.settings.saliencies[0],
         space.settings.channel_importances[0],
+        runtime,
     )
 
 
@@ -73,8 +76,10 @@ def _last_true(values: list[float], test: Callable[[float], bool]) -> float | No
     return values[low] if low >= 0 else None
 
 
-def widest_keep(evaluator: Evaluator, space: SearchSpace, target_ms: float | None) -> float | None:
-    """The widest uniform keep ratio on the keep grid whose measured latency meets ``target_ms`` (1 without one).
+def widest_keep(evaluator: Evaluator, space: SearchSpace, target_ms: float | None,
+                runtime: str | None = None) -> float | None:
+    """The widest uniform keep ratio on the keep grid whose measured latency on ``runtime`` meets ``target_ms``
+    (1 without one).
 
     Returns ``None`` when even the narrowest misses the target.
     """
@@ -85,7 +90,7 @@ def widest_keep(evaluator: Evaluator, space: SearchSpace, target_ms: float | Non
     def fast_enough(keep: float) -> bool:
         model = architecture(task.model, uniform_policy(space, FP32_BITS, keep), task.input_shape,
                              evaluator.device.channel_multiple)
-        return evaluator.latency(model).ms <= target_ms
+        return evaluator.latency(model, runtime=runtime).ms <= target_ms
 
     return _last_true(_grid(*space.keep_grid()), fast_enough)
 
@@ -112,14 +117,15 @@ def least_sparsity(evaluator: Evaluator, space: SearchSpace, bits: int, keep: fl
 
 def uniform_seeds(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> list[Policy]:
     """The run's uniform seed policies (see the module docstring); possibly none."""
-    keep = widest_keep(evaluator, space, budget.latency_ms)
-    if keep is None:
-        return []
     seeds = []
-    for bits in seed_bits(space):
-        sparsity = least_sparsity(evaluator, space, bits, keep, budget.size_bytes)
-        if sparsity is not None:
-            seeds.append(uniform_policy(space, bits, keep, sparsity))
+    for runtime in space.runtimes if space.searches_runtime else (None,):
+        keep = widest_keep(evaluator, space, budget.latency_ms, runtime)
+        if keep is None:
+            continue
+        for bits in seed_bits(space):
+            sparsity = least_sparsity(evaluator, space, bits, keep, budget.size_bytes)
+            if sparsity is not None:
+                seeds.append(uniform_policy(space, bits, keep, sparsity, runtime))
     return list(dict.fromkeys(seeds))
 
 

@@ -65,3 +65,25 @@ def test_later_columns_are_kept_and_earlier_archives_without_them_still_load(tmp
     for name in later:
         value, default = getattr(loaded[0].result, name), getattr(defaults, name)
         assert value == default or (math.isnan(value) and math.isnan(default))
+
+
+def test_runtime_column_is_kept_and_earlier_archives_without_it_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "trials.csv"
+    archive = TrialArchive(path, BUDGET)
+    int8 = Policy.from_choices({"fc": LayerChoice(sparsity=0.1, bits=4)}, runtime="torch-int8")
+    archive.append("tpe", int8, Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0, runtime="torch-int8"))
+    archive.append("tpe", _policy(0.2), Result(val_accuracy=0.9, size_bytes=900, latency_ms=5.0, runtime="torch"))
+    archive.append("tpe", _policy(0.3), Result.failed("boom"))
+    loaded = TrialArchive(path, BUDGET).trials
+    assert [t.result.runtime for t in loaded] == ["torch-int8", "torch", ""]
+    assert loaded[0].policy.runtime == "torch-int8" and loaded[1].policy.runtime is None
+    lines = path.read_text().splitlines()
+    columns = lines[0].split(",")
+    drop = columns.index("runtime")
+    earlier = tmp_path / "earlier.csv"  # as written before candidates named their runtime
+    values = lines[2].split(",")
+    earlier.write_text(",".join(c for i, c in enumerate(columns) if i != drop) + "\n"
+                       + ",".join(v for i, v in enumerate(values) if i != drop) + "\n")
+    again = TrialArchive(earlier, BUDGET)
+    assert len(again.trials) == 1 and again.trials[0].result.runtime == "" and again.trials[0].result.ok
+    assert "runtime" in earlier.read_text().splitlines()[0].split(",")  # rewritten in the current format

@@ -11,7 +11,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from methods.pipeline import architecture
 from search.budget_repair import BudgetRepair
-from tests.fixtures.parameter_timing import FAST, ParameterTiming
+from tests.fixtures.parameter_timing import FAST, FAST_TWO_RUNTIMES, ParameterTiming
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,18 @@ def test_a_proposal_over_the_latency_target_is_narrowed_just_inside(evaluator: E
     inside = _policy(0.5, 0.5)
     assert _latency(evaluator, inside) <= target and repair(inside) is inside
     assert repair.moved == 1
+
+
+def test_a_proposal_is_timed_on_its_own_runtime() -> None:
+    evaluator = ParameterTiming(load_task("lenet300"), FAST_TWO_RUNTIMES)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(),
+                        tuple(evaluator.layers), runtimes=("torch", "torch-int8"))
+    target = 0.6 * _latency(evaluator, _policy(1.0, 1.0))  # fp32 eager misses it; int8 (2x faster here) meets it
+    repair = BudgetRepair(evaluator, space, Budget(latency_ms=target))
+    int8 = Policy.from_choices(_policy(1.0, 1.0).choices, runtime="torch-int8")
+    assert repair(int8) is int8
+    moved = repair(Policy.from_choices(_policy(1.0, 1.0).choices, runtime="torch"))
+    assert moved.runtime == "torch" and moved["fc1"].keep < 1.0
 
 
 def test_a_proposal_over_the_size_budget_is_made_sparser_until_its_file_fits(

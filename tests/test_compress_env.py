@@ -155,3 +155,49 @@ def test_rewards_and_penalties() -> None:
         EnvSettings(reward="accuracy")
     with pytest.raises(ValueError, match="macs_fraction"):
         EnvSettings(mode="joint", macs_fraction=0.5)
+
+
+MULTI = DeviceProfile(name="test-env-multi", runtimes=("torch", "torch-int8"), threads=1, batch=8, warmup=1,
+                      repeats=3)
+"""FAST's settings with int8 PyTorch allowed too."""
+
+
+def test_the_runtime_is_one_more_action_entry_read_at_the_first_step(evaluator: Evaluator) -> None:
+    single = make(evaluator)
+    assert single.action_space.shape == (len(single.grid.dims),) and not single.runtimes
+    assert episode(single, np.zeros((3, len(single.grid.dims))))[2]["policy"].runtime is None
+    evaluator = Evaluator(evaluator.task, MULTI)
+    settings_ = SpaceSettings(sparsity_step=0.1)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), settings_, tuple(evaluator.layers),
+                        runtimes=MULTI.runtimes)
+    loose = CompressEnv(settings=EnvSettings(mode="joint"), evaluator=evaluator, space=space,
+                        budget=Budget(latency_ms=1e6))
+    model = loose.cost_model
+    assert model is not None and dict(model.latencies).keys() == {"torch", "torch-int8"}
+    assert set(loose.runtimes) == {"torch", "torch-int8"} and loose.action_space.shape == (len(loose.grid.dims) + 1,)
+    lows = {r: loose.cost_models[r].costs(loose.most).latency_ms for r in loose.runtimes}
+    assert lows[loose.runtimes[0]] >= lows[loose.runtimes[1]]  # slowest first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(loose, skip_render_check=True)
+        sb3_check_env(loose, warn=True)
+    dims = len(loose.grid.dims)
+    for level, runtime in ((-1.0, loose.runtimes[0]), (1.0, loose.runtimes[1])):
+        obs, _ = loose.reset(seed=0)
+        assert obs[-1] == 0.0  # no runtime chosen yet
+        actions = np.zeros((3, dims + 1))
+        actions[0, -1], actions[1:, -1] = level, -level  # only the first step's entry counts
+        _, _, info = episode(loose, actions)
+        assert info["policy"].runtime == runtime and info["result"].runtime == runtime
+        assert info["predicted"] == loose.cost_models[runtime].costs([c for _, c in info["policy"]])
+        assert loose.action_of(info["policy"], evaluator.layer_names[0])[-1] == pytest.approx(
+            2 * (loose.runtimes.index(runtime) + 0.5) / 2 - 1)
+    slow, fast = lows[loose.runtimes[0]], lows[loose.runtimes[1]]
+    if fast < slow:  # a target only the faster runtime meets: the wall moves the runtime choice
+        tight = CompressEnv(settings=EnvSettings(mode="joint"), evaluator=evaluator, space=space,
+                            budget=Budget(latency_ms=(slow + fast) / 2), cost_model=model)
+        assert tight.runtimes == loose.runtimes
+        actions = -np.ones((3, dims + 1))
+        _, _, info = episode(tight, actions)
+        assert info["policy"].runtime == loose.runtimes[1]
+        assert info["predicted"].latency_ms <= (slow + fast) / 2

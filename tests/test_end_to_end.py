@@ -136,3 +136,30 @@ def test_predicted_latency_search_reports_prediction_and_measurement(tmp_path: P
         assert float(row["predicted_latency_ms"]) > 0 and float(row["latency_ms"]) > 0
     report = (run / "report.md").read_text()
     assert "Latency model: median absolute error" in report and "predicted (ms)" in report
+
+
+def test_cpu_any_searches_the_runtime_and_each_exported_model_runs_on_its_own(tmp_path: Path) -> None:
+    from methods.packing import read_header
+    from search import runnable_model
+
+    run = tmp_path / "run"
+    config = tmp_path / "small.yaml"
+    config.write_text("export: {finetune_epochs: 0.2, max_models: 4}\n")
+    proc = _search("--task", "lenet300", "--device", "cpu-any", "--target-latency", "50ms", "--searcher", "random",
+                   "--trials", "8", "--seed", "1", "--config", str(config), "--out", str(run), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    allowed = load_device("cpu-any").runtimes
+    trials = _rows(run / "trials.csv")
+    assert len({row["runtime"] for row in trials}) > 1 and {row["runtime"] for row in trials} <= set(allowed)
+    assert all(yaml.safe_load(row["policy"])["runtime"] == row["runtime"] for row in trials)
+    pareto = _rows(run / "pareto.csv")
+    assert pareto and {row["runtime"] for row in pareto} <= set(allowed)
+    task = load_task("lenet300")
+    calibration = task.train.tensors[0][:500]  # the search's int8 calibration inputs (calibration_images)
+    for row in pareto:
+        path = run / row["model_file"]
+        assert read_header(path.read_bytes()).runtime == row["runtime"]
+        runnable = runnable_model(path, calibration=calibration, threads=load_device("cpu-any").threads)
+        assert evaluate_accuracy(runnable, task.test) == float(row["test_accuracy"]), row["runtime"]
+    report = (run / "report.md").read_text()
+    assert f"runtime searched per candidate among {', '.join(allowed)} (default torch)" in report

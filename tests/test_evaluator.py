@@ -112,7 +112,7 @@ class _ScriptedTiming(Evaluator):
         super().__init__(*args, **kwargs)
         self.timings = list(timings)
 
-    def measure_model(self, model, runnable=None):  # noqa: ANN001, ANN201 - Evaluator's signature
+    def measure_model(self, model, runnable=None, runtime=None):  # noqa: ANN001, ANN201 - Evaluator's signature
         return self.timings.pop(0)
 
 
@@ -135,3 +135,56 @@ def test_a_latency_near_the_target_is_measured_again(
     result = scripted.evaluate(Policy.from_choices({"fc1": LayerChoice(0.5, 4)}))
     assert (result.latency_ms, result.latency_spread_ms) == expected
     assert not scripted.timings  # every scripted measurement, and no other, was taken
+
+
+MULTI = DeviceProfile(name="test-multi", runtimes=("torch", "torch-int8"), threads=1, batch=8, warmup=1, repeats=3)
+"""FAST's settings with a second runtime allowed."""
+
+
+def test_a_candidate_is_converted_timed_and_evaluated_on_its_policy_runtime(
+    evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from envs.tasks import evaluate_accuracy
+    from envs.timing import Latency
+    from envs.timing_worker import TimingWorker
+
+    sent: list[DeviceProfile] = []
+
+    def scripted(self, model, input_shape, device):  # noqa: ANN001, ANN202 - TimingWorker.measure's signature
+        sent.append(device)
+        return Latency(2.0 if device.int8 else 5.0, 0.1, 3)
+
+    monkeypatch.setattr(TimingWorker, "measure", scripted)
+    multi = Evaluator(evaluator.task, MULTI)
+    choices = {"fc1": LayerChoice(0.5, 8), "fc2": LayerChoice(keep=0.5)}
+    fp32, int8 = Policy.from_choices(choices), Policy.from_choices(choices, runtime="torch-int8")
+    on_fp32, on_int8 = multi.evaluate(fp32), multi.evaluate(int8)
+    # One architecture, two runtimes: the latency cache does not hand the fp32 figure to the int8 candidate.
+    assert (on_fp32.runtime, on_fp32.latency_ms) == ("torch", 5.0)
+    assert (on_int8.runtime, on_int8.latency_ms) == ("torch-int8", 2.0)
+    assert [d.runtime for d in sent] == ["torch", "torch-int8"]  # the timing worker gets the candidate's profile
+    assert (sent[1].threads, sent[1].batch, sent[1].repeats) == (MULTI.threads, MULTI.batch, MULTI.repeats)
+    assert multi.evaluate(Policy.from_choices(choices, runtime="torch")).latency_ms == 5.0 and len(sent) == 2
+    compressed = multi.compress(int8)
+    assert compressed.meta["runtime"] == "torch-int8" and multi.compress(fp32).meta["runtime"] == "torch"
+    runnable = multi.runnable(compressed.model, "torch-int8")
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in runnable.modules())
+    assert on_int8.val_accuracy == evaluate_accuracy(runnable, multi.task.val)  # the int8 model's accuracy
+    assert on_fp32.val_accuracy == evaluate_accuracy(multi.compress(fp32).model, multi.task.val)
+    refused = multi.evaluate(Policy.from_choices(choices, runtime="onnxruntime"))
+    assert not refused.ok and "runtime 'onnxruntime' is not allowed on device 'test-multi'" in refused.error
+
+
+def test_predicted_latency_uses_one_latency_model_per_runtime(evaluator: Evaluator) -> None:
+    from envs.evaluator import EvaluatorSettings
+
+    predicting = Evaluator(evaluator.task, MULTI, EvaluatorSettings(latency="predicted", latency_check_every=100))
+    default, int8 = predicting.predictor, predicting.predictor_for("torch-int8")
+    assert default is predicting.predictor_for("torch") and int8 is predicting.predictor_for("torch-int8")
+    assert (default.table.precision, int8.table.precision) == ("fp32", "int8")
+    assert default.table.path != int8.table.path
+    policy = Policy.from_choices({"fc1": LayerChoice(keep=0.5)}, runtime="torch-int8")
+    result = predicting.evaluate(policy)
+    model = predicting.compress(policy).model
+    assert result.latency_ms == int8(model) == predicting.predicted_latency_ms(model, "torch-int8")
+    assert result.latency_ms != default(model)

@@ -28,10 +28,11 @@ class _ScriptedTiming(Evaluator):
         super().__init__(*args, **kwargs)
         self.warm, self.fresh, self.fresh_calls = warm, fresh, 0
 
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None,
+                      runtime: str | None = None) -> Latency:
         return Latency(self.warm, 0.1, 3)
 
-    def fresh_latency(self, model: nn.Module) -> Latency:
+    def fresh_latency(self, model: nn.Module, runtime: str | None = None) -> Latency:
         self.fresh_calls += 1
         return Latency(self.fresh, 0.2, 3)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,30 @@ def test_filled_widths_are_verified_by_real_runs_and_the_aim_is_corrected() -> N
     second = filler(PROPOSAL)
     assert len(runs) == 1 and runs[0][1] <= 0.9 * 2.0  # the corrected aim is right the first time
     assert 1.25 * summed(second) > 0.9 * 2.0 - len(LEADERS) * 0.125 * 1.25
+
+
+def test_each_runtime_fills_with_its_own_latency_and_the_runtime_is_kept() -> None:
+    from search.latency_fill import RuntimeFills
+
+    class _Device:
+        def device_for(self, runtime: str | None) -> DeviceProfile:
+            return DeviceProfile(name="x", runtime=runtime or "torch")
+
+    made: list[str] = []
+
+    def filler(runtime: str) -> LatencyFill:
+        """'Latency' is the sum of the leaders' keep ratios, halved on int8."""
+        made.append(runtime)
+        scale = 1.0 if runtime == "torch" else 0.5
+        return LatencyFill(
+            SPACE, 2.0, 0.9, latency_of=lambda policy: scale * sum(policy[n].keep for n in LEADERS),  # type: ignore
+            architecture_of=lambda policy: policy,  # type: ignore[arg-type,return-value]
+        )
+
+    fills = RuntimeFills(_Device(), filler)  # type: ignore[arg-type]
+    fp32 = fills(PROPOSAL)
+    int8 = fills(dataclasses.replace(PROPOSAL, runtime="torch-int8"))
+    assert fills(dataclasses.replace(PROPOSAL, runtime="torch")).layers == fp32.layers  # None: the default
+    assert made == ["torch", "torch-int8"]
+    assert int8.runtime == "torch-int8" and fp32.runtime is None
+    assert sum(int8[n].keep for n in LEADERS) > sum(fp32[n].keep for n in LEADERS)  # the faster runtime is wider

@@ -250,3 +250,38 @@ def test_deeply_nested_or_oddly_typed_headers_are_corrupt_files() -> None:
     raw = zlib.compress(("[" * 100_000 + "]" * 100_000).encode())
     with pytest.raises(PackFormatError, match="not a packed model"):
         read_header(MAGIC + struct.pack("<I", len(raw)) + raw)
+
+
+def test_the_file_records_its_runtime_and_runnable_model_converts_for_it(tmp_path: Path) -> None:
+    from envs.runtimes import RUNTIMES
+    from search import runnable_model
+
+    base = build_architecture({"task": "lenet300"}).eval()
+    policy = Policy.from_choices({"fc1": LayerChoice(sparsity=0.5, bits=4, keep=0.5)}, runtime="torch-int8")
+    int8 = compress(base, policy, input_shape=(1, 28, 28), source={"task": "lenet300"}, runtime="torch-int8")
+    old = compress(base, policy, input_shape=(1, 28, 28), source={"task": "lenet300"})  # no runtime recorded
+    assert read_header(int8.blob).runtime == "torch-int8" and read_header(old.blob).runtime is None
+    paths = {name: tmp_path / f"{name}.acz" for name in ("int8", "old")}
+    write_packed(paths["int8"], int8.blob)
+    write_packed(paths["old"], old.blob)
+    with torch.inference_mode():
+        assert torch.equal(load_model(paths["int8"])(X), int8.model(X))  # load_model: the fp32 model, as before
+    with pytest.raises(UsageError, match="give calibration="):
+        runnable_model(paths["int8"])
+    runnable = runnable_model(paths["int8"], calibration=X)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in runnable.modules())
+    expected = RUNTIMES["torch-int8"].convert(int8.model, (1, 28, 28), 1, X)
+    with torch.inference_mode():
+        assert torch.equal(runnable(X), expected(X))
+    with pytest.raises(UsageError, match="records no runtime"):
+        runnable_model(paths["old"])
+    eager = runnable_model(paths["old"], runtime="torch")
+    with torch.inference_mode():
+        assert torch.equal(eager(X), old.model(X))
+    unknown = tmp_path / "unknown.acz"
+    unknown.write_bytes(_edited(int8.blob, lambda h: h["meta"].update(runtime="tvm")))
+    with pytest.raises(UsageError, match="runtime 'tvm' is not registered here"):
+        runnable_model(unknown, calibration=X)
+    unknown.write_bytes(_edited(int8.blob, lambda h: h["meta"].update(runtime="../../evil module")))
+    with pytest.raises(UsageError, match="not a packed model"):
+        runnable_model(unknown, calibration=X)

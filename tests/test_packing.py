@@ -21,6 +21,7 @@ from methods.packing import (
     _decode_index,
     _encode_index,
     pack,
+    read_header,
     read_packed,
     unpack,
     write_packed,
@@ -351,3 +352,11 @@ def test_huffman_codes_shrink_a_skewed_layer_and_round_trip() -> None:
     assert _entry(coded, "w")["codes_coding"] == "huffman"
     assert len(coded) < 0.9 * len(fixed)
     assert _bits_equal(unpack(coded)[1]["w"], unpack(fixed)[1]["w"])
+
+
+def test_the_header_records_an_optional_runtime_name_and_checks_it() -> None:
+    assert read_header(pack({}, {}, {"runtime": "torch-int8"})).runtime == "torch-int8"
+    assert read_header(pack({}, {}, {})).runtime is None  # files written before runtimes were recorded
+    for bad in ("", "a b", "x" * 65, 3, ["torch"], "torch\n"):
+        with pytest.raises(PackFormatError, match="not a packed model"):
+            read_header(pack({}, {}, {"runtime": bad}))

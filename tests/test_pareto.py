@@ -35,3 +35,27 @@ def test_spread_subset_keeps_the_most_accurate(pts: list, k: int) -> None:
     best = max(front, key=lambda i: (pts[i][0], -pts[i][1]))
     assert best in chosen
     assert [pts[i][1] for i in chosen] == sorted(pts[i][1] for i in chosen)
+
+
+def test_pareto_csv_and_table_name_each_model_runtime(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    import csv
+
+    from core.policy import LayerChoice, Policy
+    from search.export import ExportedModel, write_pareto_csv
+    from search.report import pareto_table
+
+    def model(rank: int, runtime: str) -> ExportedModel:
+        policy = Policy.from_choices({"fc": LayerChoice(0.5, 4)}, runtime=runtime)
+        return ExportedModel(rank=rank, model_file=f"models/m{rank}.acz", trial=rank, policy=policy,
+                             search_val_accuracy=0.9, val_accuracy=0.9, test_accuracy=0.9, size_bytes=1000,
+                             latency_ms=1.0, latency_spread_ms=0.1, predicted_latency_ms=None, macs=10, params=10,
+                             compression_ratio=4.0, runtime=runtime)
+
+    models = [model(0, "torch"), model(1, "onnxruntime-int8")]
+    write_pareto_csv(tmp_path / "pareto.csv", models)
+    with open(tmp_path / "pareto.csv", newline="") as handle:
+        assert [row["runtime"] for row in csv.DictReader(handle)] == ["torch", "onnxruntime-int8"]
+    table = pareto_table(models).splitlines()
+    assert "| runtime |" in table[0] and "| onnxruntime-int8 |" in table[3]
+    assert len({line.count("|") for line in table}) == 1
+    assert "runtime" not in pareto_table([models[0]])  # one runtime: no column

@@ -23,6 +23,7 @@ policies = st.builds(
     st.dictionaries(st.from_regex(r"[a-z]{1,6}(\.[0-9])?", fullmatch=True), choices, max_size=6),
     st.sampled_from(["magnitude", "obd", "taylor"]),
     st.sampled_from(["l1", "l2", "bn", "taylor"]),
+    st.sampled_from([None, "torch", "torch-int8", "onnxruntime-int8"]),
 )
 
 
@@ -64,6 +65,20 @@ def test_fields_added_later_keep_earlier_digests() -> None:
     bn = Policy.from_choices({"fc": LayerChoice(0.5, 4)}, channel_importance="bn")
     assert len({policy.digest(), low_rank.digest(), obd.digest(), bn.digest()}) == 4
     assert Policy.from_json(earlier).channel_importance == "l1"
+
+
+def test_runtime_round_trips_and_is_left_out_when_unset() -> None:
+    """A policy without a runtime keeps the digest it had before runtimes were searched (pinned here)."""
+    choices = {"conv1": LayerChoice(0.5, 4, keep=0.75), "fc1": LayerChoice(bits=8, quantizer="kmeans", rank=0.5)}
+    unset = Policy.from_choices(choices, "taylor", "l2")
+    assert unset.runtime is None and "runtime" not in unset.to_dict()
+    assert unset.digest() == "5a76169bebd6f1b3" and Policy().digest() == "8be343dfa866cb24"
+    int8 = Policy.from_choices(choices, "taylor", "l2", runtime="torch-int8")
+    assert int8.to_dict()["runtime"] == "torch-int8" and int8.digest() != unset.digest()
+    assert Policy.from_json(int8.to_json()) == int8 and Policy.from_json(unset.to_json()).runtime is None
+    for name in ("", 3):
+        with pytest.raises(ValueError, match="runtime must be a non-empty string"):
+            Policy.from_choices(choices, runtime=name)  # type: ignore[arg-type]
 
 
 def test_json_carries_a_version_tag_and_rejects_others() -> None:

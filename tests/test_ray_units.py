@@ -155,3 +155,21 @@ def test_a_trial_fine_tunes_with_the_evaluators_settings_at_each_fidelity(monkey
     trial.run_trial({trial.POLICY_KEY: Policy().to_json()}, context)
     assert used == [replace(settings.finetune, steps=steps) for steps in (10, 20, 40)]
     assert [r[trial.STEPS_KEY] for r in reports] == [10, 20, 40] and reports[-1][trial.FINAL_KEY]
+
+
+def test_the_sweep_samples_the_runtime_through_the_shared_space_and_reports_it() -> None:
+    from core.budget import Budget
+    from core.policy import Policy
+    from core.result import Result
+    from search.distributed.optuna_adapter import make_searcher
+    from search.distributed.trial import POLICY_KEY, result_from_metrics, trial_metrics
+
+    space = SearchSpace(("fc1", "fc2"), ("fc1",), SpaceSettings(), runtimes=("torch", "torch-int8"))
+    searcher = make_searcher(space, RayOptions(), seed=0, concurrent=True)
+    policies = [Policy.from_json(searcher.suggest(f"t{i}")[POLICY_KEY]) for i in range(12)]
+    assert {p.runtime for p in policies} == {"torch", "torch-int8"}
+    trial = searcher._ot_trials["t0"]  # noqa: SLF001 - the Optuna trial behind the Tune trial
+    assert trial.params["runtime"] == policies[0].runtime
+    result = Result(val_accuracy=0.9, size_bytes=10, latency_ms=1.0, runtime="torch-int8")
+    metrics = trial_metrics(result, Budget(), steps=4, final=True, seconds=1.0)
+    assert result_from_metrics(metrics, "ok").runtime == "torch-int8"

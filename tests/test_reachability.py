@@ -51,3 +51,37 @@ def test_notes_state_the_target_as_a_fraction_of_the_baseline_and_warn_when_nois
     assert noise_warning(tight, 21.0) is not None  # the spread is half the room left to the target
     assert latency_notes(None, 30.0) == [] and latency_notes(quiet, None) == []
     assert latency_notes(noisy, 50.0)[-1].startswith("Warning: latency on this machine varies")
+
+
+class _PerRuntime(Evaluator):
+    """An evaluator whose device timings are scripted per runtime (int8 is the fast one here)."""
+
+    SCRIPT = {"torch": 10.0, "torch-int8": 3.0}
+
+    def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003 - Evaluator's arguments
+        super().__init__(*args, **kwargs)
+        self.asked: list[str] = []
+
+    def measure_here(self, model, runnable=None, runtime=None):  # noqa: ANN001, ANN201 - Evaluator's signature
+        name = self.device_for(runtime).runtime
+        self.asked.append(name)
+        return Latency(self.SCRIPT[name], 0.1, 3)
+
+
+def test_the_narrowest_model_is_timed_on_every_allowed_runtime_and_the_fastest_counts(evaluator: Evaluator) -> None:
+    device = DeviceProfile(name="test-two", runtimes=("torch", "torch-int8"), threads=1, batch=8, warmup=1,
+                           repeats=3)
+    scripted = _PerRuntime(evaluator.task, device)
+    space = SearchSpace(tuple(scripted.layer_names), tuple(scripted.leaders), SpaceSettings(), runtimes=device.runtimes)
+    reach = check_latency(scripted, space, Budget(latency_ms=5.0))
+    assert reach is not None and (reach.runtime, reach.fastest.ms, reach.baseline.ms) == ("torch-int8", 3.0, 10.0)
+    assert sorted(scripted.asked) == ["torch", "torch", "torch-int8"]  # baseline on the default, narrowest on both
+    assert "3.00 ms on torch-int8, the fastest of the allowed runtimes" in latency_notes(reach, 5.0)[0]
+    with pytest.raises(UsageError) as error:
+        check_latency(scripted, space, Budget(latency_ms=2.0))
+    text = str(error.value)
+    assert "\n" not in text
+    assert "device 'test-two' (torch, torch-int8): 3.0 ms at the narrowest widths on torch-int8" in text
+    single = SearchSpace(space.layers, space.leaders, SpaceSettings())  # the runtime not searched: the default only
+    with pytest.raises(UsageError, match="10.0 ms at the narrowest widths, against"):
+        check_latency(scripted, single, Budget(latency_ms=5.0))

@@ -147,3 +147,38 @@ def test_search_py_with_the_rl_searcher(tmp_path: Path) -> None:
     with open(run / "pareto.csv", newline="") as handle:
         assert list(csv.DictReader(handle))
     assert (run / "report.md").is_file()
+
+
+def test_the_agent_chooses_the_runtime_and_resumes_with_each_runtime_latency_curve(
+    evaluator: Evaluator, tmp_path: Path
+) -> None:
+    import json
+
+    device = DeviceProfile(name="test-rl-multi", runtimes=("torch", "torch-int8"), threads=1, batch=8, warmup=1,
+                           repeats=3)
+    multi = Evaluator(evaluator.task, device)
+    settings = SpaceSettings(sparsity_step=0.1)
+    space = SearchSpace(tuple(multi.layer_names), tuple(multi.leaders), settings, tuple(multi.layers),
+                        runtimes=device.runtimes)
+    budget = Budget(size_bytes=40_000, latency_ms=10.0)
+
+    def build(run_dir: Path | None) -> RLSearcher:
+        return RLSearcher(space, budget, 0, run_dir, evaluator=multi, options=QUICK)
+
+    full = drive(build(tmp_path / "full"), multi, 5)
+    assert all(p.runtime in device.runtimes and r.runtime == p.runtime for p, r in full)
+    saved = json.loads((tmp_path / "full" / LATENCY_FILE).read_text())
+    assert set(saved) == {"torch", "torch-int8"} and all(len(points) >= 2 for points in saved.values())
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / LATENCY_FILE).write_text((tmp_path / "full" / LATENCY_FILE).read_text())
+    first = build(tmp_path / "split")
+    done = drive(first, multi, 3)
+    first.close()
+    second = build(tmp_path / "split")
+    second.restore([Finished(p, r) for p, r in done])
+    assert [p for p, _ in done + drive(second, multi, 2)] == [p for p, _ in full] and second.diverged == 0
+    foreign = SEARCHERS["random"](space, budget, 5)
+    finished = [Finished(p.policy, multi.evaluate(p.policy)) for p in (foreign.ask() for _ in range(3))]
+    forced = build(None)
+    forced.restore(finished)  # replayed as forced actions, the runtime included
+    assert forced.diverged == 3 and forced.episodes == 3

@@ -183,3 +183,15 @@ def test_a_damaged_journal_is_a_usage_error(tmp_path: Path) -> None:
         handle.write(b"not json\n")
     with pytest.raises(UsageError, match="line .* is not a study journal entry"):
         make("tpe", tmp_path)
+
+
+def test_proposals_choose_among_the_allowed_runtimes(name: str, tmp_path: Path) -> None:
+    space = SearchSpace(SPACE.layers, SPACE.leaders, SPACE.settings, runtimes=("torch", "torch-int8", "onnxruntime"))
+    searcher = SEARCHERS[name](space, BUDGET, 0, tmp_path)
+    runtimes = []
+    for _ in range(15):
+        proposal = searcher.ask()
+        runtimes.append(proposal.policy.runtime)
+        searcher.tell(proposal, synthetic(proposal.policy))
+    searcher.close()
+    assert set(runtimes) <= set(space.runtimes) and len(set(runtimes)) > 1

@@ -15,7 +15,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from methods.pipeline import architecture
 from search.seeds import SEEDS_FILE, run_seeds, seed_bits, uniform_policy, uniform_seeds
-from tests.fixtures.parameter_timing import FAST, ParameterTiming
+from tests.fixtures.parameter_timing import FAST, FAST_TWO_RUNTIMES, ParameterTiming
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,18 @@ class _Replay:
     def categorical(self, name: str, choices: list) -> object:
         assert self.values[name] in choices
         return self.values[name]
+
+
+def test_a_space_searching_the_runtime_gets_seeds_on_every_runtime_each_using_its_speed() -> None:
+    evaluator = ParameterTiming(load_task("lenet300"), FAST_TWO_RUNTIMES)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(),
+                        tuple(evaluator.layers), runtimes=("torch", "torch-int8"))
+    target = 0.6 * _latency(evaluator, space, 1.0)
+    seeds = uniform_seeds(evaluator, space, Budget(latency_ms=target))
+    assert sorted({policy.runtime for policy in seeds}) == ["torch", "torch-int8"]
+    keeps = {policy.runtime: policy["fc1"].keep for policy in seeds}
+    assert keeps["torch-int8"] > keeps["torch"]  # the faster runtime meets the target with wider layers
+    for policy in seeds:
+        task = evaluator.task
+        model = architecture(task.model, policy, task.input_shape)
+        assert evaluator.latency(model, runtime=policy.runtime).ms <= target

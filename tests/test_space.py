@@ -102,3 +102,45 @@ def test_params_inverts_sample() -> None:
             return values[name]
 
     assert space.sample(_Replay()) == policy
+
+
+def test_runtime_is_one_searched_choice_only_when_several_are_allowed() -> None:
+    settings = SpaceSettings(ranks=(0.5, 1.0))
+    single = SearchSpace(("a", "b"), ("a",), settings, runtimes=("torch",))
+    grid = _Grid()
+    assert single.sample(grid).runtime is None and "runtime" not in grid.asked
+    assert "runtime" not in single.params(single.sample(_Grid())) and single.most_compressed().runtime is None
+    several = SearchSpace(("a", "b"), ("a",), settings, runtimes=("torch", "torch-int8", "onnxruntime", "torch"))
+    assert several.runtimes == ("torch", "torch-int8", "onnxruntime") and several.searches_runtime
+    grid = _Grid()
+    policy = several.sample(grid)
+    assert grid.asked["runtime"] == ("torch", "torch-int8", "onnxruntime") and policy.runtime == "torch"
+    assert list(grid.asked)[0] == "runtime"  # the global choice comes first
+    assert several.params(policy)["runtime"] == "torch"
+    assert several.params(single.sample(_Grid()))["runtime"] == "torch"  # unset = the profile's default
+    assert several.most_compressed().runtime == "torch"
+    assert several.most_compressed(runtime="onnxruntime").runtime == "onnxruntime"
+    rng = np.random.default_rng(1)
+
+    class _Random:
+        def float(self, name: str, low: float, high: float, step: float) -> float:
+            return round(low + step * int(rng.integers(0, round((high - low) / step) + 1)), 6)
+
+        def categorical(self, name: str, choices: list) -> object:
+            return choices[int(rng.integers(len(choices)))]
+
+    sampled = [several.sample(_Random()) for _ in range(20)]
+    assert {p.runtime for p in sampled} == set(several.runtimes)
+    class _Replay:
+        def __init__(self, values: dict) -> None:
+            self.values = values
+
+        def float(self, name: str, *_: float) -> float:
+            return self.values[name]
+
+        def categorical(self, name: str, _: list) -> object:
+            return self.values[name]
+
+    assert all(several.sample(_Replay(several.params(policy))) == policy for policy in sampled)
+    with pytest.raises(ValueError, match="runtimes"):
+        SearchSpace(("a",), (), settings, runtimes=("torch", ""))

@@ -78,22 +78,25 @@ class RemoteLatencyEvaluator(Evaluator):
             return "timed in the Ray trial's process"
         return f"timed by the device's latency meter (a Ray actor on a node with resource {self.device.ray_resource!r})"
 
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None) -> Latency:
+    def measure_model(
+        self, model: nn.Module, runnable: nn.Module | None = None, runtime: str | None = None
+    ) -> Latency:
         """On the device's node (its latency meter is already a long-lived process of its own)."""
-        return self.measure_on_device(runnable or self.runnable(model))
+        return self.measure_on_device(runnable or self.runnable(model, runtime), runtime)
 
-    def fresh_latency(self, model: nn.Module) -> Latency:
+    def fresh_latency(self, model: nn.Module, runtime: str | None = None) -> Latency:
         """On the device's node, as every latency of a sweep."""
-        return self.measure_model(model)
+        return self.measure_model(model, runtime=runtime)
 
-    def measure_on_device(self, runnable: nn.Module) -> Latency:
+    def measure_on_device(self, runnable: nn.Module, runtime: str | None = None) -> Latency:
         """Latency measured on a node that holds the device's Ray resource (this process without one)."""
+        device = self.device_for(runtime)
         if self.device.ray_resource is None:
-            latency = measure(runnable, self.task.input_shape, self.device)
+            latency = measure(runnable, self.task.input_shape, device)
             self.last_latency_node = ray.get_runtime_context().get_node_id()
             return latency
         self.start_meter()
         latency, self.last_latency_node = ray.get(
-            self._meter.measure.remote(runnable, tuple(self.task.input_shape), self.device), timeout=TIMEOUT_S
+            self._meter.measure.remote(runnable, tuple(self.task.input_shape), device), timeout=TIMEOUT_S
         )
         return latency

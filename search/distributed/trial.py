@@ -59,7 +59,8 @@ def trial_metrics(result: Result, budget: Budget, steps: int, final: bool, secon
 def result_from_metrics(metrics: dict[str, Any], status: str, error: str = "") -> Result:
     """Rebuilds the evaluator's :class:`Result` from a reported metrics dict."""
     fields = ("val_accuracy", "size_bytes", "latency_ms", "macs", "params", "nonzero_weights", "seconds")
-    return Result(status=status, error=error, **{name: metrics[name] for name in fields})
+    return Result(status=status, error=error, runtime=str(metrics.get("runtime", "")),
+                  **{name: metrics[name] for name in fields})
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:

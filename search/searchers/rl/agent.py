@@ -158,10 +158,10 @@ class RLSearcher(Searcher):
         saved = json.loads(latency_file.read_text()) if latency_file is not None and latency_file.is_file() else None
         self.env = CompressEnv(settings=options.env_settings, evaluator=self.evaluator, space=space, budget=budget,
                                evaluate=self._handed_result, latency_points=saved)
-        latency = None if self.env.cost_model is None else self.env.cost_model.latency
-        if latency_file is not None and saved is None and latency is not None:
+        points = self.env.latency_points()
+        if latency_file is not None and saved is None and points is not None:
             latency_file.parent.mkdir(parents=True, exist_ok=True)
-            latency_file.write_text(json.dumps([list(p) for p in zip(latency.macs, latency.ms, strict=True)]))
+            latency_file.write_text(json.dumps(points))
         self._rng = np.random.default_rng(seed)
         self._torch = _PrivateRng(seed)
         algo = ALGOS[options.algo]
@@ -282,7 +282,7 @@ class RLSearcher(Searcher):
         obs, _ = self.env.reset(seed=self.seed if self.episodes == 0 else None)
         self._steps, self._last = [], None
         for i, name in enumerate(self.space.layers):
-            action = 2 * self.env.grid.levels_of(policy[name], self.env.leaders[i]) - 1
+            action = self.env.action_of(policy, name)
             if i == len(self.space.layers) - 1:
                 self._handover = (self.env.preview(action), result)
             next_obs, reward, _, _, info = self.env.step(action)

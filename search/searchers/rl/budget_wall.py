@@ -10,7 +10,8 @@ under a :class:`CostModel`. By induction the finished policy meets the limits un
   with the removed channels; the header gets an allowance measured on real files plus slack.
 * Latency is a prediction, not a guarantee: eager fp32 latency depends only on the kept channels,
   so a monotone :class:`LatencyCurve` over MACs is calibrated on the evaluator's latency of uniformly
-  pruned models and inflated by a safety margin.
+  pruned models and inflated by a safety margin; one curve per runtime when the runtime is searched
+  (:meth:`CostModel.on` gives the model of one runtime).
 * MACs (dense count, AMC's FLOPs budget) are exact.
 """
 
@@ -170,6 +171,18 @@ class CostModel:
     """Kept channel counts are rounded to this multiple (the device's)."""
     latency: LatencyCurve | None = None
     """Latency prediction (``None``: latency not modelled, reported as 0)."""
+    latencies: tuple[tuple[str, LatencyCurve], ...] = ()
+    """Latency prediction of each runtime, when the runtime is searched (``latency`` is then the first's)."""
+
+    def on(self, runtime: str) -> CostModel:
+        """This model predicting latency on ``runtime`` (itself when it has no per-runtime curves).
+
+        Raises:
+            KeyError: for a runtime it has no curve of.
+        """
+        if not self.latencies:
+            return self
+        return replace(self, latency=dict(self.latencies)[runtime])
 
     def costs(self, choices: Sequence[LayerChoice]) -> Costs:
         """Modelled costs of one choice per layer (episode order)."""

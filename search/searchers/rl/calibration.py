@@ -3,14 +3,15 @@
 Sizes come from real packed bytes: every probe policy is compressed to size the header, and each
 layer's payload at its original shape is measured by packing its weight alone, as the pipeline does
 (:class:`methods.packed_size.Payload`). Channel coupling is found by really pruning each channel group. Latency points
-are the evaluator's own latency (measured or predicted, as its settings say) of uniformly pruned models.
+are the evaluator's own latency (measured or predicted, as its settings say) of uniformly pruned models,
+on each runtime the search may choose.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from torch import nn
@@ -62,7 +63,8 @@ class WallEvaluator(Protocol):
         """Applies a policy to a copy of the task's model and packs it."""
 
     def latency_ms(self, model: nn.Module) -> float:
-        """Latency of a decoded model on the device, as the evaluator reports it."""
+        """Latency of a decoded model on the device, as the evaluator reports it (the evaluator also takes
+        ``runtime=``, asked only when the runtime is searched)."""
 
 
 def _raw_bytes(model: nn.Module, weights: set[str]) -> int:
@@ -95,22 +97,30 @@ def _coupling(evaluator: WallEvaluator, probe_keep: float) -> tuple[list[list[fl
     return out, inn, raw
 
 
+LatencyPoints = Sequence[Sequence[float]] | Mapping[str, Sequence[Sequence[float]]]
+"""``(macs, ms)`` calibration points: one list, or one per runtime when the runtime is searched."""
+
+
 def calibrate(
     evaluator: WallEvaluator,
     probes: Sequence[Policy],
     keeps: Sequence[float] = (),
     latency_margin: float | None = 0.1,
-    latency_points: Sequence[Sequence[float]] | None = None,
+    latency_points: LatencyPoints | None = None,
+    runtimes: Sequence[str] = (),
 ) -> CostModel:
     """Builds the cost model of ``evaluator``'s network from real packed files and latencies.
 
     Args:
         evaluator: an :class:`envs.evaluator.Evaluator` (see :class:`WallEvaluator`).
-        probes: policies packed to size the header (include the most compressed one).
+        probes: policies packed to size the header (include the most compressed one, on the runtime with
+            the longest name: the header names it).
         keeps: uniform keep ratios whose latency is taken for the latency curve (empty: channels are not
             searched, and coupling is not measured).
         latency_margin: safety margin of the latency curve (``None``: no latency curve).
-        latency_points: earlier ``(macs, ms)`` calibration to reuse instead (e.g. on resume).
+        latency_points: earlier calibration to reuse instead (e.g. on resume), per runtime with ``runtimes``.
+        runtimes: the runtimes the search chooses among (empty: the device's one): one latency curve each,
+            in :attr:`CostModel.latencies` (see :meth:`CostModel.on`).
     """
     task, specs = evaluator.task, evaluator.layers
     names = [spec.name for spec in specs]
@@ -118,19 +128,28 @@ def calibrate(
     weights = {f"{name}.weight" for name in names}
     raw = _raw_bytes(task.model, weights)
     layer_weights = [modules[name].weight.detach() for name in names]
-    points, headers = [], []
+    headers, models = [], []
     dense = Policy.from_choices({name: LayerChoice() for name in names})
     timed = [*(Policy.from_choices({g.leader: LayerChoice(keep=k) for g in evaluator.groups}) for k in keeps), dense]
     for i, policy in enumerate([*probes, *timed]):
         compressed = evaluator.compress(policy, Refinement())
         headers.append(header_bytes(compressed.blob))
-        if latency_margin is not None and latency_points is None and i >= len(probes):
-            macs = total_macs(discover_layers(compressed.model, task.input_shape))
-            points.append((macs, evaluator.latency_ms(compressed.model)))
+        if i >= len(probes):
+            models.append(compressed.model)
     tensors = len(task.model.state_dict())
     allowance = math.ceil(max(headers) * HEADER_SLACK) + HEADER_SLACK_PER_TENSOR * tensors
+    points: dict[str | None, list[tuple[int, float]]] = {}
     if latency_points is not None:
-        points = [(int(macs), float(ms)) for macs, ms in latency_points]
+        given = latency_points if isinstance(latency_points, Mapping) else {None: latency_points}
+        points = {runtime: [(int(macs), float(ms)) for macs, ms in rows] for runtime, rows in given.items()}
+    elif latency_margin is not None:
+        macs = [total_macs(discover_layers(model, task.input_shape)) for model in models]
+        points = {runtime: [(m, _latency(evaluator, model, runtime)) for m, model in zip(macs, models, strict=True)]
+                  for runtime in (tuple(runtimes) or (None,))}
+    curves = {} if latency_margin is None else {
+        runtime: LatencyCurve.fit(rows, latency_margin) for runtime, rows in points.items() if rows
+    }
+    first = runtimes[0] if runtimes else None
     coupled = bool(keeps) and bool(evaluator.groups)
     out, inn, raw_coupling = _coupling(evaluator, min(keeps)) if coupled else ([], [], [])
     index_of = {name: i for i, name in enumerate(names)}
@@ -144,5 +163,13 @@ def calibrate(
         raw_coupling=tuple(raw_coupling),
         payload=Payload(layer_weights, exact_codes=evaluator.settings.finetune.steps == 0),
         channel_multiple=evaluator.device.channel_multiple,
-        latency=None if latency_margin is None or not points else LatencyCurve.fit(points, latency_margin),
+        latency=curves.get(first, next(iter(curves.values()), None)),
+        latencies=tuple((runtime, curve) for runtime, curve in curves.items() if runtime is not None),
     )
+
+
+def _latency(evaluator: WallEvaluator, model: nn.Module, runtime: str | None) -> float:
+    """The evaluator's latency of ``model`` on ``runtime`` (its default runtime for ``None``)."""
+    if runtime is None:
+        return evaluator.latency_ms(model)
+    return evaluator.latency_ms(model, runtime=runtime)  # type: ignore[call-arg]

@@ -7,10 +7,17 @@ external ``evaluate`` callable such as the runner's) and returns the terminal re
 steps return 0. With a cost model, :func:`~search.searchers.rl.budget_wall.apply_wall` clamps every action so that
 the episode stays within budget.
 
+When the space searches the runtime (one choice for the whole network), the action has one more entry,
+read at the first step only (AMC-style global decision): its level picks a runtime, the runtimes ordered
+from slowest to fastest on the most compressed network; the wall first moves it toward faster runtimes
+until the rest of the episode can meet the latency limit on it, and every later step is walled with that
+runtime's latency curve.
+
 The observation (``Box(0, 1)``) is AMC/HAQ's layer embedding (index, kind, in/out channels, kernel,
 stride, input size, share of the parameters and MACs, leader flag), then the fraction of parameters
 and MACs reduced so far, the fraction remaining, the headroom to this episode's size and latency
-limits, the episode's sampled targets, and the previous (walled) action as levels.
+limits, the episode's sampled targets, the previous (walled) action as levels, and, when the runtime is
+searched, the chosen runtime as a level (0 before it is chosen).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from core.budget import Budget, parse_latency, parse_size
 from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
-from search.searchers.rl.budget_wall import CostModel, Limits, apply_wall
-from search.searchers.rl.calibration import WallEvaluator, calibrate
+from search.searchers.rl.budget_wall import CostModel, Limits, apply_wall, clamp_levels
+from search.searchers.rl.calibration import LatencyPoints, WallEvaluator, calibrate
 from search.searchers.rl.rewards import Reference, check_reward, terminal_reward
 
 MODES = ("prune", "bits", "joint")
@@ -210,12 +217,13 @@ class CompressEnv(gym.Env):
         budget: Budget | None = None,
         evaluate: Callable[[Policy], Result] | None = None,
         cost_model: CostModel | None = None,
-        latency_points: Sequence[Sequence[float]] | None = None,
+        latency_points: LatencyPoints | None = None,
     ):
         """Args: see the class docstring; ``settings`` replaces ``mode``, ``reward``, ``macs_fraction``
         and ``budget_sampling``; ``device`` is a profile name or a DeviceProfile; ``cost_model`` skips calibration.
         """
         self.settings = settings or EnvSettings(mode, reward, macs_fraction, budget_sampling=budget_sampling)
+        self._runtime: str | None = None
         if evaluator is None and task is not None:
             from envs.device import load_device
             from envs.evaluator import Evaluator
@@ -228,11 +236,15 @@ class CompressEnv(gym.Env):
             raise ValueError("CompressEnv needs an evaluator or an evaluate callable")
         self.evaluator = evaluator
         self.space = space or SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders),
-                                          space_settings or SpaceSettings(), tuple(evaluator.layers))
+                                          space_settings or SpaceSettings(), tuple(evaluator.layers),
+                                          tuple(evaluator.device.runtimes))
         self.budget = budget or Budget(None if budget_mb is None else parse_size(budget_mb),
                                        None if target_latency_ms is None else parse_latency(target_latency_ms))
         self._evaluate = evaluate or evaluator.evaluate
         self.grid = ActionGrid.from_space(self.space, self.settings.mode)
+        self.runtimes = self.space.runtimes if self.space.searches_runtime else ()
+        """The runtimes the first step chooses among, slowest first once the wall is calibrated (empty: the
+        runtime is not searched)."""
         self.leaders = [name in self.space.leaders for name in self.space.layers]
         self.most = [self.grid.choice(np.ones(len(self.grid.dims)), leader) for leader in self.leaders]
         original_macs = sum(spec.macs for spec in self.space.specs)
@@ -242,14 +254,19 @@ class CompressEnv(gym.Env):
         self.cost_model = cost_model
         if cost_model is None and self.settings.wall and evaluator is not None and not self.limits.empty:
             self.cost_model = self._calibrate(latency_points)
+        self.cost_models = {} if self.cost_model is None else {r: self.cost_model.on(r) for r in self.runtimes}
+        """The cost model of each runtime (each predicts latency with its runtime's curve)."""
+        if self.cost_models:
+            self.runtimes = tuple(sorted(self.runtimes, key=lambda r: -self.cost_models[r].costs(self.most).latency_ms))
         self._reference = Reference(macs=original_macs)
         self._reference_done = self.settings.reward != "relative_accuracy" or evaluator is None
         self._static = _static_features(self.space)
         self._weights = np.array([s.params for s in self.space.specs] or [1] * len(self.space.layers), np.float64)
         self._macs = np.array([s.macs for s in self.space.specs] or [1] * len(self.space.layers), np.float64)
-        size = STATIC_FEATURES + DYNAMIC_FEATURES + len(self.grid.dims)
+        extra = 1 if self.runtimes else 0
+        size = STATIC_FEATURES + DYNAMIC_FEATURES + len(self.grid.dims) + extra
         self.observation_space = gym.spaces.Box(0.0, 1.0, (size,), np.float32)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.grid.dims),), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (len(self.grid.dims) + extra,), np.float32)
         self._choices: list[LayerChoice] = []
         self._levels = np.zeros(len(self.grid.dims))
         self._episode = self.limits
@@ -263,13 +280,43 @@ class CompressEnv(gym.Env):
             picks = np.linspace(0, len(self.grid.keeps) - 1, min(self.settings.latency_probes, len(self.grid.keeps)))
             keeps = tuple(self.grid.keeps[int(round(i))] for i in picks)
         margin = self.settings.latency_margin if self.limits.latency_ms is not None else None
-        return calibrate(self.evaluator, [self.policy_of(self.most)], keeps, margin, latency_points)
+        longest = max(self.runtimes, key=len) if self.runtimes else None  # the header names the runtime
+        return calibrate(self.evaluator, [self.policy_of(self.most, longest)], keeps, margin, latency_points,
+                         self.runtimes)
 
-    def policy_of(self, choices: Sequence[LayerChoice]) -> Policy:
-        """The policy of one choice per layer (episode order)."""
+    def policy_of(self, choices: Sequence[LayerChoice], runtime: str | None = None) -> Policy:
+        """The policy of one choice per layer (episode order) on ``runtime`` (default: the episode's)."""
         choices_by_layer = dict(zip(self.space.layers, choices, strict=True))
         settings = self.space.settings
-        return Policy.from_choices(choices_by_layer, settings.saliencies[0], settings.channel_importances[0])
+        return Policy.from_choices(choices_by_layer, settings.saliencies[0], settings.channel_importances[0],
+                                   runtime or self._runtime)
+
+    def latency_points(self) -> list | dict | None:
+        """The wall's latency calibration as JSON-ready ``(macs, ms)`` points (per runtime when the runtime is
+        searched), for :func:`calibrate`'s ``latency_points`` on resume; ``None`` without a latency curve."""
+        if self.cost_model is None or self.cost_model.latency is None:
+            return None
+
+        def rows(curve: Any) -> list:
+            return [list(p) for p in zip(curve.macs, curve.ms, strict=True)]
+
+        if self.cost_model.latencies:
+            return {runtime: rows(curve) for runtime, curve in self.cost_model.latencies}
+        return rows(self.cost_model.latency)
+
+    def action_of(self, policy: Policy, layer: str) -> np.ndarray:
+        """The action that plays ``policy``'s choice of ``layer`` (and, at the first layer, its runtime)."""
+        index = self.space.layers.index(layer)
+        levels = self.grid.levels_of(policy[layer], self.leaders[index])
+        if self.runtimes:
+            runtime = policy.runtime if policy.runtime in self.runtimes else self.space.runtimes[0]
+            levels = np.append(levels, (self.runtimes.index(runtime) + 0.5) / len(self.runtimes))
+        return 2 * levels - 1
+
+    @property
+    def episode_model(self) -> CostModel | None:
+        """The cost model of the episode's runtime (the default's before the first step chooses it)."""
+        return self.cost_models.get(self._runtime or "", self.cost_model)
 
     @property
     def reference(self) -> Reference:
@@ -293,8 +340,9 @@ class CompressEnv(gym.Env):
         top = max(self.limits.size_bytes or high.size_bytes, low.size_bytes)
         size = low.size_bytes * (top / low.size_bytes) ** u[0]
         latency = self.limits.latency_ms
-        if self.cost_model.latency is not None and latency is not None and low.latency_ms < latency:
-            latency = low.latency_ms * (latency / low.latency_ms) ** u[1]
+        fastest = min(m.costs(self.most).latency_ms for m in [self.cost_model, *self.cost_models.values()])
+        if self.cost_model.latency is not None and latency is not None and fastest < latency:
+            latency = fastest * (latency / fastest) ** u[1]
         self._episode = Limits(size, latency, self.limits.macs)
         self._targets = (float(u[0]), float(u[1]) if latency is not None else 1.0)
 
@@ -307,48 +355,72 @@ class CompressEnv(gym.Env):
         rest = float(self._weights[t + 1 :].sum()) / self._weights.sum()
         reduced_macs = float(np.dot(self._macs[:t], [1 - c.keep for c in self._choices])) / self._macs.sum()
         headroom = [0.0, 0.0]
-        if self.cost_model is not None:
-            now = self.cost_model.costs([*self._choices, *self.most[t:]])
-            high = self.cost_model.costs([*self._choices, *[LayerChoice()] * (n - t)])
+        model = self.episode_model
+        if model is not None:
+            now = model.costs([*self._choices, *self.most[t:]])
+            high = model.costs([*self._choices, *[LayerChoice()] * (n - t)])
             pairs = ((now.size_bytes, high.size_bytes, self._episode.size_bytes),
                      (now.latency_ms, high.latency_ms, self._episode.latency_ms))
             headroom = [0.0 if limit is None else (limit - least) / max(most - least, 1e-9)
                         for least, most, limit in pairs]
         dynamic = [reduced, rest, reduced_macs, *headroom, *self._targets]
-        obs = np.concatenate([self._static[t], dynamic, self._levels])
+        chosen = [] if not self.runtimes else [
+            0.0 if self._runtime is None else (self.runtimes.index(self._runtime) + 0.5) / len(self.runtimes)
+        ]
+        obs = np.concatenate([self._static[t], dynamic, self._levels, chosen])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Starts an episode at the first layer (``options`` is unused)."""
         super().reset(seed=seed)
-        self._choices, self._levels = [], np.zeros(len(self.grid.dims))
+        self._choices, self._levels, self._runtime = [], np.zeros(len(self.grid.dims)), None
         self._draw_limits()
         return self._observation(), {"limits": self._episode}
 
-    def decide(self, action: np.ndarray) -> tuple[np.ndarray, LayerChoice]:
-        """The walled levels and the choice ``action`` gives the current layer (no state change)."""
+    def decide(self, action: np.ndarray) -> tuple[np.ndarray, LayerChoice, str | None]:
+        """The walled levels, the choice ``action`` gives the current layer, and the episode's runtime (chosen
+        by the first step's last entry when the runtime is searched); no state change."""
         t = len(self._choices)
         if t >= len(self.space.layers):
             raise RuntimeError("the episode is over; call reset()")
         levels = (np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0) + 1.0) / 2.0
+        runtime = self._runtime
+        if self.runtimes and t == 0:
+            levels[-1] = self._wall_runtime(levels[-1])
+            runtime = _pick(self.runtimes, levels[-1])
+        layer = levels[: len(self.grid.dims)]
         decode = partial(self.grid.choice, leader=self.leaders[t])
-        if self.cost_model is not None:
-            levels = apply_wall(levels, t, self._choices, decode, self.most, self.cost_model, self._episode,
-                                self.grid.speed_dims(self.leaders[t]))
-        return levels, decode(levels)
+        model = self.cost_models.get(runtime or "", self.cost_model)
+        if model is not None:
+            layer = apply_wall(layer, t, self._choices, decode, self.most, model, self._episode,
+                               self.grid.speed_dims(self.leaders[t]))
+        return np.concatenate([layer, levels[len(self.grid.dims):]]), decode(layer), runtime
+
+    def _wall_runtime(self, level: float) -> float:
+        """The first step's runtime level moved toward faster runtimes until the most compressed rest of the
+        episode meets the speed limits on the runtime it picks (the end, the fastest, when none does)."""
+        if not self.cost_models or self._episode.speed_only.empty:
+            return level
+
+        def fits(levels: np.ndarray) -> bool:
+            model = self.cost_models[_pick(self.runtimes, float(levels[0]))]
+            return model.costs(self.most).fits(self._episode.speed_only)
+
+        return float(clamp_levels(np.array([level]), np.array([True]), fits)[0])
 
     def preview(self, action: np.ndarray) -> Policy:
         """The policy the final step would evaluate with ``action`` (only at the last layer)."""
         if len(self._choices) != len(self.space.layers) - 1:
             raise RuntimeError("preview is only defined at the last layer")
-        return self.policy_of([*self._choices, self.decide(action)[1]])
+        _, choice, runtime = self.decide(action)
+        return self.policy_of([*self._choices, choice], runtime)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Decides the current layer; the last layer's step evaluates the policy and returns the reward."""
-        levels, choice = self.decide(action)
+        levels, choice, self._runtime = self.decide(action)
         name = self.space.layers[len(self._choices)]
         self._choices.append(choice)
-        self._levels = levels
+        self._levels = levels[: len(self.grid.dims)]
         info: dict[str, Any] = {"layer": name, "choice": choice, "action": (2 * levels - 1).astype(np.float32)}
         if len(self._choices) < len(self.space.layers):
             return self._observation(), 0.0, False, False, info
@@ -361,6 +433,6 @@ class CompressEnv(gym.Env):
         info.update(policy=policy, result=result, feasible=result.ok and excess == 0.0,
                     val_accuracy=result.val_accuracy, size_bytes=result.size_bytes,
                     latency_ms=result.latency_ms, macs=result.macs)
-        if self.cost_model is not None:
-            info["predicted"] = self.cost_model.costs(self._choices)
+        if self.episode_model is not None:
+            info["predicted"] = self.episode_model.costs(self._choices)
         return self._observation(), float(reward), True, False, info
