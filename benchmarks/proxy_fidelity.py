@@ -10,7 +10,7 @@ the top ``--promote`` fraction of the scores (2) so far is promoted and gets sco
 Spearman rank correlation of each score with (4), and the cost per candidate of each.
 
     python benchmarks/proxy_fidelity.py [--task lenet5] [--samples 24] [--target-fraction 0.3]
-        [--rung0-steps 8] [--short-steps 30] [--promote 0.25] [--final-epochs 2]
+        [--rung0-steps 8] [--short-steps 30] [--promote 0.2] [--final-epochs 2]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from envs.device import load_device  # noqa: E402
 from envs.evaluator import Evaluator  # noqa: E402
 from envs.tasks import evaluate_accuracy, load_task  # noqa: E402
 from methods.finetune import FinetuneSettings  # noqa: E402
-from search.export import finetune_steps  # noqa: E402
+from search.export import ExportSettings, finetune_steps  # noqa: E402
 from search.latency_fill import LatencyFill  # noqa: E402
 from search.searchers import RandomSearcher  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24)
     parser.add_argument("--short-steps", type=int, default=30)
     parser.add_argument("--rung0-steps", type=int, default=8)
-    parser.add_argument("--promote", type=float, default=0.25)
+    parser.add_argument("--promote", type=float, default=0.2)
     parser.add_argument("--target-fraction", type=float, default=0.0, help="0: no latency target")
     parser.add_argument("--final-epochs", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,7 +84,8 @@ def main() -> None:
         rung0: evaluator.refinement(FinetuneSettings(steps=args.rung0_steps, lr=1e-3)),
         short: evaluator.refinement(FinetuneSettings(steps=args.short_steps, lr=1e-3)),
     }
-    final = evaluator.refinement(FinetuneSettings(steps=finetune_steps(evaluator, args.final_epochs), lr=1e-4))
+    final_settings = ExportSettings().finetune  # the export stage's default fine-tune
+    final = evaluator.refinement(replace(final_settings, steps=finetune_steps(evaluator, args.final_epochs)))
     rows = []
     for index in range(args.samples):
         policy = searcher.ask().policy
@@ -118,7 +120,8 @@ def main() -> None:
                                                 2)})
     table = markdown_table(pd.DataFrame(lines))
     target = "" if fill is None else f", latency-filled to {args.target_fraction:.0%} of the baseline latency"
-    summary = (f"Task {args.task}, {args.samples} random candidates of the default search space{target}; "
+    summary = (f"Final fine-tune: Adam lr {final_settings.lr:g}, {final_settings.lr_schedule}. "
+               f"Task {args.task}, {args.samples} random candidates of the default search space{target}; "
                f"{int(promoted.sum())} promoted; final accuracies {frame['final'].min():.3f}-"
                f"{frame['final'].max():.3f}.\n\n{table}")
     write_outputs(f"proxy_fidelity_{args.task}", frame, summary, args)
