@@ -16,7 +16,6 @@ from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
 from methods.channel_importance import CHANNEL_IMPORTANCES
-from methods.finetune import FinetuneSettings
 from methods.quantizers import QUANTIZERS
 from methods.saliency import SALIENCIES
 from search.drivers import check_config, driver_for
@@ -192,7 +191,8 @@ def _nested(name: str, value: Any) -> Any:
     values = {key: item for key, item in value.items() if key not in flat}
     try:
         if flat:
-            values[FINETUNE_FIELD] = FinetuneSettings(**{flat[key]: item for key, item in value.items() if key in flat})
+            default = getattr(cls(), FINETUNE_FIELD)  # a partial section keeps the section's own defaults
+            values[FINETUNE_FIELD] = replace(default, **{flat[key]: item for key, item in value.items() if key in flat})
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"bad value in config section {name!r}: {exc}") from exc
