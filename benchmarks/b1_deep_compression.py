@@ -26,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
+from core.policy import Policy  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
 from methods.discovery import discover_layers  # noqa: E402
 from search import run_search  # noqa: E402
@@ -34,14 +35,20 @@ from search.runner import RunOutcome  # noqa: E402
 TARGET_FACTOR = 1.5
 
 
-def _layers(outcome: RunOutcome, rank: int) -> str:
-    model = outcome.models[rank]
+def policy_text(policy: Policy) -> str:
+    """Per layer: kept % of weights, bits (``k`` = k-means), kept channels and rank where below 1; the saliency
+    and runtime where set."""
     text = " / ".join(
         f"{name} {100 * (1 - c.sparsity):.0f}% {c.bits}b{'k' if c.quantizer == 'kmeans' else ''}"
-        + (f" r{c.rank:g}" if c.rank < 1 else "")
-        for name, c in model.policy
+        + (f" c{c.keep:g}" if c.keep < 1 else "") + (f" r{c.rank:g}" if c.rank < 1 else "")
+        for name, c in policy
     )
-    return text if model.policy.saliency == "magnitude" else f"{text} ({model.policy.saliency})"
+    text = text if policy.saliency == "magnitude" else f"{text} ({policy.saliency})"
+    return f"{text} [{policy.runtime}]" if policy.runtime else text
+
+
+def _layers(outcome: RunOutcome, rank: int) -> str:
+    return policy_text(outcome.models[rank].policy)
 
 
 def _row(net: str, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:

@@ -13,6 +13,8 @@ within the budget). Accuracy is measured after BatchNorm recalibration, without 
 
     python benchmarks/b3_search_efficiency.py [--evaluations 300] [--seeds 3] [--amc-episodes 100]
         [--searchers rl,random,tpe,nsga2] [--name b3_search_efficiency]
+
+Part 1 on the ResNet (channels, bits and sparsity, size budget and latency target): ``benchmarks/b3_deep.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +76,9 @@ def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
 
 
 def run_searcher(name: str, space: SearchSpace, budget: Budget, seed: int, evaluator: Evaluator,
-                 evaluations: int, options: object = None) -> list[dict]:
-    """The runner's loop (ask, evaluate, tell) for ``evaluations`` candidates; one row per candidate."""
+                 evaluations: int, options: object = None, label: str | None = None) -> list[dict]:
+    """The runner's loop (ask, evaluate, tell) for ``evaluations`` candidates; one row per candidate, its
+    ``searcher`` column ``label`` (default ``name``)."""
     searcher = SEARCHERS[name](space, budget, seed, None, evaluator=evaluator, options=options)
     rows, start = [], time.perf_counter()
     try:
@@ -83,12 +87,14 @@ def run_searcher(name: str, space: SearchSpace, budget: Budget, seed: int, evalu
             result = evaluator.evaluate(proposal.policy)
             searcher.tell(proposal, result)
             feasible = result.ok and budget.admits(result.size_bytes, result.latency_ms)
-            rows.append({"searcher": name, "seed": seed, "evaluation": i + 1, "val_accuracy": result.val_accuracy,
-                         "size_bytes": result.size_bytes, "latency_ms": result.latency_ms, "macs": result.macs,
-                         "feasible": feasible, "policy": proposal.policy.to_json()})
+            rows.append({"searcher": label or name, "seed": seed, "evaluation": i + 1,
+                         "val_accuracy": result.val_accuracy, "size_bytes": result.size_bytes,
+                         "latency_ms": result.latency_ms, "macs": result.macs, "feasible": feasible,
+                         "policy": proposal.policy.to_json()})
     finally:
         searcher.close()
-    print(f"  {name} seed {seed}: {evaluations} evaluations in {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    print(f"  {label or name} seed {seed}: {evaluations} evaluations in {seconds:.0f}s", file=sys.stderr)
     return rows
 
 
@@ -102,6 +108,52 @@ def curve(rows: pd.DataFrame, ref: np.ndarray, scale: float, step: int) -> list[
     return out
 
 
+def run_searchers(names: list[str], space: SearchSpace, budget: Budget, evaluator: Evaluator, evaluations: int,
+                  seeds: int, rl: RLOptions | None = None) -> pd.DataFrame:
+    """Every searcher for every seed (``rl-no-learning``: ``rl`` kept in warm-up for all ``evaluations``)."""
+    rows = []
+    for seed in range(seeds):
+        for name in names:
+            base, options = (name, rl if name == "rl" else None)
+            if name == "rl-no-learning":
+                base, options = "rl", replace(rl or RLOptions(), warmup_episodes=evaluations)
+            rows += run_searcher(base, space, budget, seed, evaluator, evaluations, options, label=name)
+    return pd.DataFrame(rows)
+
+
+def curves(trials: pd.DataFrame, ref: np.ndarray, scale: float) -> pd.DataFrame:
+    """Normalised hypervolume after every evaluation, per searcher and seed."""
+    return pd.DataFrame([{"searcher": n, "seed": s, "evaluation": k, "hypervolume": hv}
+                         for (n, s), group in trials.groupby(["searcher", "seed"])
+                         for k, hv in curve(group, ref, scale, step=1)])
+
+
+def checkpoints_of(evaluations: int) -> list[int]:
+    """Evaluation counts the tables report."""
+    return sorted({evaluations // 6, evaluations // 3, evaluations // 2, evaluations} - {0})
+
+
+def searcher_table(frame: pd.DataFrame, trials: pd.DataFrame, names: list[str], checkpoints: list[int],
+                   best_accuracy: bool = False) -> list[str]:
+    """Markdown lines: per searcher, mean and (min-max) over seeds of the hypervolume at ``checkpoints``,
+    optionally of the best feasible val accuracy, and the share of feasible candidates."""
+    table = frame[frame.evaluation.isin(checkpoints)].groupby(["searcher", "evaluation"]).hypervolume
+    mean, low, high = table.mean().unstack(), table.min().unstack(), table.max().unstack()
+    feasible = trials.groupby("searcher").feasible.mean()
+    best = trials[trials.feasible].groupby(["searcher", "seed"]).val_accuracy.max().groupby("searcher")
+    extra = " best feasible val accuracy |" if best_accuracy else ""
+    lines = ["| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints) + f" |{extra} feasible candidates |",
+             "|---|" + "---:|" * (len(checkpoints) + 1 + best_accuracy)]
+    for name in names:
+        cells = [f"{mean.loc[name, k]:.4f} ({low.loc[name, k]:.4f}-{high.loc[name, k]:.4f})" for k in checkpoints]
+        if best_accuracy:
+            found = name in best.groups
+            cells.append(f"{best.mean()[name]:.4f} ({best.min()[name]:.4f}-{best.max()[name]:.4f})"
+                         if found else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * feasible[name]:.0f}% |")
+    return lines
+
+
 def lenet_part(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     """Hypervolume against evaluations for every searcher and seed."""
     evaluator = Evaluator(load_task("lenet5", progress=True), load_device("cpu-b32"))
@@ -112,28 +164,10 @@ def lenet_part(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     ref = np.array([-ACCURACY_REF, budget.size_bytes, 2 * latency])
     scale = float((1 - ACCURACY_REF) * ref[1] * ref[2])
     names = args.searchers.split(",")
-    rows = []
-    for seed in range(args.seeds):
-        for name in names:
-            base, options = (name, None)
-            if name == "rl-no-learning":
-                base, options = "rl", RLOptions(warmup_episodes=args.evaluations)
-            found = run_searcher(base, space, budget, seed, evaluator, args.evaluations, options)
-            rows += [{**row, "searcher": name} for row in found]
-    trials = pd.DataFrame(rows)
-    curves = [{"searcher": n, "seed": s, "evaluation": k, "hypervolume": hv}
-              for (n, s), group in trials.groupby(["searcher", "seed"])
-              for k, hv in curve(group, ref, scale, step=1)]
-    frame = pd.DataFrame(curves)
-    checkpoints = sorted({args.evaluations // 6, args.evaluations // 3, args.evaluations // 2, args.evaluations})
-    table = frame[frame.evaluation.isin(checkpoints)].groupby(["searcher", "evaluation"]).hypervolume
-    mean, low, high = table.mean().unstack(), table.min().unstack(), table.max().unstack()
-    feasible = trials.groupby("searcher").feasible.mean()
-    lines = ["| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints) + " | feasible candidates |",
-             "|---|" + "---:|" * (len(checkpoints) + 1)]
-    for name in names:
-        cells = [f"{mean.loc[name, k]:.4f} ({low.loc[name, k]:.4f}-{high.loc[name, k]:.4f})" for k in checkpoints]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * feasible[name]:.0f}% |")
+    trials = run_searchers(names, space, budget, evaluator, args.evaluations, args.seeds)
+    frame = curves(trials, ref, scale)
+    checkpoints = checkpoints_of(args.evaluations)
+    lines = searcher_table(frame, trials, names, checkpoints)
     means = frame.groupby(["searcher", "evaluation"]).hypervolume.mean().unstack(0)
     if "random" in names:
         target = means["random"].iloc[-1]
@@ -154,7 +188,8 @@ def lenet_part(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
     return frame.assign(part="lenet5"), "\n".join(lines)
 
 
-def plot(means: pd.DataFrame, frame: pd.DataFrame, names: list[str], path: Path) -> None:
+def plot(means: pd.DataFrame, frame: pd.DataFrame, names: list[str], path: Path,
+         title: str = "B3: LeNet-5, size budget") -> None:
     """Mean hypervolume against evaluations, min-max band over seeds."""
     import matplotlib
 
@@ -167,7 +202,7 @@ def plot(means: pd.DataFrame, frame: pd.DataFrame, names: list[str], path: Path)
     for name in names:
         ax.plot(means.index, means[name], label=name)
         ax.fill_between(means.index, low[name], high[name], alpha=0.2)
-    ax.set(xlabel="evaluations", ylabel="normalised hypervolume (feasible front)", title="B3: LeNet-5, size budget")
+    ax.set(xlabel="evaluations", ylabel="normalised hypervolume (feasible front)", title=title)
     ax.legend()
     ax.grid(alpha=0.3)
     path.parent.mkdir(exist_ok=True)
