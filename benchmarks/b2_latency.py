@@ -2,7 +2,8 @@
 
 For a task on a device profile, the fp32 latency of the original model is measured first; the targets are
 fractions of it (default 50% and 30%). For each target, side by side and with the same final fine-tune
-(``--epochs`` of masked fine-tuning at lr 1e-4, BatchNorm recalibrated):
+(``--epochs`` of the export stage's default final fine-tune, ``search.export.ExportSettings``; BatchNorm
+recalibrated):
 
 * ``uniform``: the same kept fraction of channels in every group, the largest that meets the target
   (bisection on measured latency);
@@ -43,13 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
 from core.policy import MIN_KEEP, LayerChoice, Policy  # noqa: E402
+from core.result import Result  # noqa: E402
 from envs.device import load_device, measure_latency  # noqa: E402
 from envs.evaluator import Evaluator, EvaluatorSettings  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
 from methods.finetune import FinetuneSettings  # noqa: E402
-from methods.pipeline import CompressedModel  # noqa: E402
+from methods.pipeline import CompressedModel, architecture  # noqa: E402
 from search import run_search  # noqa: E402
-from search.export import finetune_steps  # noqa: E402
+from search.export import ExportSettings  # noqa: E402
 
 SAFETY = 0.97
 """Fixed policies aim at this fraction of the target (again for each retry), so a noisy re-measurement meets it."""
@@ -70,18 +72,27 @@ def _bisect(latency_of: Callable[[float], float], target: float, low: float, hig
     return low
 
 
-def _keep_policy(keeps: dict[str, float]) -> Policy:
-    return Policy.from_choices({name: LayerChoice(keep=max(MIN_KEEP, min(1.0, k))) for name, k in keeps.items()})
+def _keep_policy(keeps: dict[str, float], runtime: str | None = None) -> Policy:
+    return Policy.from_choices(
+        {name: LayerChoice(keep=max(MIN_KEEP, min(1.0, k))) for name, k in keeps.items()}, runtime=runtime
+    )
 
 
-def uniform_policy(evaluator: Evaluator, target: float) -> Policy:
-    """The same keep ratio for every channel group, the largest within ``target``."""
+def probe_ms(evaluator: Evaluator, policy: Policy) -> float:
+    """Latency of ``policy``'s architecture on its runtime, timed for real: the shapes alone (no fine-tune, no
+    packing); an evaluator that measures every architecture reuses an earlier run of the same shapes."""
+    task = evaluator.task
+    model = architecture(task.model, policy, task.input_shape, evaluator.device.channel_multiple)
+    return evaluator.latency_ms(model, reuse=evaluator.settings.latency == "measured", runtime=policy.runtime)
+
+
+def uniform_policy(evaluator: Evaluator, target: float, runtime: str | None = None) -> Policy:
+    """The same keep ratio for every channel group, the largest within ``target`` on ``runtime``."""
     def latency(keep: float) -> float:
-        model = evaluator.compress(_keep_policy(dict.fromkeys(evaluator.leaders, keep))).model
-        return evaluator.latency_ms(model, reuse=False)
+        return probe_ms(evaluator, _keep_policy(dict.fromkeys(evaluator.leaders, keep), runtime))
 
     keep = _bisect(latency, target, MIN_KEEP, 1.0)
-    return _keep_policy(dict.fromkeys(evaluator.leaders, keep))
+    return _keep_policy(dict.fromkeys(evaluator.leaders, keep), runtime)
 
 
 def global_magnitude_keeps(evaluator: Evaluator, ratio: float) -> dict[str, float]:
@@ -100,28 +111,41 @@ def global_magnitude_keeps(evaluator: Evaluator, ratio: float) -> dict[str, floa
     }
 
 
-def global_policy(evaluator: Evaluator, target: float) -> Policy:
-    """Torch-Pruning global magnitude widths at the largest ratio within ``target``."""
+def global_policy(evaluator: Evaluator, target: float, runtime: str | None = None) -> Policy:
+    """Torch-Pruning global magnitude widths at the largest ratio within ``target`` on ``runtime``."""
     def latency(kept: float) -> float:
-        model = evaluator.compress(_keep_policy(global_magnitude_keeps(evaluator, 1.0 - kept))).model
-        return evaluator.latency_ms(model, reuse=False)
+        return probe_ms(evaluator, _keep_policy(global_magnitude_keeps(evaluator, 1.0 - kept), runtime))
 
     kept = _bisect(latency, target, 0.05, 1.0)
-    return _keep_policy(global_magnitude_keeps(evaluator, 1.0 - kept))
+    return _keep_policy(global_magnitude_keeps(evaluator, 1.0 - kept), runtime)
+
+
+def final_finetune(evaluator: Evaluator, epochs: float) -> FinetuneSettings:
+    """The export stage's default final fine-tune for ``epochs`` (what every searched model gets)."""
+    return ExportSettings(finetune_epochs=epochs).final_finetune(evaluator, seed=0)
+
+
+def fixed_model(
+    evaluator: Evaluator, choose: Callable[[Evaluator, float], Policy], target: float, finetune: FinetuneSettings
+) -> tuple[CompressedModel, Result]:
+    """The policy ``choose`` gives for ``target``, fine-tuned and measured; aims lower while the measurement
+    misses the target (the last attempt is returned either way)."""
+    refinement = evaluator.refinement(finetune)
+    aim = target
+    for _ in range(RETRIES):
+        aim *= SAFETY
+        compressed = evaluator.compress(choose(evaluator, aim), refinement)
+        result = evaluator.measure(compressed, reuse_latency=False)
+        if result.latency_ms <= target:
+            break
+    return compressed, result
 
 
 def _fixed_row(
     evaluator: Evaluator, method: str, choose: Callable[[Evaluator, float], Policy], target: float, epochs: float
 ) -> dict:
-    """Fine-tunes and measures the fixed policy for ``target``; aims lower while the measurement misses it."""
-    refinement = evaluator.refinement(FinetuneSettings(steps=finetune_steps(evaluator, epochs), lr=1e-4))
-    aim = target
-    for _ in range(RETRIES):
-        aim *= SAFETY
-        compressed: CompressedModel = evaluator.compress(choose(evaluator, aim), refinement)
-        result = evaluator.measure(compressed, reuse_latency=False)
-        if result.latency_ms <= target:
-            break
+    """Fine-tunes and measures the fixed policy for ``target`` (:func:`fixed_model`)."""
+    compressed, result = fixed_model(evaluator, choose, target, final_finetune(evaluator, epochs))
     return {
         "method": method,
         "test_accuracy": evaluator.test_accuracy(compressed),
