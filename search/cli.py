@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
-    parser.add_argument("--trials", type=int, help="candidates to evaluate (default 60)")
+    parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
     parser.add_argument("--devices", metavar="A,B", help="tune one Pareto set per device profile (a sub-folder each)")

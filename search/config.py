@@ -40,7 +40,7 @@ class SearchConfig:
     """Latency target on the device: 20ms, 0.02s, 500us (bare numbers are ms)."""
     searcher: str = "tpe"
     """Searcher name."""
-    trials: int = 60
+    trials: int = 40
     """Candidates evaluated in total (a resumed run continues up to this number)."""
     seed: int = 0
     """Seed of the searcher and of every fine-tune."""
