@@ -14,9 +14,10 @@ measured first; the targets are fractions of it (default 50%, 30% and 15%). For 
   the target as its latency budget, at most ``--max-models`` exported with the same final fine-tune.
 
 Per search, from its run folder: the test accuracy of the exported model with the best validation accuracy
-(pareto.csv; each is within the target), its latency and runtime; the share of candidates within budget (trials.csv); the agreement of
-search and export latency (median over exported models of |search - export| / export); and how many exported
-files meet the target when decoded (``search.load_model``) and timed again in a fresh timing process.
+(pareto.csv; each is within the target), its latency and runtime; the share of candidates within budget
+(trials.csv); the agreement of search and export latency (median over exported models of |search - export| /
+export); and how many exported files meet the target when decoded (``search.load_model``) and timed again in a
+fresh timing process.
 
     python benchmarks/b7_binding_budgets.py [--tasks resnet,mobilenet] [--device cpu-any]
         [--targets 0.5,0.3,0.15] [--seeds 0,1,2] [--trials 20] [--searchers tpe] [--epochs 2] [--max-models 3]

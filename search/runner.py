@@ -14,7 +14,7 @@ from envs.evaluator import LatencyCheck
 from envs.timing import MAX_ROUNDS, MIN_ROUNDS, calls_per_round
 from search.archive import Trial
 from search.drivers import driver_for
-from search.export import ExportedModel, candidates, export_front, write_pareto_csv
+from search.export import ExportedModel, candidates, export_front, reserves, write_pareto_csv
 from search.prepared import Prepared
 from search.reachability import latency_notes
 from search.report import Baseline, plot_front, write_report
@@ -86,6 +86,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
             settings=config.export,
             seed=config.seed,
             on_step=lambda: bar.update(1),
+            spares=reserves(trials, chosen),
         )
     export_seconds = time.perf_counter() - start
     write_pareto_csv(run_dir / "pareto.csv", models)

@@ -129,11 +129,33 @@ def uniform_seeds(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> l
     return list(dict.fromkeys(seeds))
 
 
-def run_seeds(run_dir: Path, evaluator: Evaluator, space: SearchSpace, budget: Budget) -> list[Policy]:
-    """The seeds saved in ``run_dir``, or the run's seeds computed now and saved there."""
+SEED_SHARE = 0.2
+"""Seeds take at most this share of a run's candidates (at least 2), the widest kept first."""
+
+
+def seed_limit(trials: int) -> int:
+    """How many seeds a run of ``trials`` candidates evaluates."""
+    return max(2, int(SEED_SHARE * trials))
+
+
+def widest_first(seeds: list[Policy], limit: int) -> list[Policy]:
+    """At most ``limit`` of ``seeds``: the most channels kept first, then the widest codes (stable otherwise)."""
+    def width(policy: Policy) -> tuple[float, float]:
+        choices = [choice for _, choice in policy]
+        return (sum(c.keep for c in choices) / len(choices), sum(c.bits for c in choices) / len(choices))
+
+    return sorted(seeds, key=width, reverse=True)[:limit]
+
+
+def run_seeds(run_dir: Path, evaluator: Evaluator, space: SearchSpace, budget: Budget,
+              trials: int | None = None) -> list[Policy]:
+    """The seeds saved in ``run_dir``, or the run's seeds computed now and saved there (at most
+    :func:`seed_limit` of ``trials`` when given: with the runtime searched there is a seed per runtime and width)."""
     path = run_dir / SEEDS_FILE
     if path.is_file():
         return [Policy.from_dict(item) for item in json.loads(path.read_text())]
     seeds = uniform_seeds(evaluator, space, budget)
+    if trials is not None:
+        seeds = widest_first(seeds, seed_limit(trials))
     path.write_text(json.dumps([policy.to_dict() for policy in seeds], indent=1) + "\n")
     return seeds

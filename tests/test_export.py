@@ -15,7 +15,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from envs.timing import MIN_ROUNDS, Latency
 from search.archive import Trial
-from search.export import ExportSettings, export_front
+from search.export import ExportSettings, candidates, export_front, reserves
 
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
 POLICY = Policy.from_choices({"fc1": LayerChoice(0.5, 4), "fc2": LayerChoice(0.5, 4)})
@@ -60,3 +60,48 @@ def test_a_fresh_timing_process_is_started_and_ended_for_each_call() -> None:
     first = evaluator.fresh_latency(model)
     assert first.ms > 0 and first.rounds >= MIN_ROUNDS
     assert evaluator._timing_worker is None  # the long-lived timing process is neither used nor started
+
+
+class _FreshSequence(_ScriptedTiming):
+    """A fresh process that times each successive model at the next of ``fresh_ms``."""
+
+    def __init__(self, *args: object, fresh_ms: list[float], **kwargs: object):
+        super().__init__(*args, warm=9.0, fresh=0.0, **kwargs)
+        self.fresh_ms = list(fresh_ms)
+
+    def fresh_latency(self, model: nn.Module, runtime: str | None = None) -> Latency:
+        self.fresh_calls += 1
+        return Latency(self.fresh_ms.pop(0), 0.2, 3)
+
+
+def test_a_chosen_candidate_dropped_as_over_budget_is_replaced_by_the_most_accurate_spare(tmp_path: Path) -> None:
+    sparser = Policy.from_choices({"fc1": LayerChoice(0.6, 4), "fc2": LayerChoice(0.6, 4)})
+    trials = [Trial(0, "random", POLICY, Result(val_accuracy=0.9, size_bytes=10, latency_ms=2.0), True),
+              Trial(1, "random", sparser, Result(val_accuracy=0.8, size_bytes=5, latency_ms=1.0), True),
+              Trial(2, "random", POLICY, Result(val_accuracy=0.95, size_bytes=1, latency_ms=1.0), False)]
+    chosen = candidates(trials, max_models=1)
+    assert [t.number for t in chosen] == [0] and [t.number for t in reserves(trials, chosen)] == [1]
+    evaluator = _FreshSequence(load_task("lenet300"), FAST, fresh_ms=[10.5, 9.0])
+    models, dropped = export_front(evaluator, chosen, Budget(latency_ms=10.0), tmp_path,
+                                   settings=ExportSettings(finetune_epochs=0), seed=0,
+                                   spares=reserves(trials, chosen))
+    assert [m.trial for m in models] == [1] and [d.trial for d in dropped] == [0]
+    assert evaluator.fresh_calls == 2
+
+
+class _DisturbedOnce(_ScriptedTiming):
+    """A timing process disturbed at its first export measurement (35 ms), undisturbed after (9 ms)."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, warm=9.0, fresh=9.2, **kwargs)
+        self.worker_ms = [35.0]
+
+    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None,
+                      runtime: str | None = None) -> Latency:
+        return Latency(self.worker_ms.pop(0) if self.worker_ms else self.warm, 0.1, 3)
+
+
+def test_a_timing_process_figure_far_above_the_fresh_one_is_measured_again(tmp_path: Path) -> None:
+    evaluator = _DisturbedOnce(load_task("lenet300"), FAST)
+    models, dropped = _export(evaluator, Budget(latency_ms=10.0), tmp_path)
+    assert not dropped and [m.latency_ms for m in models] == [9.2]  # the slower of the re-measure and the fresh one

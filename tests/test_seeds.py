@@ -14,7 +14,15 @@ from core.space import SearchSpace, SpaceSettings
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from methods.pipeline import architecture
-from search.seeds import SEEDS_FILE, run_seeds, seed_bits, uniform_policy, uniform_seeds
+from search.seeds import (
+    SEEDS_FILE,
+    run_seeds,
+    seed_bits,
+    seed_limit,
+    uniform_policy,
+    uniform_seeds,
+    widest_first,
+)
 from tests.fixtures.parameter_timing import FAST, FAST_TWO_RUNTIMES, ParameterTiming
 
 
@@ -126,3 +134,17 @@ def test_a_space_searching_the_runtime_gets_seeds_on_every_runtime_each_using_it
         task = evaluator.task
         model = architecture(task.model, policy, task.input_shape)
         assert evaluator.latency(model, runtime=policy.runtime).ms <= target
+
+
+def test_a_run_evaluates_at_most_a_fifth_of_its_candidates_as_seeds_the_widest_first(tmp_path: Path) -> None:
+    evaluator = ParameterTiming(load_task("lenet300"), FAST_TWO_RUNTIMES)
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(),
+                        tuple(evaluator.layers), runtimes=("torch", "torch-int8"))
+    budget = Budget(latency_ms=0.6 * _latency(evaluator, space, 1.0))
+    every = uniform_seeds(evaluator, space, budget)
+    assert len(every) == 4 and seed_limit(10) == 2 and seed_limit(40) == 8
+    kept = run_seeds(tmp_path, evaluator, space, budget, trials=10)
+    assert kept == widest_first(every, 2) and len(kept) == 2
+    assert {policy.runtime for policy in kept} == {"torch-int8"}  # the faster runtime keeps more channels
+    assert [policy["fc1"].bits for policy in kept] == [8, 4]
+    assert run_seeds(tmp_path, evaluator, space, budget, trials=40) == kept  # a resumed run replays its seeds

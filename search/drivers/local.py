@@ -52,7 +52,7 @@ class LocalDriver(Driver):
             options=config.searcher_settings,
         )
         if prepared.space.settings.uniform_seeds:
-            searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
+            searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials))
         searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
         fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
         repair = None

@@ -72,7 +72,7 @@ class RayTuneDriver(Driver):
         config = prepared.config
         seeds = ()
         if prepared.space.settings.uniform_seeds:
-            seeds = tuple(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget))
+            seeds = tuple(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials))
         job = SweepJob(prepared.evaluator, prepared.space, config.budget, config.trials, config.seed,
                        config.workers, config.searcher_settings, seeds)
         return sweep(job, run_dir, progress)
