@@ -12,25 +12,27 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.paths import default_cache_dir
-from core.policy import Policy
+from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.spec import LayerSpec
 from envs.latency_model import LatencyPredictor, build_predictor
 from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
 from envs.tasks import Task, evaluate_accuracy
-from envs.timing import Latency, measure
+from envs.timing import MAX_ROUNDS, Latency, Paired, measure, measure_paired
 from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
 from envs.timing_worker import TimingWorker
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.packing import RUNTIME_KEY
-from methods.pipeline import CompressedModel, Refinement, compress
+from methods.pipeline import CompressedModel, Refinement, architecture, compress
 from methods.structured import channel_groups
 
 LATENCY_MODES = ("measured", "predicted")
 TIMING_MODES = ("worker", "inline")
 """Where latencies are measured: a separate timing process, or the searching process itself."""
+REFERENCE_KEEP = 0.25
+"""The reference model of paired timing is the task's model with this fraction of every layer's channels."""
 
 
 def _architecture_key(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -106,6 +108,11 @@ class EvaluatorSettings:
     timing: str = "worker"
     """Where latencies are measured: ``worker``, a separate long-lived process that only times models
     (``envs/timing_worker.py``), as a deployment runs them; or ``inline``, in the searching process."""
+    paired_timing: bool = True
+    """Time every model in rounds alternated with rounds of a fixed reference model and report the median
+    ratio times the reference's fastest round of the run (``envs/timing.py``): on a shared machine whose
+    speed changes for seconds at a time, a model then measures the same whenever it is timed. Off: the
+    minimum of the model's own round medians."""
     promote_top: float = 0.2
     """Multi-fidelity evaluation (``search/fidelity.py``): a within-budget candidate whose screening accuracy
     (after ``finetune_steps``) ranks in this top fraction of the run's within-budget candidates so far is
@@ -158,6 +165,10 @@ class Evaluator:
         self._latency_by_shape: dict[tuple, Latency] = {}
         """Latencies by (runtime, architecture): dense models of equal shapes on one runtime run the same kernels."""
         self._timing_worker: TimingWorker | None = None
+        self._reference: nn.Module | None = None
+        self._reference_runnables: dict[str, nn.Module] = {}
+        self.anchors: dict[str, float] = {}
+        """Per runtime, the fastest round of the paired-timing reference seen so far (ms)."""
         self.latency_target_ms: float | None = None
         """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
         self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
@@ -288,7 +299,7 @@ class Evaluator:
                 self._latency_by_shape[key] = Latency(predicted, float("nan"), 0)
             else:
                 self._latency_by_shape[key] = measured()
-        return self._latency_by_shape[key]
+        return self.current(self._latency_by_shape[key], runtime)
 
     def remember_latency(
         self, model: nn.Module, predicted_ms: float, measured: Latency, runtime: str | None = None
@@ -323,33 +334,83 @@ class Evaluator:
         self, model: nn.Module, runnable: nn.Module | None = None, runtime: str | None = None
     ) -> Latency:
         """:meth:`measure_model` on this machine: in the timing worker (which converts ``model`` for the runtime
-        itself), or inline (``settings.timing``)."""
+        itself), or inline (``settings.timing``); paired with the reference model when ``settings.paired_timing``."""
+        device = self.device_for(runtime)
         if self.settings.timing == "worker":
             if self._timing_worker is None:
-                self._timing_worker = TimingWorker(self.calibration_inputs)
-            return self._timing_worker.measure(model, self.task.input_shape, self.device_for(runtime))
-        return self.measure_on_device(runnable or self.runnable(model, runtime), runtime)
+                self._timing_worker = self._new_worker()
+            return self._timed(self._timing_worker, model, device)
+        runnable = runnable or self.runnable(model, runtime)
+        if not self.settings.paired_timing:
+            return measure(runnable, self.task.input_shape, device)
+        if device.runtime not in self._reference_runnables:
+            self._reference_runnables[device.runtime] = self.runnable(self.reference, device.runtime)
+        paired = measure_paired(runnable, self._reference_runnables[device.runtime], self.task.input_shape, device,
+                                self._anchor_rounds(device))
+        return self._anchored(paired, device)
 
     def fresh_latency(self, model: nn.Module, runtime: str | None = None) -> Latency:
         """Latency of ``model`` on ``runtime`` in a timing process started for it alone, as a user loading the
-        file would run it.
+        file would run it (paired with the same reference and scaled by the same anchor as every other figure).
 
         Exports are confirmed this way: a long-lived process and a new one can differ. With
         ``settings.timing: inline`` it is measured here.
         """
         if self.settings.timing != "worker":
             return self.measure_here(model, runtime=runtime)
-        worker = TimingWorker(self.calibration_inputs)
+        worker = self._new_worker()
         try:
-            return worker.measure(model, self.task.input_shape, self.device_for(runtime))
+            return self._timed(worker, model, self.device_for(runtime))
         finally:
             worker.close()
 
+    @property
+    def reference(self) -> nn.Module:
+        """The reference model of paired timing: the task's model keeping :data:`REFERENCE_KEEP` of every
+        layer's channels (the model itself where its channels cannot be pruned)."""
+        if self._reference is None:
+            try:
+                policy = Policy.uniform(self.layer_names, LayerChoice(keep=REFERENCE_KEEP))
+                self._reference = architecture(self.task.model, policy, self.task.input_shape,
+                                               self.device.channel_multiple)
+            except Exception:  # noqa: BLE001 - any model the pruner cannot take is its own reference
+                self._reference = self.task.model
+        return self._reference
+
+    def _new_worker(self) -> TimingWorker:
+        return TimingWorker(self.calibration_inputs, self.reference if self.settings.paired_timing else None)
+
+    def _timed(self, worker: TimingWorker, model: nn.Module, device: DeviceProfile) -> Latency:
+        if not self.settings.paired_timing:
+            return worker.measure(model, self.task.input_shape, device)
+        paired = worker.measure_paired(model, self.task.input_shape, device, self._anchor_rounds(device))
+        return self._anchored(paired, device)
+
+    def _anchor_rounds(self, device: DeviceProfile) -> int:
+        """Rounds of the reference alone before the pairs: :data:`MAX_ROUNDS` until the runtime has an anchor."""
+        return 0 if device.runtime in self.anchors else MAX_ROUNDS
+
+    def _anchored(self, paired: Paired, device: DeviceProfile) -> Latency:
+        """The paired measurement in milliseconds, after lowering the runtime's anchor to its fastest reference
+        round if that is faster."""
+        anchor = min(self.anchors.get(device.runtime, paired.fastest_reference), paired.fastest_reference)
+        self.anchors[device.runtime] = anchor
+        return paired.latency(anchor)
+
+    def current(self, latency: Latency, runtime: str | None = None) -> Latency:
+        """A paired ``latency`` scaled to ``runtime``'s present anchor (the anchor only falls during a run, as
+        faster reference rounds are seen); any other latency unchanged."""
+        return latency.reanchored(self.anchors.get(self.device_for(runtime).runtime, latency.anchor_ms))
+
     def timing_text(self) -> str:
         """Where and how latencies are measured, for reports."""
-        if self.settings.timing == "worker":
-            return f"timed in {TIMING_WORKER_TEXT}"
-        return "timed in the searching process"
+        where = f"timed in {TIMING_WORKER_TEXT}" if self.settings.timing == "worker" else \
+            "timed in the searching process"
+        if not self.settings.paired_timing:
+            return where
+        return (f"{where}; each round of a model alternates with a round of a reference model (the task's model at "
+                f"{REFERENCE_KEEP:.0%} of its channels, on the same runtime), and the latency is the median ratio "
+                f"to the neighbouring reference rounds times the reference's fastest round in the run")
 
     def close(self) -> None:
         """Ends the timing worker, if one was started (a later measurement starts another)."""

@@ -7,6 +7,14 @@ until the two fastest rounds agree within :data:`ROUND_AGREEMENT`, so that no fi
 round. The reference protocols are ``torch.utils.benchmark``'s ``adaptive_autorange`` (IQR-based stopping)
 and pyperf (many short runs, spread reported); this one keeps the profile's call count per measurement on a
 quiet machine and spends more only when the rounds disagree.
+
+On a shared machine that is not enough: its speed changes in regimes lasting seconds (on a 2-core cloud VM
+with no steal time reported, one small ResNet took 13.5-14 ms for stretches of 10-20 s and 18-24 ms between
+them), longer than a measurement, so the minimum of one measurement's rounds is whatever regime it fell in.
+:func:`time_paired` therefore alternates each round of the model with a round of a fixed **reference**
+model; a regime slows both, so the ratio of a round to its neighbouring reference rounds holds still (its
+10th-90th percentile range was 1.17x where the raw rounds' was 1.5x). The latency is the median ratio times
+the reference's **anchor**: the fastest reference round seen so far (:class:`Paired`).
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class Latency:
     """Range (max - min) of the round medians: how far one round of this measurement can be off."""
     rounds: int
     """Rounds run."""
+    anchor_ms: float = math.nan
+    """For a paired measurement, the reference's anchor it is scaled by (NaN for one timed alone)."""
 
     @property
     def relative_spread(self) -> float:
@@ -73,8 +83,18 @@ class Latency:
         return self.ms <= target_ms < self.ms + self.spread_ms
 
     def worst(self, other: Latency) -> Latency:
-        """The slower of two measurements of the same model, with the larger spread (a confirmed figure)."""
-        return Latency(max(self.ms, other.ms), max(self.spread_ms, other.spread_ms), self.rounds + other.rounds)
+        """The slower of two measurements of the same model, with the larger spread (a confirmed figure); a
+        paired ``other`` is first scaled to this one's anchor."""
+        other = other.reanchored(self.anchor_ms)
+        return Latency(max(self.ms, other.ms), max(self.spread_ms, other.spread_ms), self.rounds + other.rounds,
+                       self.anchor_ms)
+
+    def reanchored(self, anchor_ms: float) -> Latency:
+        """A paired measurement scaled to another anchor of its reference (unchanged if either is NaN)."""
+        if math.isnan(self.anchor_ms) or math.isnan(anchor_ms) or anchor_ms == self.anchor_ms:
+            return self
+        scale = anchor_ms / self.anchor_ms
+        return Latency(self.ms * scale, self.spread_ms * scale, self.rounds, anchor_ms)
 
 
 def calls_per_round(device: DeviceProfile) -> int:
@@ -89,9 +109,19 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], device: Device
 
 def measure(model: nn.Module, input_shape: Sequence[int], device: DeviceProfile) -> Latency:
     """The latency and spread of one forward pass of ``model`` at the profile's batch and threads."""
+    return time_rounds(model, example_input(input_shape, device), device)
+
+
+def measure_paired(model: nn.Module, reference: nn.Module, input_shape: Sequence[int], device: DeviceProfile,
+                   min_reference_rounds: int = 0) -> Paired:
+    """:func:`time_paired` on the profile's example input (as :func:`measure`)."""
+    return time_paired(model, reference, example_input(input_shape, device), device, min_reference_rounds)
+
+
+def example_input(input_shape: Sequence[int], device: DeviceProfile) -> torch.Tensor:
+    """The fixed random batch every measurement times: the profile's batch and input shape (else ``input_shape``)."""
     shape = device.input_shape or tuple(input_shape)
-    example = torch.randn(device.batch, *shape, generator=torch.Generator().manual_seed(0))
-    return time_rounds(model, example, device)
+    return torch.randn(device.batch, *shape, generator=torch.Generator().manual_seed(0))
 
 
 def time_forward(model: nn.Module, example: torch.Tensor, device: DeviceProfile) -> float:
@@ -113,16 +143,91 @@ def time_rounds(model: nn.Module, example: torch.Tensor, device: DeviceProfile) 
                 model(example)
             started = time.perf_counter()
             while len(medians) < MIN_ROUNDS or not _settled(medians, started):
-                times = []
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    model(example)
-                    times.append(time.perf_counter() - start)
-                medians.append(1000.0 * statistics.median(times))
+                medians.append(_round_median(model, example, per_round))
     finally:
         torch.set_num_threads(previous_threads)
         model.train(was_training)
     return Latency(min(medians), max(medians) - min(medians), len(medians))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Rounds of a model alternated with rounds of a reference model (:func:`time_paired`)."""
+
+    rounds: tuple[float, ...]
+    """The model's round medians (ms)."""
+    reference: tuple[float, ...]
+    """The reference's round medians (ms), one before the first of the model's rounds and one after each."""
+    alone: tuple[float, ...] = ()
+    """Rounds of the reference timed alone before the pairs, to find its anchor (ms)."""
+
+    @property
+    def fastest_reference(self) -> float:
+        """The fastest reference round of this measurement (a candidate for the anchor)."""
+        return min(self.reference + self.alone)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each of the model's rounds over the mean of the reference rounds either side of it."""
+        return [value / (0.5 * (before + after))
+                for value, before, after in zip(self.rounds, self.reference, self.reference[1:], strict=False)]
+
+    def latency(self, anchor_ms: float) -> Latency:
+        """The latency with the reference taking ``anchor_ms``: the median ratio times the anchor; the spread
+        is the range of the ratios times the anchor."""
+        ratios = self.ratios
+        return Latency(anchor_ms * statistics.median(ratios), anchor_ms * (max(ratios) - min(ratios)), len(ratios),
+                       anchor_ms)
+
+
+def time_paired(model: nn.Module, reference: nn.Module, example: torch.Tensor, device: DeviceProfile,
+                min_reference_rounds: int = 0) -> Paired:
+    """Times ``model(example)`` in rounds alternated with rounds of ``reference(example)`` (see the module
+    docstring), until the last :data:`MIN_ROUNDS` ratios agree within twice :data:`ROUND_AGREEMENT` or a cap
+    is reached; ``min_reference_rounds`` rounds of the reference alone come first (to find its anchor)."""
+    previous_threads = torch.get_num_threads()
+    modes = [(m, getattr(m, "training", False)) for m in (model, reference)]
+    for m, _ in modes:
+        m.eval()
+    torch.set_num_threads(device.threads)
+    per_round = calls_per_round(device)
+
+    def round_of(m: nn.Module) -> float:
+        return _round_median(m, example, per_round)
+
+    try:
+        with torch.inference_mode():
+            for _ in range(device.warmup):
+                model(example)
+                reference(example)
+            alone = [round_of(reference) for _ in range(min_reference_rounds)]
+            references, rounds = [round_of(reference)], []
+            started = time.perf_counter()
+            while len(rounds) < MIN_ROUNDS or not _ratios_settled(Paired(tuple(rounds), tuple(references)), started):
+                rounds.append(round_of(model))
+                references.append(round_of(reference))
+    finally:
+        torch.set_num_threads(previous_threads)
+        for m, mode in modes:
+            m.train(mode)
+    return Paired(tuple(rounds), tuple(references), tuple(alone))
+
+
+def _round_median(model: nn.Module, example: torch.Tensor, calls: int) -> float:
+    """The median of ``calls`` timed calls of ``model(example)``, in milliseconds."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        model(example)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def _ratios_settled(paired: Paired, started: float) -> bool:
+    if len(paired.rounds) >= MAX_ROUNDS or time.perf_counter() - started > TIME_CAP_S:
+        return True
+    last = paired.ratios[-MIN_ROUNDS:]
+    return max(last) - min(last) <= 2 * ROUND_AGREEMENT * statistics.median(last)
 
 
 def _settled(medians: list[float], started: float) -> bool:

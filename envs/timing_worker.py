@@ -31,7 +31,7 @@ from torch import nn
 
 from envs.profile import DeviceProfile
 from envs.runtimes import RuntimeConversionError, runnable_for
-from envs.timing import Latency, allocator_env, allocator_text, measure
+from envs.timing import Latency, Paired, allocator_env, allocator_text, measure, measure_paired
 
 PRIVATE_MODULE_PREFIX = "_autocompress_user_"
 """Modules of user model files are imported under names starting with this (``envs/tasks/user.py``)."""
@@ -51,10 +51,13 @@ class TimingWorker:
 
     Args:
         calibration: representative inputs that set int8 activation ranges (sent once per worker process).
+        reference: the reference model of :meth:`measure_paired` (fp32; sent once per worker process, converted
+            there once per runtime).
     """
 
-    def __init__(self, calibration: torch.Tensor) -> None:
+    def __init__(self, calibration: torch.Tensor, reference: nn.Module | None = None) -> None:
         self.calibration = calibration
+        self.reference = reference
         self._process: subprocess.Popen[bytes] | None = None
         self._calibration_sent = False
 
@@ -65,9 +68,30 @@ class TimingWorker:
             RuntimeConversionError: when the runtime cannot take the model.
             TimingWorkerError: when the worker fails otherwise or dies (it is restarted on the next call).
         """
+        return self._ask(model, input_shape, device, None)
+
+    def measure_paired(
+        self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile, min_reference_rounds: int = 0
+    ) -> Paired:
+        """``model``'s rounds alternated with the reference's, both converted for ``device``'s runtime
+        (:func:`envs.timing.time_paired`).
+
+        Raises:
+            ValueError: when the worker has no reference model.
+            RuntimeConversionError: when the runtime cannot take the model or the reference.
+            TimingWorkerError: as :meth:`measure`.
+        """
+        if self.reference is None:
+            raise ValueError("measure_paired needs a TimingWorker made with a reference model")
+        return self._ask(model, input_shape, device, min_reference_rounds)
+
+    def _ask(self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile,
+             paired: int | None) -> Any:
         process = self._ensure_started()
         _ship_user_code(model)
-        request = (model, tuple(input_shape), device, None if self._calibration_sent else self.calibration)
+        first = not self._calibration_sent
+        request = (model, tuple(input_shape), device, self.calibration if first else None,
+                   self.reference if first else None, paired)
         try:
             _write_frame(process.stdin, cloudpickle.dumps(request))
             status, payload = cloudpickle.loads(_read_frame(process.stdout))
@@ -103,23 +127,36 @@ class TimingWorker:
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy (e.g. shipped to another process) starts its own worker when it needs one."""
-        return {"calibration": self.calibration, "_process": None, "_calibration_sent": False}
+        return {"calibration": self.calibration, "reference": self.reference, "_process": None,
+                "_calibration_sent": False}
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The worker's loop: receive a model, convert it for the runtime, time it, answer; until input ends."""
+    """The worker's loop: receive a model, convert it for the runtime, time it (alone, or paired with the
+    reference converted for the same runtime, once per runtime), answer; until input ends."""
     torch.set_num_interop_threads(1)
     calibration: torch.Tensor | None = None
+    reference: nn.Module | None = None
+    converted: dict[tuple[str, tuple[int, ...]], nn.Module] = {}
     while True:
         try:
             data = _read_frame(requests)
         except EOFError:
             return
         try:
-            model, input_shape, device, sent = cloudpickle.loads(data)
+            model, input_shape, device, sent, sent_reference, paired = cloudpickle.loads(data)
             calibration = sent if sent is not None else calibration
+            reference = sent_reference if sent_reference is not None else reference
             runnable = runnable_for(model, device, input_shape, calibration)
-            answer: tuple[str, Any] = ("ok", measure(runnable, input_shape, device))
+            if paired is None:
+                answer: tuple[str, Any] = ("ok", measure(runnable, input_shape, device))
+            else:
+                if reference is None:
+                    raise ValueError("no reference model was sent")
+                key = (device.runtime, tuple(input_shape))
+                if key not in converted:
+                    converted[key] = runnable_for(reference, device, input_shape, calibration)
+                answer = ("ok", measure_paired(runnable, converted[key], input_shape, device, paired))
         except RuntimeConversionError as exc:
             answer = ("conversion", str(exc))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the caller as one line

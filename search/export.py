@@ -203,13 +203,7 @@ def export_front(
         compressed = evaluator.compress(trial.policy, refinement)
         result = evaluator.measure(compressed, reuse_latency=False)
         fresh = evaluator.fresh_latency(compressed.model, trial.policy.runtime)
-        latency = Latency(result.latency_ms, result.latency_spread_ms, 0)
-        if latency.ms > fresh.ms + fresh.spread_ms + latency.spread_ms:
-            # timed just after the fine-tune in this process, the timing process can be disturbed (up to 1.7x
-            # measured): it times the model once more, now that the fresh process has run, and keeps the faster
-            again = evaluator.latency(compressed.model, reuse=False, runtime=trial.policy.runtime)
-            latency = min(latency, again, key=lambda figure: figure.ms)
-        latency = latency.worst(fresh)
+        latency = Latency(result.latency_ms, result.latency_spread_ms, 0).worst(fresh)
         result = replace(result, latency_ms=latency.ms, latency_spread_ms=latency.spread_ms)
         if not budget.admits(result.size_bytes, result.latency_ms):
             dropped.append(Dropped(trial.number, f"over budget after re-measurement "

@@ -52,7 +52,7 @@ def test_an_earlier_run_folder_loads_into_the_nested_shape(tmp_path: Path) -> No
 def test_config_yaml_keeps_the_flat_keys_and_round_trips() -> None:
     config = build_config(yaml.safe_load(EARLIER_RUN))
     data = yaml.safe_load(config.to_yaml())
-    added_since = {"timing": "worker", "decode_check_every": 20,  # settings newer than that run folder
+    added_since = {"timing": "worker", "paired_timing": True, "decode_check_every": 20,  # newer than that run
                    "promote_top": 0.2, "promote_steps": 30, "promote_lr": 0.001}
     assert data["evaluator"] == {**yaml.safe_load(EARLIER_RUN)["evaluator"], **added_since}
     assert data["export"] == {**yaml.safe_load(EARLIER_RUN)["export"], "finetune_schedule": "constant"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
 
 from core.policy import LayerChoice, Policy
 from envs.device import DeviceProfile
@@ -155,7 +158,7 @@ def test_a_candidate_is_converted_timed_and_evaluated_on_its_policy_runtime(
         return Latency(2.0 if device.int8 else 5.0, 0.1, 3)
 
     monkeypatch.setattr(TimingWorker, "measure", scripted)
-    multi = Evaluator(evaluator.task, MULTI)
+    multi = Evaluator(evaluator.task, MULTI, replace(evaluator.settings, paired_timing=False))
     choices = {"fc1": LayerChoice(0.5, 8), "fc2": LayerChoice(keep=0.5)}
     fp32, int8 = Policy.from_choices(choices), Policy.from_choices(choices, runtime="torch-int8")
     on_fp32, on_int8 = multi.evaluate(fp32), multi.evaluate(int8)
@@ -188,3 +191,25 @@ def test_predicted_latency_uses_one_latency_model_per_runtime(evaluator: Evaluat
     model = predicting.compress(policy).model
     assert result.latency_ms == int8(model) == predicting.predicted_latency_ms(model, "torch-int8")
     assert result.latency_ms != default(model)
+
+
+def test_every_figure_is_paired_with_the_reference_and_scaled_by_the_runs_one_anchor(evaluator: Evaluator) -> None:
+    from envs.timing import MAX_ROUNDS, Paired
+
+    paired = Evaluator(evaluator.task, FAST)
+    reference = paired.reference
+    assert [m.out_features for m in reference.modules() if isinstance(m, torch.nn.Linear)][:2] == [75, 25]
+    model = paired.compress(Policy.from_choices({"fc1": LayerChoice(keep=0.5)})).model
+    first = paired.measure_model(model)
+    anchor = paired.anchors["torch"]
+    assert first.anchor_ms == anchor > 0 and first.rounds >= 3
+    fresh = paired.fresh_latency(model)  # a new process, the same reference and anchor
+    assert fresh.anchor_ms == paired.anchors["torch"] <= anchor
+    # a faster reference round lowers the anchor, and figures cached before are scaled to it
+    cached = paired.latency(model)
+    lowered = Paired(rounds=(1.0,), reference=(0.5 * anchor, 0.5 * anchor))
+    paired._anchored(lowered, FAST)
+    assert paired.anchors["torch"] == 0.5 * anchor
+    assert paired.latency(model).ms == pytest.approx(cached.ms * 0.5 * anchor / cached.anchor_ms)
+    assert paired._anchor_rounds(FAST) == 0 and paired._anchor_rounds(FAST.on("torch-int8")) == MAX_ROUNDS
+    paired.close()

@@ -87,21 +87,3 @@ def test_a_chosen_candidate_dropped_as_over_budget_is_replaced_by_the_most_accur
                                    spares=reserves(trials, chosen))
     assert [m.trial for m in models] == [1] and [d.trial for d in dropped] == [0]
     assert evaluator.fresh_calls == 2
-
-
-class _DisturbedOnce(_ScriptedTiming):
-    """A timing process disturbed at its first export measurement (35 ms), undisturbed after (9 ms)."""
-
-    def __init__(self, *args: object, **kwargs: object):
-        super().__init__(*args, warm=9.0, fresh=9.2, **kwargs)
-        self.worker_ms = [35.0]
-
-    def measure_model(self, model: nn.Module, runnable: nn.Module | None = None,
-                      runtime: str | None = None) -> Latency:
-        return Latency(self.worker_ms.pop(0) if self.worker_ms else self.warm, 0.1, 3)
-
-
-def test_a_timing_process_figure_far_above_the_fresh_one_is_measured_again(tmp_path: Path) -> None:
-    evaluator = _DisturbedOnce(load_task("lenet300"), FAST)
-    models, dropped = _export(evaluator, Budget(latency_ms=10.0), tmp_path)
-    assert not dropped and [m.latency_ms for m in models] == [9.2]  # the slower of the re-measure and the fresh one

@@ -90,3 +90,19 @@ def test_a_script_without_a_main_guard_can_use_it(tmp_path: Path) -> None:
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("MEASURED") == 1
+
+
+def test_paired_timing_converts_the_reference_once_per_runtime_and_needs_one() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    reference = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    timing = TimingWorker(torch.randn(16, *SHAPE), reference)
+    try:
+        first = timing.measure_paired(model, SHAPE, FAST, min_reference_rounds=2)
+        assert len(first.alone) == 2 and len(first.reference) == len(first.rounds) + 1 >= MIN_ROUNDS + 1
+        int8 = timing.measure_paired(model, SHAPE, DeviceProfile(name="test-worker-int8", runtime="torch-int8",
+                                                                 threads=1, batch=4, warmup=1, repeats=3))
+        assert int8.alone == () and all(ratio > 0 for ratio in int8.ratios)
+    finally:
+        timing.close()
+    with pytest.raises(ValueError, match="reference"):
+        TimingWorker(torch.randn(16, *SHAPE)).measure_paired(model, SHAPE, FAST)
