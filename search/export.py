@@ -64,7 +64,7 @@ class ExportSettings:
     (``finetune_schedule``), distillation from the original model (``distill_alpha``,
     0 = off; ``distill_temperature``) and iterative pruning (``prune_rounds``: prune-then-retrain rounds on a
     cubic sparsity schedule). Its steps come from ``finetune_epochs`` and its seed from the run's."""
-    max_models: int = 6
+    max_models: int = 5
     """Most models exported (spread along the front, the most accurate always included)."""
 
     def __post_init__(self) -> None:

@@ -87,3 +87,25 @@ class SvdNet(nn.Module):
 def build():
     return SvdNet()
 '''
+
+
+def test_int8_conversion_prints_no_preprocessing_advice_and_leaves_logging_as_it_was(
+    task, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from methods.onnx_runtime import export_onnx, quantize_onnx
+
+    filters = list(logging.getLogger().filters)
+    with caplog.at_level(logging.WARNING):
+        int8 = quantize_onnx(export_onnx(task.model, task.input_shape), task.train.tensors[0][:64])
+        logging.getLogger().warning("another pre-processing warning, after the conversion")
+    assert b"QuantizeLinear" in int8
+    assert [r.getMessage() for r in caplog.records if "pre-processing" in r.getMessage()] == [
+        "another pre-processing warning, after the conversion"]
+    assert logging.getLogger().filters == filters
+
+
+def test_sessions_let_idle_threads_sleep(task) -> None:
+    session = runnable_for(task.model, ORT, task.input_shape, task.train.tensors[0][:64]).session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
