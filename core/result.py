@@ -22,7 +22,7 @@ class Result:
     size_bytes: int = 0
     """Length of the packed file."""
     latency_ms: float = float("nan")
-    """Latency on the device profile: the minimum of round medians (``envs/timing.py``)."""
+    """Latency on the device profile, as ``envs/timing.py`` measures it (paired with a reference model by default)."""
     latency_spread_ms: float = float("nan")
     """Range of the round medians of that measurement (NaN where it was predicted, or not recorded)."""
     macs: int = 0

@@ -407,7 +407,7 @@ class Evaluator:
         where = f"timed in {TIMING_WORKER_TEXT}" if self.settings.timing == "worker" else \
             "timed in the searching process"
         if not self.settings.paired_timing:
-            return where
+            return f"{where}; the latency is the minimum of the round medians"
         return (f"{where}; each round of a model alternates with a round of a reference model (the task's model at "
                 f"{REFERENCE_KEEP:.0%} of its channels, on the same runtime), and the latency is the median ratio "
                 f"to the neighbouring reference rounds times the reference's fastest round in the run")

@@ -100,7 +100,7 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
         device_text=f"{device.name} ({device.description or device.runtime}); {runtimes_text(prepared)}; "
         f"latency at batch {device.batch}, "
         f"input {tuple(device.input_shape or prepared.task.input_shape)}, {device.threads} thread(s), "
-        f"minimum of round medians ({MIN_ROUNDS}-{MAX_ROUNDS} rounds of {calls_per_round(device)} calls), "
+        f"{MIN_ROUNDS}-{MAX_ROUNDS} timing rounds of {calls_per_round(device)} calls, "
         f"{prepared.evaluator.timing_text()}",
         baseline=baseline,
         trials=trials,
