@@ -342,7 +342,7 @@ class Evaluator:
             return self._timed(self._timing_worker, model, device)
         runnable = runnable or self.runnable(model, runtime)
         if not self.settings.paired_timing:
-            return measure(runnable, self.task.input_shape, device)
+            return self.measure_on_device(runnable, runtime)
         if device.runtime not in self._reference_runnables:
             self._reference_runnables[device.runtime] = self.runnable(self.reference, device.runtime)
         paired = measure_paired(runnable, self._reference_runnables[device.runtime], self.task.input_shape, device,

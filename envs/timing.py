@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -131,23 +132,34 @@ def time_forward(model: nn.Module, example: torch.Tensor, device: DeviceProfile)
 
 def time_rounds(model: nn.Module, example: torch.Tensor, device: DeviceProfile) -> Latency:
     """Times ``model(example)`` with the protocol of this module: warm-up, then rounds of short medians."""
-    previous_threads = torch.get_num_threads()
-    was_training = getattr(model, "training", False)
-    model.eval()
-    torch.set_num_threads(device.threads)
     per_round = calls_per_round(device)
     medians: list[float] = []
+    with _timing(device, example, model):
+        started = time.perf_counter()
+        while len(medians) < MIN_ROUNDS or not _settled(medians, started):
+            medians.append(_round_median(model, example, per_round))
+    return Latency(min(medians), max(medians) - min(medians), len(medians))
+
+
+@contextmanager
+def _timing(device: DeviceProfile, example: torch.Tensor, *models: nn.Module) -> Iterator[None]:
+    """Eval mode, the profile's threads and inference mode for timing ``models``, each warmed up first; the
+    thread count and training modes are restored after."""
+    previous_threads = torch.get_num_threads()
+    modes = [(model, getattr(model, "training", False)) for model in models]
+    for model in models:
+        model.eval()
+    torch.set_num_threads(device.threads)
     try:
         with torch.inference_mode():
             for _ in range(device.warmup):
-                model(example)
-            started = time.perf_counter()
-            while len(medians) < MIN_ROUNDS or not _settled(medians, started):
-                medians.append(_round_median(model, example, per_round))
+                for model in models:
+                    model(example)
+            yield
     finally:
         torch.set_num_threads(previous_threads)
-        model.train(was_training)
-    return Latency(min(medians), max(medians) - min(medians), len(medians))
+        for model, mode in modes:
+            model.train(mode)
 
 
 @dataclass(frozen=True)
@@ -185,31 +197,14 @@ def time_paired(model: nn.Module, reference: nn.Module, example: torch.Tensor, d
     """Times ``model(example)`` in rounds alternated with rounds of ``reference(example)`` (see the module
     docstring), until the last :data:`MIN_ROUNDS` ratios agree within twice :data:`ROUND_AGREEMENT` or a cap
     is reached; ``min_reference_rounds`` rounds of the reference alone come first (to find its anchor)."""
-    previous_threads = torch.get_num_threads()
-    modes = [(m, getattr(m, "training", False)) for m in (model, reference)]
-    for m, _ in modes:
-        m.eval()
-    torch.set_num_threads(device.threads)
     per_round = calls_per_round(device)
-
-    def round_of(m: nn.Module) -> float:
-        return _round_median(m, example, per_round)
-
-    try:
-        with torch.inference_mode():
-            for _ in range(device.warmup):
-                model(example)
-                reference(example)
-            alone = [round_of(reference) for _ in range(min_reference_rounds)]
-            references, rounds = [round_of(reference)], []
-            started = time.perf_counter()
-            while len(rounds) < MIN_ROUNDS or not _ratios_settled(Paired(tuple(rounds), tuple(references)), started):
-                rounds.append(round_of(model))
-                references.append(round_of(reference))
-    finally:
-        torch.set_num_threads(previous_threads)
-        for m, mode in modes:
-            m.train(mode)
+    with _timing(device, example, model, reference):
+        alone = [_round_median(reference, example, per_round) for _ in range(min_reference_rounds)]
+        references, rounds = [_round_median(reference, example, per_round)], []
+        started = time.perf_counter()
+        while len(rounds) < MIN_ROUNDS or not _ratios_settled(Paired(tuple(rounds), tuple(references)), started):
+            rounds.append(_round_median(model, example, per_round))
+            references.append(_round_median(reference, example, per_round))
     return Paired(tuple(rounds), tuple(references), tuple(alone))
 
 

@@ -59,7 +59,7 @@ class TimingWorker:
         self.calibration = calibration
         self.reference = reference
         self._process: subprocess.Popen[bytes] | None = None
-        self._calibration_sent = False
+        self._inputs_sent = False
 
     def measure(self, model: nn.Module, input_shape: Sequence[int], device: DeviceProfile) -> Latency:
         """The latency of ``model`` converted for ``device``'s runtime and timed in the worker.
@@ -89,7 +89,7 @@ class TimingWorker:
              paired: int | None) -> Any:
         process = self._ensure_started()
         _ship_user_code(model)
-        first = not self._calibration_sent
+        first = not self._inputs_sent
         request = (model, tuple(input_shape), device, self.calibration if first else None,
                    self.reference if first else None, paired)
         try:
@@ -98,7 +98,7 @@ class TimingWorker:
         except (EOFError, OSError) as exc:
             self.close()
             raise TimingWorkerError("the timing worker process died; it restarts on the next measurement") from exc
-        self._calibration_sent = True
+        self._inputs_sent = True
         if status == "ok":
             return payload
         if status == "conversion":
@@ -109,7 +109,7 @@ class TimingWorker:
         """Ends the worker process (a later :meth:`measure` starts a new one)."""
         _stop(self._process)
         self._process = None
-        self._calibration_sent = False
+        self._inputs_sent = False
 
     def _ensure_started(self) -> subprocess.Popen[bytes]:
         if self._process is not None and self._process.poll() is None:
@@ -128,7 +128,7 @@ class TimingWorker:
     def __getstate__(self) -> dict[str, Any]:
         """A copy (e.g. shipped to another process) starts its own worker when it needs one."""
         return {"calibration": self.calibration, "reference": self.reference, "_process": None,
-                "_calibration_sent": False}
+                "_inputs_sent": False}
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
