@@ -5,14 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+LAYER_SPEC_KINDS: tuple[str, ...] = ("conv", "depthwise", "linear", "embedding", "recurrent", "attention")
+"""Every value :attr:`LayerSpec.kind` takes."""
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """Shape and cost of one Conv2d or Linear layer."""
+    """Shape and cost of one compressible layer (a registered layer kind, ``methods/layer_kinds/``)."""
 
     name: str
     """Module path inside the model, e.g. ``features.0``."""
     kind: str
-    """``conv``, ``depthwise`` or ``linear``."""
+    """One of :data:`LAYER_SPEC_KINDS`: ``conv`` (any convolution), ``depthwise``, ``linear``, ``embedding``,
+    ``recurrent`` (LSTM, GRU, RNN) or ``attention``."""
     in_channels: int
     """Input channels (conv) or input features (linear)."""
     out_channels: int
@@ -31,3 +36,11 @@ class LayerSpec:
     """Weight elements (bias excluded)."""
     macs: int
     """Multiply-accumulates for one input sample."""
+    tensors: tuple[tuple[int, int], ...] = ()
+    """``(elements, rows)`` of each compressible weight tensor, in the kind's order (an LSTM has one input and one
+    recurrent matrix per layer); empty means one tensor of ``params`` elements and ``out_channels`` rows."""
+
+    @property
+    def weight_tensors(self) -> tuple[tuple[int, int], ...]:
+        """``(elements, rows)`` of each compressible weight tensor (see :attr:`tensors`)."""
+        return self.tensors or ((self.params, self.out_channels),)

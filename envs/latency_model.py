@@ -94,7 +94,7 @@ def layer_calls(model: nn.Module, input_shape: Sequence[int], precision: str = P
     calls: list[LayerCall] = []
 
     def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
-        shape = tuple(int(d) for d in inp.shape[1:])
+        shape = _kind(module).sample_shape(module, inp)
         calls.append(LayerCall(_key(module, shape, precision), module, shape, int(out[0].numel())))
 
     trace_layers(model, input_shape, record)
@@ -155,7 +155,9 @@ class LatencyTable:
     def layer_ms(self, call: LayerCall) -> float:
         """The table entry of one layer call, profiling it first if it is new."""
         if call.key not in self.layers:
-            example = torch.randn(self.device.batch, *call.input_shape, generator=torch.Generator().manual_seed(0))
+            example = _kind(call.module).timing_input(
+                call.module, call.input_shape, self.device.batch, torch.Generator().manual_seed(0)
+            )
             layer, timed_input = self.runtime.timing_case(_fresh_layer(call.module), example, self.device.threads)
             self.layers[call.key] = max(0.0, self._time(layer, timed_input) - self._call_cost(example))
             self.measured_layers += 1

@@ -1,14 +1,15 @@
-"""Finds every compressible layer (a registered layer kind: Conv2d, Linear, ...) with a real forward pass."""
+"""Finds every compressible layer (a registered layer kind: convolutions, Linear, LSTM, ...) with a real forward pass."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from core.spec import LayerSpec
-from methods.layer_kinds import LayerKind, kind_of
+from methods.layer_kinds import LayerKind, kind_of, weight_of
 
 
 def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]:
@@ -25,7 +26,11 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerS
 
     def record(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
         if name not in specs:
-            specs[name] = kind_of(module).spec(name, module, inp, out)
+            kind = kind_of(module)
+            tensors = tuple(
+                (int(t.numel()), int(t.shape[0])) for t in (weight_of(module, w.name) for w in kind.weights(module))
+            )
+            specs[name] = replace(kind.spec(name, module, inp, out), tensors=tensors)
 
     trace_layers(model, input_shape, record)
     return list(specs.values())
@@ -49,10 +54,14 @@ def trace_layers(
         kind = kind_of(module)
         if kind is not None:
 
-            def hook(mod: nn.Module, args: tuple, out: object, name: str = name, kind: LayerKind = kind) -> None:
-                on_call(name, mod, args[0], kind.output_tensor(out))
+            def hook(
+                mod: nn.Module, args: tuple, kwargs: Mapping[str, object], out: object,
+                name: str = name, kind: LayerKind = kind,
+            ) -> None:
+                first = args[0] if args else next(iter(kwargs.values()))
+                on_call(name, mod, first, kind.output_tensor(out))
 
-            handles.append(module.register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:

@@ -6,6 +6,7 @@ below; ``tests/test_layer_kind_conformance.py`` checks every entry.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from core.registry import Registry
@@ -32,4 +33,48 @@ def is_compressible(module: nn.Module) -> bool:
     return kind_of(module) is not None
 
 
-__all__ = ["LAYER_KINDS", "Channels", "CompressibleWeight", "LayerKind", "is_compressible", "kind_of"]
+def weight_keys(model: nn.Module, name: str) -> tuple[str, ...]:
+    """Parameter names (``model.named_parameters()`` keys) of the compressible weights of layer ``name``.
+
+    Raises:
+        ValueError: when ``name`` is not a compressible layer of ``model``.
+    """
+    module = model.get_submodule(name)
+    kind = kind_of(module)
+    if kind is None:
+        raise ValueError(f"{name!r} is a {type(module).__name__}, not a compressible layer")
+    return tuple(f"{name}.{weight.name}" if name else weight.name for weight in kind.weights(module))
+
+
+def owner_of(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """The module holding a compressible weight and the weight's attribute name there.
+
+    ``key`` is a parameter name (``rnn.weight_hh_l0``, ``attn.out_proj.weight``), or a layer name standing for its
+    ``weight`` (``features.0``).
+
+    Raises:
+        AttributeError: when ``key`` names neither.
+    """
+    try:
+        module = model.get_submodule(key)
+    except AttributeError:
+        path, _, attr = key.rpartition(".")
+        owner = model.get_submodule(path)
+        if not isinstance(getattr(owner, attr, None), torch.Tensor):
+            raise AttributeError(f"{key!r} is neither a layer nor a parameter of the model") from None
+        return owner, attr
+    if not isinstance(getattr(module, "weight", None), (nn.Parameter, torch.Tensor)):
+        raise AttributeError(f"{key!r} is a {type(module).__name__} without a weight")
+    return module, "weight"
+
+
+def weight_of(model: nn.Module, key: str) -> torch.Tensor:
+    """The weight tensor :func:`owner_of` finds for ``key``."""
+    owner, attr = owner_of(model, key)
+    return getattr(owner, attr)
+
+
+__all__ = [
+    "LAYER_KINDS", "Channels", "CompressibleWeight", "LayerKind", "is_compressible", "kind_of", "owner_of",
+    "weight_keys", "weight_of",
+]

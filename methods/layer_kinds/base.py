@@ -17,7 +17,8 @@ class CompressibleWeight:
     """One weight tensor of a layer that pruning and quantization act on, and the dims that index channels."""
 
     name: str
-    """Parameter name inside the module: ``weight``, ``weight_ih_l0``, ``in_proj_weight``, ..."""
+    """Parameter name inside the module: ``weight``, ``weight_ih_l0``, ``in_proj_weight``, or a dotted path into a
+    submodule the layer calls through its weights (``out_proj.weight`` of an attention layer)."""
     out_dim: int = 0
     """Dim of the tensor that indexes the layer's output channels."""
     in_dim: int | None = 1
@@ -62,6 +63,20 @@ class LayerKind(ABC):
         """The module's compressible weight tensors (by default its ``weight``: ``(out, in, ...)``)."""
         return (CompressibleWeight("weight"),)
 
+    def run(self, module: nn.Module, inputs: torch.Tensor) -> Any:
+        """Calls the layer on one input tensor as a model would (an attention layer attends to ``inputs`` itself)."""
+        return module(inputs)
+
+    def sample_shape(self, module: nn.Module, inputs: torch.Tensor) -> tuple[int, ...]:
+        """One sample's input shape from a batched call's first input (batch in dim 0 unless the kind says)."""
+        return tuple(int(d) for d in inputs.shape[1:])
+
+    def timing_input(
+        self, module: nn.Module, sample_shape: tuple[int, ...], batch: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A batch of inputs :meth:`standalone`'s copy is timed on (random floats unless the layer reads indices)."""
+        return torch.randn(batch, *sample_shape, generator=generator)
+
     @abstractmethod
     def channels(self, module: nn.Module) -> Channels:
         """Input and output channels and groups of ``module``."""
@@ -103,7 +118,8 @@ class LayerKind(ABC):
 
     @abstractmethod
     def standalone(self, module: nn.Module) -> nn.Module:
-        """A plain layer of the same configuration and weights, outside any model (eval mode), for timing alone."""
+        """A plain layer of the same configuration and weights, outside any model (eval mode), for timing alone:
+        called with one batch laid out as :meth:`sample_shape` describes it (batch first)."""
 
     @abstractmethod
     def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
