@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 LAYER_SPEC_KINDS: tuple[str, ...] = ("conv", "depthwise", "linear", "embedding", "recurrent", "attention")
 """Every value :attr:`LayerSpec.kind` takes."""
 

@@ -24,6 +24,7 @@ from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
 from envs.timing_worker import TimingWorker
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
+from methods.layer_kinds import weight_keys, weight_of
 from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, architecture, compress
 from methods.structured import channel_groups
@@ -443,11 +444,8 @@ class Evaluator:
         if key not in self._layers_by_shape:  # a traced forward pass, once per architecture
             self._layers_by_shape[key] = discover_layers(model, self.task.input_shape)
         specs = self._layers_by_shape[key]
-        compressible = {spec.name for spec in specs}
         nonzero = sum(
-            int(torch.count_nonzero(module.weight))
-            for name, module in model.named_modules()
-            if name in compressible
+            int(torch.count_nonzero(weight_of(model, key))) for spec in specs for key in weight_keys(model, spec.name)
         )
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(

@@ -1,4 +1,4 @@
-"""Finds every compressible layer (a registered layer kind: convolutions, Linear, LSTM, ...) with a real forward pass."""
+"""Finds every compressible layer (a registered layer kind: convolutions, Linear, LSTM, ...) by a real forward pass."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
+from methods.layer_kinds import owner_of
 from methods.quantizers import parametrization
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -89,8 +90,9 @@ def masked_finetune(
 
     Args:
         model: the (structurally pruned) network.
-        masks: kept-weight masks per compressed layer name.
-        codes: code width and quantizer per compressed layer name; the layers must already hold their
+        masks: kept-weight masks per compressed weight: its parameter name (``rnn.weight_hh_l0``), or a layer's
+            name standing for its ``weight``.
+        codes: code width and quantizer per key of ``masks``; the weights must already hold their
             stored weights (``methods.quantizers.stored_weight``), which each quantizer's parametrization
             keeps on its codes.
         train: training split.
@@ -99,11 +101,12 @@ def masked_finetune(
     """
     if settings.steps == 0:
         return
-    modules = dict(model.named_modules())
+    owners = {name: owner_of(model, name) for name in masks}
     for name, mask in masks.items():
         code = codes[name]
-        module = parametrization(modules[name].weight.detach(), mask, code.bits, code.quantizer)
-        parametrize.register_parametrization(modules[name], "weight", module)
+        owner, attr = owners[name]
+        module = parametrization(getattr(owner, attr).detach(), mask, code.bits, code.quantizer)
+        parametrize.register_parametrization(owner, attr, module)
     inputs, labels = train.tensors
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -137,8 +140,8 @@ def masked_finetune(
                 if step >= settings.steps:
                     break
     finally:
-        for name in masks:
-            parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+        for owner, attr in owners.values():
+            parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
         model.eval()
 
 

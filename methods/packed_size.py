@@ -54,22 +54,24 @@ def weight_bytes_upper(
 
 
 class Payload:
-    """Payload bytes of a layer's weight at its original shape, measured as the packer stores it (memoized).
+    """Payload bytes of a layer's weights at their original shapes, measured as the packer stores them (memoized).
 
-    With ``exact_codes`` the weight is encoded exactly as the pipeline encodes it, so the bytes are
-    exact. A per-candidate fine-tune changes the codes but not the mask: then only the index is
+    With ``exact_codes`` the weights are encoded exactly as the pipeline encodes them, so the bytes are
+    exact. A per-candidate fine-tune changes the codes but not the masks: then only the indexes are
     measured and the codes count at their bound (``methods/packed_size.py``).
     """
 
-    def __init__(self, weights: Sequence[torch.Tensor], exact_codes: bool = True):
-        """Args: weights: each layer's weight tensor (episode order); exact_codes: see the class."""
-        self._weights = list(weights)
+    def __init__(self, weights: Sequence[Sequence[torch.Tensor]], exact_codes: bool = True):
+        """Args: weights: each layer's compressible weight tensors (episode order); exact_codes: see the class."""
+        self._weights = [tuple(layer) for layer in weights]
         self._exact = exact_codes
         self._memo: dict[tuple, int] = {}
 
     def __call__(self, index: int, choice: LayerChoice) -> int:
-        weight = self._weights[index]
-        key = (index, choice) if self._exact else (index, choice.sparsity)
+        return sum(self._tensor(index, part, weight, choice) for part, weight in enumerate(self._weights[index]))
+
+    def _tensor(self, index: int, part: int, weight: torch.Tensor, choice: LayerChoice) -> int:
+        key = (index, part, choice) if self._exact else (index, part, choice.sparsity)
         if key not in self._memo:
             mask = magnitude_mask(weight, choice.sparsity)
             if self._exact:

@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
+from methods.layer_kinds import weight_keys, weight_of
 from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
 from methods.packing import RUNTIME_KEY, WeightEncoding, pack_model, unpack, verify_packed
 from methods.pruning import apply_mask, lowest_mask
@@ -76,15 +77,17 @@ def _masks(
     fraction: float = 1.0,
     previous: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Keep-masks at ``fraction`` of each layer's sparsity, lowest saliency first, within ``previous``."""
+    """Keep-masks at ``fraction`` of each weight's sparsity, lowest saliency first, within ``previous``.
+
+    ``targets`` and the masks are keyed by parameter name (every compressible weight of a layer gets its choice).
+    """
     scores = saliency_scores(model, list(targets), saliency, data)
     masks = {
-        name: lowest_mask(scores[name], choice.sparsity * fraction, None if previous is None else previous[name])
-        for name, choice in targets.items()
+        key: lowest_mask(scores[key], choice.sparsity * fraction, None if previous is None else previous[key])
+        for key, choice in targets.items()
     }
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():
-        apply_mask(modules[name].weight, mask)
+    for key, mask in masks.items():
+        apply_mask(weight_of(model, key), mask)
     return masks
 
 
@@ -169,16 +172,20 @@ def compress(
         model, policy, input_shape, channel_multiple, policy.channel_importance,
         None if data is None else (data.tensors[0], data.tensors[1]),
     )
-    targets = {part: choice for name, choice in policy for part in factor_names(name, factorised)}
+    targets = {
+        key: choice
+        for name, choice in policy
+        for part in factor_names(name, factorised)
+        for key in weight_keys(model, part)
+    }
     if refinement.finetune.steps > 0 and refinement.train is None:
         raise ValueError("a fine-tune needs the training split")
     previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement)
     masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous)
     codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}
-    modules = dict(model.named_modules())
     with torch.no_grad():
         for name, choice in targets.items():
-            weight = modules[name].weight
+            weight = weight_of(model, name)
             weight.copy_(stored_weight(weight, masks[name], choice.bits, choice.quantizer))
     if final_finetune.steps > 0:
         masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher)
@@ -195,9 +202,7 @@ def compress(
         meta["factorised"] = factorised
     if runtime is not None:
         meta[RUNTIME_KEY] = runtime
-    encodings = {
-        f"{name}.weight": WeightEncoding(masks[name], codes[name].bits, codes[name].quantizer) for name in masks
-    }
+    encodings = {key: WeightEncoding(masks[key], codes[key].bits, codes[key].quantizer) for key in masks}
     packed = pack_model(model.state_dict(), encodings, meta)
     if verify:
         verify_packed(packed)

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
-from methods.layer_kinds import Channels, CompressibleWeight, kind_of
+from methods.layer_kinds import Channels, CompressibleWeight, kind_of, weight_of
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _input_weights(module: nn.Module) -> list[tuple[torch.Tensor, CompressibleWe
     kind = kind_of(module)
     if kind is not None:
         channels = kind.channels(module)
-        return [(getattr(module, w.name).data, w, channels) for w in kind.weights(module) if w.in_dim is not None]
+        return [(weight_of(module, w.name).data, w, channels) for w in kind.weights(module) if w.in_dim is not None]
     if isinstance(module, nn.modules.conv._ConvNd):
         dims = CompressibleWeight("weight", out_dim=1, in_dim=0) if module.transposed else CompressibleWeight("weight")
         return [(module.weight.data, dims, Channels(module.in_channels, module.out_channels, module.groups))]

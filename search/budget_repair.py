@@ -30,6 +30,7 @@ from core.policy import Policy
 from core.result import Result
 from core.space import SearchSpace
 from envs.evaluator import Evaluator
+from methods.layer_kinds import is_compressible, layer_weights, weight_keys
 from methods.packed_size import Payload
 from methods.pipeline import architecture
 
@@ -59,11 +60,10 @@ class BudgetRepair:
         self.moved = 0
         """Proposals moved so far."""
         self._shape_memo: dict[tuple[float, ...], tuple[list[tuple[str, int, int]], int]] = {}
-        modules = dict(evaluator.task.model.named_modules())
-        weights = [modules[name].weight.detach() for name in space.layers]
+        weights = [layer_weights(evaluator.task.model, name) for name in space.layers]
         self._payload = Payload(weights)
         self._index = {name: i for i, name in enumerate(space.layers)}
-        self._numel = [weight.numel() for weight in weights]
+        self._numel = [sum(weight.numel() for weight in layer) for layer in weights]
 
     def __call__(self, policy: Policy) -> Policy:
         """``policy``, or the policy moved inside the budget (as far as the grids allow)."""
@@ -99,15 +99,21 @@ class BudgetRepair:
         return policy
 
     def _shapes(self, policy: Policy) -> tuple[list[tuple[str, int, int]], int]:
-        """Per weight-holding module of the policy's architecture: (name, elements, output channels); and the
-        count of every other parameter (memoized by the widths that set the shapes)."""
+        """Per compressible weight of the policy's architecture: (layer name, elements, rows); and the count of every
+        other parameter, low-rank factors included (memoized by the widths that set the shapes)."""
         key = tuple(policy[name].keep for name in self.space.leaders) + tuple(c.rank for _, c in policy)
         if key not in self._shape_memo:
+            model = self._architecture(policy)
+            layer_of = {
+                weight: name
+                for name in self.space.layers
+                if is_compressible(model.get_submodule(name))
+                for weight in weight_keys(model, name)
+            }
             weights, others = [], 0
-            for name, parameter in self._architecture(policy).named_parameters():
-                module = name.rsplit(".", 1)[0]
-                if name.endswith(".weight") and module in self.space.layers:
-                    weights.append((module, parameter.numel(), parameter.shape[0]))
+            for name, parameter in model.named_parameters():
+                if name in layer_of:
+                    weights.append((layer_of[name], parameter.numel(), parameter.shape[0]))
                 else:
                     others += parameter.numel()
             self._shape_memo[key] = (weights, others)

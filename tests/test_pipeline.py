@@ -226,7 +226,7 @@ def test_iterative_pruning_rounds_follow_the_schedule_and_end_exact(factory, mon
     real = pipeline.masked_finetune
 
     def spy(net, masks, codes, train, settings, teacher=None):
-        fc = masks["fc"]
+        fc = masks["fc.weight"]  # masks are keyed by parameter name
         seen.append((settings.steps, 1 - fc.float().mean().item()))
         assert torch.all(net.fc.weight[~fc] == 0)
         real(net, masks, codes, train, settings, teacher)

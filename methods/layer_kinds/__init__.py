@@ -74,7 +74,12 @@ def weight_of(model: nn.Module, key: str) -> torch.Tensor:
     return getattr(owner, attr)
 
 
+def layer_weights(model: nn.Module, name: str) -> tuple[torch.Tensor, ...]:
+    """The compressible weight tensors of layer ``name`` (detached), in the order of :func:`weight_keys`."""
+    return tuple(weight_of(model, key).detach() for key in weight_keys(model, name))
+
+
 __all__ = [
-    "LAYER_KINDS", "Channels", "CompressibleWeight", "LayerKind", "is_compressible", "kind_of", "owner_of",
-    "weight_keys", "weight_of",
+    "LAYER_KINDS", "Channels", "CompressibleWeight", "LayerKind", "is_compressible", "kind_of", "layer_weights",
+    "owner_of", "weight_keys", "weight_of",
 ]

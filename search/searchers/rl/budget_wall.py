@@ -131,6 +131,8 @@ class LayerShape:
     """Weight elements per (output, input-per-group) pair."""
     positions: int
     """Output positions per sample (MACs per weight element)."""
+    tensors: tuple[tuple[int, int], ...] = ()
+    """``(elements, rows)`` of each compressible weight tensor at full width (:attr:`LayerSpec.tensors`)."""
 
     @classmethod
     def from_spec(cls, spec: LayerSpec) -> LayerShape:
@@ -138,12 +140,29 @@ class LayerShape:
         depthwise = spec.kind == "depthwise"
         per_group = 1 if depthwise else max(1, spec.in_channels // spec.groups)
         return cls(spec.out_channels, spec.in_channels, spec.groups, depthwise,
-                   max(1, spec.params // (spec.out_channels * per_group)), max(1, spec.macs // max(spec.params, 1)))
+                   max(1, spec.params // (spec.out_channels * per_group)), max(1, spec.macs // max(spec.params, 1)),
+                   spec.weight_tensors)
 
     def numel(self, out_channels: int, in_channels: int) -> int:
         """Weight elements at the given widths."""
         per_group = 1 if self.depthwise else max(1, in_channels // self.groups)
         return out_channels * per_group * self.kernel_area
+
+    def bytes_upper(self, out_channels: int, in_channels: int, choice: LayerChoice) -> int:
+        """Upper bound of the payload of the layer's weights at the given widths under ``choice``.
+
+        A layer of several weight tensors (an LSTM's) is bounded tensor by tensor, each scaled like the whole.
+        """
+        numel = self.numel(out_channels, in_channels)
+        if len(self.tensors) <= 1:
+            parts = [(numel, out_channels)]
+        else:
+            scale = numel / max(self.numel(self.out_channels, self.in_channels), 1)
+            parts = [(math.ceil(elements * scale), rows) for elements, rows in self.tensors]
+        return sum(
+            weight_bytes_upper(n, rows, n - pruned_count(n, choice.sparsity), choice.bits, quantizer=choice.quantizer)
+            for n, rows in parts
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,8 +219,7 @@ class CostModel:
             if self.payload is not None and out == shape.out_channels and inn == shape.in_channels:
                 size += self.payload(i, choice)
             else:
-                kept = numel - pruned_count(numel, choice.sparsity)
-                size += weight_bytes_upper(numel, out, kept, choice.bits, quantizer=choice.quantizer)
+                size += shape.bytes_upper(out, inn, choice)
             macs += numel * shape.positions
         latency = 0.0 if self.latency is None else self.latency.predict(macs)
         return Costs(size_bytes=int(size), latency_ms=latency, macs=int(macs))

@@ -19,6 +19,7 @@ from torch import nn
 from core.policy import LayerChoice, Policy
 from core.spec import LayerSpec
 from methods.discovery import discover_layers, total_macs
+from methods.layer_kinds import layer_weights, weight_keys
 from methods.packed_size import Payload
 from methods.packing import PREFIX_BYTES, header_bytes
 from methods.pipeline import CompressedModel, Refinement
@@ -78,7 +79,7 @@ def _coupling(evaluator: WallEvaluator, probe_keep: float) -> tuple[list[list[fl
     Found by really pruning each group alone to ``probe_keep``.
     """
     task, multiple, specs = evaluator.task, evaluator.device.channel_multiple, evaluator.layers
-    weights = {f"{spec.name}.weight" for spec in specs}
+    weights = {key for spec in specs for key in weight_keys(task.model, spec.name)}
     full = _raw_bytes(task.model, weights)
     out = [[0.0] * len(evaluator.groups) for _ in specs]
     inn = [[0.0] * len(evaluator.groups) for _ in specs]
@@ -124,10 +125,8 @@ def calibrate(
     """
     task, specs = evaluator.task, evaluator.layers
     names = [spec.name for spec in specs]
-    modules = dict(task.model.named_modules())
-    weights = {f"{name}.weight" for name in names}
-    raw = _raw_bytes(task.model, weights)
-    layer_weights = [modules[name].weight.detach() for name in names]
+    raw = _raw_bytes(task.model, {key for name in names for key in weight_keys(task.model, name)})
+    weights = [layer_weights(task.model, name) for name in names]
     headers, models = [], []
     dense = Policy.from_choices({name: LayerChoice() for name in names})
     timed = [*(Policy.from_choices({g.leader: LayerChoice(keep=k) for g in evaluator.groups}) for k in keeps), dense]
@@ -161,7 +160,7 @@ def calibrate(
         out_coupling=tuple(tuple(row) for row in out),
         in_coupling=tuple(tuple(row) for row in inn),
         raw_coupling=tuple(raw_coupling),
-        payload=Payload(layer_weights, exact_codes=evaluator.settings.finetune.steps == 0),
+        payload=Payload(weights, exact_codes=evaluator.settings.finetune.steps == 0),
         channel_multiple=evaluator.device.channel_multiple,
         latency=curves.get(first, next(iter(curves.values()), None)),
         latencies=tuple((runtime, curve) for runtime, curve in curves.items() if runtime is not None),

@@ -35,6 +35,7 @@ from core.budget import Budget, parse_latency, parse_size
 from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.space import SearchSpace, SpaceSettings
+from core.spec import LAYER_SPEC_KINDS
 from search.searchers.rl.budget_wall import CostModel, Limits, apply_wall, clamp_levels
 from search.searchers.rl.calibration import LatencyPoints, WallEvaluator, calibrate
 from search.searchers.rl.rewards import Reference, check_reward, terminal_reward
@@ -45,10 +46,11 @@ SAMPLINGS = ("fixed", "random")
 """How each episode's own limits are set (see :attr:`EnvSettings.budget_sampling`)."""
 DIMENSIONS = ("sparsity", "bits", "quantizer", "keep")
 """Possible action entries, in action order."""
-KINDS = ("conv", "depthwise", "linear")
+KINDS = LAYER_SPEC_KINDS
 """Layer kinds, one-hot in the observation."""
-STATIC_FEATURES = 12
-"""Per-layer observation entries that do not change during an episode."""
+STATIC_FEATURES = 9 + len(KINDS)
+"""Per-layer observation entries that do not change during an episode: position, kind (one-hot), in and out
+channels, kernel, stride, input size, share of parameters, share of MACs, group leader."""
 DYNAMIC_FEATURES = 7
 """Observation entries that follow the episode (before the previous action)."""
 
@@ -173,17 +175,18 @@ def _static_features(space: SearchSpace) -> np.ndarray:
     """AMC/HAQ layer embedding, each column scaled to [0, 1] (zeros where the space has no specs)."""
     n = len(space.layers)
     table = np.zeros((n, STATIC_FEATURES), dtype=np.float64)
+    first = 1 + len(KINDS)  # after position and the kind one-hot
     table[:, 0] = np.arange(n) / max(n - 1, 1)
-    table[:, 11] = [name in space.leaders for name in space.layers]
+    table[:, first + 7] = [name in space.leaders for name in space.layers]
     if not space.specs:
         return table
     specs = space.specs
     for i, spec in enumerate(specs):
         table[i, 1 + KINDS.index(spec.kind)] = 1.0
     raw = np.array([[s.in_channels, s.out_channels, s.kernel, s.stride, s.input_hw] for s in specs], dtype=np.float64)
-    table[:, 4:9] = raw / np.maximum(raw.max(axis=0), 1.0)
-    table[:, 9] = [s.params for s in specs] / np.float64(max(sum(s.params for s in specs), 1))
-    table[:, 10] = [s.macs for s in specs] / np.float64(max(sum(s.macs for s in specs), 1))
+    table[:, first : first + 5] = raw / np.maximum(raw.max(axis=0), 1.0)
+    table[:, first + 5] = [s.params for s in specs] / np.float64(max(sum(s.params for s in specs), 1))
+    table[:, first + 6] = [s.macs for s in specs] / np.float64(max(sum(s.macs for s in specs), 1))
     return table
 
 
