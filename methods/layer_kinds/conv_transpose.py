@@ -2,6 +2,8 @@
 
 The weight is ``(in, out / groups, *kernel)``: dim 1 indexes the output channels, dim 0 the input channels. Each
 input position multiplies every weight element once, so MACs are the weight elements times the input positions.
+Torch-Pruning removes an ungrouped transposed conv's output channels correctly (every pruning step is checked
+anyway: a grouped one whose pruning fails is left whole by ``methods.structured``).
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ import math
 import torch
 from torch import nn
 
-from core.spec import LayerSpec
-from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind
+from methods.layer_kinds.base import CompressibleWeight
+from methods.layer_kinds.conv2d import Conv2dKind
 
 PLAIN = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 """The plain transposed convolution of each number of spatial dims."""
 
 
-class ConvTransposeKind(LayerKind):
-    """Transposed convolutions of any dimension; not factorisable (the pipeline's factors are forward convs)."""
+class ConvTransposeKind(Conv2dKind):
+    """Transposed convolutions of any dimension; channels and spec as convolutions', not factorisable (the
+    pipeline's factors are forward convolutions)."""
 
     module_type = nn.modules.conv._ConvTransposeNd
 
@@ -27,28 +30,13 @@ class ConvTransposeKind(LayerKind):
         """The ``weight``, ``(in, out / groups, *kernel)``."""
         return (CompressibleWeight("weight", out_dim=1, in_dim=0),)
 
-    def channels(self, module: nn.Module) -> Channels:
-        """Input and output channels and groups."""
-        return Channels(int(module.in_channels), int(module.out_channels), int(module.groups))
+    def mac_positions(self, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+        """Each input position (batched or not)."""
+        return math.prod(int(d) for d in inputs.shape[-len(module.kernel_size):])
 
-    def spec(self, name: str, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> LayerSpec:
-        """Kernel and stride of the first spatial dim, sizes of the last; MACs over every input position."""
-        params = int(module.weight.numel())
-        spatial = len(module.kernel_size)
-        channels = self.channels(module)
-        return LayerSpec(
-            name=name,
-            kind="depthwise" if channels.depthwise else "conv",
-            in_channels=channels.in_channels,
-            out_channels=channels.out_channels,
-            kernel=int(module.kernel_size[0]),
-            stride=int(module.stride[0]),
-            groups=channels.groups,
-            input_hw=int(inputs.shape[-1]),
-            output_hw=int(output.shape[-1]),
-            params=params,
-            macs=params * math.prod(int(d) for d in inputs.shape[-spatial:]),
-        )
+    def factorisable(self, module: nn.Module) -> bool:
+        """Never."""
+        return False
 
     def example(self) -> tuple[nn.Module, tuple[int, ...]]:
         """A 3-to-4-channel 2-d layer doubling a 5x5 map."""
