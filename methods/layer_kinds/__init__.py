@@ -10,14 +10,29 @@ import torch
 from torch import nn
 
 from core.registry import Registry
+from methods.layer_kinds.attention import AttentionKind
 from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind
+from methods.layer_kinds.conv1d import Conv1dKind
 from methods.layer_kinds.conv2d import Conv2dKind
+from methods.layer_kinds.conv3d import Conv3dKind
+from methods.layer_kinds.conv_transpose import ConvTransposeKind
+from methods.layer_kinds.embedding import EmbeddingBagKind, EmbeddingKind
 from methods.layer_kinds.linear import LinearKind
+from methods.layer_kinds.recurrent import GRUKind, LSTMKind, RNNKind
 
 LAYER_KINDS: Registry[LayerKind] = Registry("layer kind")
 """Compressible layer kinds; a module is of the first registered kind that matches it."""
 LAYER_KINDS.register("conv2d", Conv2dKind())
 LAYER_KINDS.register("linear", LinearKind())
+LAYER_KINDS.register("conv1d", Conv1dKind())
+LAYER_KINDS.register("conv3d", Conv3dKind())
+LAYER_KINDS.register("conv_transpose", ConvTransposeKind())
+LAYER_KINDS.register("embedding", EmbeddingKind())
+LAYER_KINDS.register("embedding_bag", EmbeddingBagKind())
+LAYER_KINDS.register("lstm", LSTMKind())
+LAYER_KINDS.register("gru", GRUKind())
+LAYER_KINDS.register("rnn", RNNKind())
+LAYER_KINDS.register("attention", AttentionKind())
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:

@@ -20,10 +20,14 @@ class CompressibleWeight:
     """Parameter name inside the module: ``weight``, ``weight_ih_l0``, ``in_proj_weight``, or a dotted path into a
     submodule the layer calls through its weights (``out_proj.weight`` of an attention layer)."""
     out_dim: int = 0
-    """Dim of the tensor that indexes the layer's output channels."""
+    """Dim of the tensor that indexes its outputs: the layer's output channels (within one group of a grouped
+    transposed conv), the gate rows of a recurrent matrix, the projected features of an attention layer, or the
+    rows (vocabulary entries) of an embedding table."""
     in_dim: int | None = 1
-    """Dim that indexes input channels (within one group of a grouped conv); ``None`` when the tensor reads no
-    input channels (an embedding table)."""
+    """Dim that indexes the layer's input channels (within one group of a grouped conv), the channels structured
+    pruning removes when it prunes the layer's producer; ``None`` when the tensor reads none of them: an embedding
+    table, a recurrent layer's hidden-state and projection matrices and its deeper layers' input matrices, an
+    attention layer's output projection."""
 
 
 @dataclass(frozen=True)

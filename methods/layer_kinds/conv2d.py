@@ -24,7 +24,7 @@ class Conv2dKind(LayerKind):
 
     def spec(self, name: str, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> LayerSpec:
         """Kernel and stride of the first spatial dim, map sizes of the last (square maps, as ``LayerSpec`` has it);
-        MACs over every output position."""
+        MACs are the weight elements times :meth:`mac_positions`."""
         params = int(module.weight.numel())
         batched = output.dim() == module.weight.dim()
         channels = self.channels(module)
@@ -39,8 +39,12 @@ class Conv2dKind(LayerKind):
             input_hw=int(inputs.shape[-1]),
             output_hw=int(output.shape[-1]) if batched else 1,
             params=params,
-            macs=params * (int(output[0, 0].numel()) if batched else 1),
+            macs=params * self.mac_positions(module, inputs, output),
         )
+
+    def mac_positions(self, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> int:
+        """Positions at which the layer multiplies every weight element once: each output position."""
+        return int(output[0, 0].numel()) if output.dim() == module.weight.dim() else 1
 
     def factorisable(self, module: nn.Module) -> bool:
         """Ungrouped convolutions only (grouped and depthwise ones are left alone)."""
@@ -49,7 +53,7 @@ class Conv2dKind(LayerKind):
     def factors(self, module: nn.Module, rank: int) -> nn.Sequential:
         """A ``rank``-channel conv of the layer's kernel, stride, padding and dilation, then a 1x1 conv."""
         if not self.factorisable(module):
-            raise ValueError(f"cannot factorise {type(module).__name__} with groups={module.groups}")
+            raise ValueError(f"cannot factorise {type(module).__name__} (groups={module.groups})")
         conv = self.module_type
         return nn.Sequential(
             conv(

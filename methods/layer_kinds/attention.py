@@ -1,0 +1,101 @@
+"""``nn.MultiheadAttention``: an ``attention`` layer, called as self-attention on one tensor.
+
+The compressible weights are the input projection (``in_proj_weight``, or ``q_proj_weight``, ``k_proj_weight`` and
+``v_proj_weight`` when keys and values have their own sizes), whose dim 1 reads the input channels, and the output
+projection ``out_proj.weight``, which reads the attention's own features; dim 0 holds each one's outputs. The output
+projection is an ``nn.Linear`` the attention applies through its weight (``F.multi_head_attention_forward``), never
+called as a module, so it is not a layer of its own.
+
+``LayerSpec.in_channels`` and ``out_channels`` are ``embed_dim``, ``input_hw`` and ``output_hw`` the sequence
+length ``L``. MACs count self-attention (keys as long as queries, plus ``bias_k`` and the zero position when the
+layer adds them: ``S`` keys): ``L x`` the projection weights, plus ``L x S x embed_dim`` for the scores ``Q K^T``
+and as many for the weighted sum of the values. Structured pruning leaves ``embed_dim`` whole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.spec import LayerSpec
+from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind
+from methods.layer_kinds.recurrent import sequence_sample_shape
+
+
+class SelfAttention(nn.Module):
+    """A multi-head attention layer called on one tensor: ``attention(x, x, x)``, without attention weights."""
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention's output for queries, keys and values ``x``."""
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def _attention(module: nn.Module) -> nn.Module:
+    """The attention layer itself, also when ``module`` is its :class:`SelfAttention` copy."""
+    return module.attention if isinstance(module, SelfAttention) else module
+
+
+class AttentionKind(LayerKind):
+    """Multi-head attention; not factorisable."""
+
+    module_type = nn.MultiheadAttention
+    channel_pruning = False
+
+    def weights(self, module: nn.Module) -> tuple[CompressibleWeight, ...]:
+        """The input projection(s), reading the input channels in dim 1, then the output projection."""
+        separate = not module._qkv_same_embed_dim  # noqa: SLF001 - how the module itself tells
+        inputs = ("q_proj_weight", "k_proj_weight", "v_proj_weight") if separate else ("in_proj_weight",)
+        return (
+            *(CompressibleWeight(name, out_dim=0, in_dim=1) for name in inputs),
+            CompressibleWeight("out_proj.weight", out_dim=0, in_dim=None),
+        )
+
+    def run(self, module: nn.Module, inputs: torch.Tensor) -> object:
+        """Self-attention over ``inputs``, without attention weights."""
+        return module(inputs, inputs, inputs, need_weights=False)
+
+    def channels(self, module: nn.Module) -> Channels:
+        """``embed_dim`` in and out."""
+        return Channels(int(module.embed_dim), int(module.embed_dim))
+
+    def sample_shape(self, module: nn.Module, inputs: torch.Tensor) -> tuple[int, ...]:
+        """``(sequence, embed_dim)`` of the queries, whatever ``batch_first`` is."""
+        return sequence_sample_shape(inputs, module.batch_first)
+
+    def spec(self, name: str, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> LayerSpec:
+        """Embedding size, sequence length and self-attention MACs; kernel and stride are 1, groups 1."""
+        params = int(sum(module.get_parameter(w.name).numel() for w in self.weights(module)))
+        sequence = self.sample_shape(module, inputs)[0]
+        keys = sequence + (module.bias_k is not None) + bool(module.add_zero_attn)
+        return LayerSpec(
+            name=name, kind="attention", in_channels=int(module.embed_dim), out_channels=int(module.embed_dim),
+            kernel=1, stride=1, groups=1, input_hw=sequence, output_hw=sequence, params=params,
+            macs=sequence * params + 2 * sequence * keys * int(module.embed_dim),
+        )
+
+    def example(self) -> tuple[nn.Module, tuple[int, ...]]:
+        """Two heads over 8 features, on 5 positions."""
+        return nn.MultiheadAttention(8, 2, batch_first=True), (5, 8)
+
+    def standalone(self, module: nn.Module) -> nn.Module:
+        """A :class:`SelfAttention` over a plain, batch-first copy of the layer with the same weights."""
+        layer = nn.MultiheadAttention(
+            module.embed_dim, module.num_heads, module.dropout, bias=module.in_proj_bias is not None,
+            add_bias_kv=module.bias_k is not None, add_zero_attn=module.add_zero_attn, kdim=module.kdim,
+            vdim=module.vdim, batch_first=True,
+        )
+        layer.load_state_dict(module.state_dict())
+        return SelfAttention(layer).eval()
+
+    def timing_config(self, module: nn.Module, sample_shape: tuple[int, ...]) -> tuple[object, ...]:
+        """``attention``, embedding size, heads, key and value sizes, bias, added key/value bias, added zero
+        position, then the sequence length (the layer or its :class:`SelfAttention` copy)."""
+        layer = _attention(module)
+        return (
+            "attention", layer.embed_dim, layer.num_heads, layer.kdim, layer.vdim, layer.in_proj_bias is not None,
+            layer.bias_k is not None, layer.add_zero_attn, *sample_shape[:1],
+        )
