@@ -172,12 +172,12 @@ class SearchSpace:
         return self.settings.channel_pruning and bool(self.leaders)
 
     def _rank_layers(self) -> set[str]:
-        """Layers with a rank choice: all of them unless their specs show grouped convs (not factorisable)."""
+        """Layers with a rank choice: all of them unless their specs say they are not factorisable."""
         if len(self.settings.ranks) < 2:
             return set()
         if not self.specs:
             return set(self.layers)
-        return {spec.name for spec in self.specs if spec.groups == 1}
+        return {spec.name for spec in self.specs if spec.factorisable and spec.groups == 1}
 
     def sample(self, suggest: Suggest) -> Policy:
         """Builds a policy from one suggestion per decision (the runtime first, when it is searched)."""

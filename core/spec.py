@@ -35,6 +35,9 @@ class LayerSpec:
     """Weight elements (bias excluded)."""
     macs: int
     """Multiply-accumulates for one input sample."""
+    factorisable: bool = True
+    """Whether a low-rank factorisation applies to the layer (not to grouped or transposed convs, embeddings,
+    recurrent or attention layers)."""
     tensors: tuple[tuple[int, int], ...] = ()
     """``(elements, rows)`` of each compressible weight tensor, in the kind's order (an LSTM has one input and one
     recurrent matrix per layer); empty means one tensor of ``params`` elements and ``out_channels`` rows."""

@@ -30,7 +30,9 @@ def discover_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerS
             tensors = tuple(
                 (int(t.numel()), int(t.shape[0])) for t in (weight_of(module, w.name) for w in kind.weights(module))
             )
-            specs[name] = replace(kind.spec(name, module, inp, out), tensors=tensors)
+            specs[name] = replace(
+                kind.spec(name, module, inp, out), factorisable=kind.factorisable(module), tensors=tensors
+            )
 
     trace_layers(model, input_shape, record)
     return list(specs.values())

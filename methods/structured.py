@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     """
     was_training = model.training
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # layers it cannot prune
             return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
     except Exception as exc:  # noqa: BLE001 - tracing a user's model can fail in many ways
         raise UsageError(f"cannot trace the model's channel dependencies ({exc}); disable channel pruning") from exc
@@ -132,9 +134,17 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[Channel
 
     Each group is tested by a trial pruning of a copy (every group at ``TRIAL_KEEP``, checked
     as in :func:`prune_channels`); groups whose pruning breaks the model are left out, with a
-    warning naming their leader, so that the rest of the network can still be pruned.
+    warning naming their leader, so that the rest of the network can still be pruned. A model whose channel
+    dependencies Torch-Pruning cannot trace or group (a GRU in it, for one) has no groups: one warning says so,
+    and the rest of the compression applies.
     """
-    found = [group for _, group in _groups(model, _graph(model, input_shape))]
+    try:
+        found = [group for _, group in _groups(model, _graph(model, input_shape))]
+    except UsageError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        logger.warning("every channel is kept: Torch-Pruning cannot trace or group this model's channels (%s: %s)",
+                       type(cause).__name__, cause)
+        return []
     broken = _unprunable(model, input_shape, found)
     return [group for group in found if group.leader not in broken]
 

@@ -316,3 +316,53 @@ def test_attention_layouts_weights_and_copies() -> None:
     with torch.no_grad():
         expected = kind.output_tensor(kind.run(attention, x.transpose(0, 1))).transpose(0, 1)
         assert torch.allclose(copied(x), expected, atol=1e-6)
+
+
+class _Sequence(nn.Module):
+    """An LSTM, a GRU and a self-attention layer over a (N, 6, 8) sequence, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 12, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(12, 12, batch_first=True, bidirectional=True)
+        self.attn = nn.MultiheadAttention(24, 4, batch_first=True)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.gru(self.lstm(x)[0])[0]
+        return self.fc(self.attn(h, h, h, need_weights=False)[0].mean(dim=1))
+
+
+@pytest.mark.parametrize("quantizer", ["linear", "kmeans"])
+def test_every_weight_of_recurrent_and_attention_layers_is_pruned_coded_fine_tuned_and_decoded(
+    quantizer: str,
+) -> None:
+    from torch.utils.data import TensorDataset
+
+    from methods.finetune import FinetuneSettings
+    from methods.pipeline import Refinement
+
+    torch.manual_seed(0)
+    model = _Sequence().eval()
+    data = TensorDataset(torch.randn(48, 6, 8), torch.randint(0, 3, (48,)))
+    layers = [spec.name for spec in discover_layers(model, (6, 8))]
+    assert layers == ["lstm", "gru", "attn", "fc"]
+    choice = LayerChoice(sparsity=0.75, bits=3, quantizer=quantizer)
+    policy = Policy.from_choices({name: choice for name in layers})
+    refinement = Refinement(finetune=FinetuneSettings(steps=4, batch_size=16, lr=1e-2), train=data)
+    compressed = compress(model, policy, input_shape=(6, 8), source={"model": "test"}, refinement=refinement)
+    parameters = dict(compressed.model.named_parameters())
+    keys = [key for name in layers for key in weight_keys(compressed.model, name)]
+    assert "attn.out_proj.weight" in keys and "gru.weight_hh_l0_reverse" in keys and len(keys) == 11
+    for key in keys:
+        weight = parameters[key].detach()
+        assert abs(float((weight == 0).float().mean()) - 0.75) < 0.01, key
+        assert not torch.equal(weight, dict(model.named_parameters())[key].detach()), key
+        rows = weight.reshape(weight.shape[0], -1)
+        distinct = max(torch.unique(row[row != 0]).numel() for row in rows)
+        assert distinct <= 2**3, key
+    assert compressed.size_bytes < sum(4 * p.numel() for p in model.parameters()) / 4
+    rebuilt = decode(compressed.blob, _Sequence())
+    x = torch.randn(5, 6, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), compressed.model(x))
