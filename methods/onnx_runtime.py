@@ -80,8 +80,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        was_training = model.training
+        was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
         model.eval()
+        torch.backends.mha.set_fastpath_enabled(False)  # fused attention/encoder kernels have no ONNX export
         try:
             torch.onnx.export(
                 model, (torch.zeros(1, *input_shape),), buffer, dynamo=False, opset_version=OPSET,
@@ -91,6 +92,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         except Exception as exc:  # noqa: BLE001 - exporting arbitrary user code fails in many ways
             raise OnnxConversionError(f"cannot export the model to ONNX: {first_line(exc)}") from exc
         finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
             model.train(was_training)
     return buffer.getvalue()
 

@@ -12,7 +12,7 @@ from torch import nn
 from core.policy import LayerChoice, Policy
 from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
-from envs.runtimes import RuntimeConversionError, runnable_for
+from envs.runtimes import RUNTIMES, RuntimeConversionError, runnable_for
 from envs.tasks import evaluate_accuracy, load_task
 from search.cli import main
 
@@ -109,3 +109,29 @@ def test_int8_conversion_prints_no_preprocessing_advice_and_leaves_logging_as_it
 def test_sessions_let_idle_threads_sleep(task) -> None:
     session = runnable_for(task.model, ORT, task.input_shape, task.train.tensors[0][:64]).session
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize("recurrent", [nn.LSTM, nn.GRU])
+def test_recurrent_and_transformer_models_export_to_onnx_runtime(recurrent: type[nn.Module]) -> None:
+    """Transformer layers export through their unfused path (the fused eval kernel has no ONNX form), recurrent
+    layers as ONNX LSTM/GRU nodes; the fast-path setting is left as it was."""
+    torch.manual_seed(0)
+
+    class Sequence(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = recurrent(8, 16, batch_first=True)
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.encoder(self.rnn(x)[0]).mean(dim=1))
+
+    model = Sequence().eval()
+    before = torch.backends.mha.get_fastpath_enabled()
+    runnable = RUNTIMES["onnxruntime"].convert(model, (5, 8), threads=1, calibration=torch.randn(8, 5, 8))
+    assert torch.backends.mha.get_fastpath_enabled() == before
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(runnable(x), model(x), atol=1e-5)
