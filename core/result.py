@@ -18,7 +18,8 @@ class Result:
     status: str = STATUS_OK
     """``ok``, ``failed`` or ``stopped`` (early, by ASHA)."""
     val_accuracy: float = float("nan")
-    """Top-1 accuracy on the validation split."""
+    """The task's metric on the validation split as a higher-is-better score (:class:`core.metric.MetricSpec`):
+    top-1 accuracy for classifiers, the negated value for lower-is-better metrics such as bits per character."""
     size_bytes: int = 0
     """Length of the packed file."""
     latency_ms: float = float("nan")

@@ -18,7 +18,7 @@ from core.spec import LayerSpec
 from envs.latency_model import LatencyPredictor, build_predictor
 from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
-from envs.tasks import Task, evaluate_accuracy
+from envs.tasks import Task, evaluate
 from envs.timing import MAX_ROUNDS, Latency, Paired, measure, measure_paired
 from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
 from envs.timing_worker import TimingWorker
@@ -427,9 +427,14 @@ class Evaluator:
         """The runtime a compressed candidate runs on (its header's, ``None`` for the default)."""
         return compressed.meta.get(RUNTIME_KEY)
 
+    def score(self, model: nn.Module, data: TensorDataset) -> float:
+        """The task metric of ``model`` on ``data`` as a higher-is-better score (:meth:`core.metric.MetricSpec.score`:
+        accuracy itself, minus bits per character); results and searchers hold scores."""
+        return self.task.metric_spec.score(evaluate(model, data, self.task.metric))
+
     def test_accuracy(self, compressed: CompressedModel) -> float:
-        """Test-split accuracy of the compressed model as it runs on the device (report only; never searched on)."""
-        return evaluate_accuracy(self.runnable(compressed.model, self.runtime_of(compressed)), self.task.test)
+        """Test-split score of the compressed model as it runs on the device (report only; never searched on)."""
+        return self.score(self.runnable(compressed.model, self.runtime_of(compressed)), self.task.test)
 
     def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
         """Validation accuracy, packed size, latency, MACs and parameters of a compressed model.
@@ -449,7 +454,7 @@ class Evaluator:
         )
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
-            val_accuracy=evaluate_accuracy(runnable, self.task.val),
+            val_accuracy=self.score(runnable, self.task.val),
             size_bytes=compressed.size_bytes,
             latency_ms=latency.ms,
             latency_spread_ms=latency.spread_ms,

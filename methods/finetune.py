@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
 from methods.layer_kinds import owner_of
+from methods.objective import soft_target_loss, task_loss
 from methods.quantizers import parametrization
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -65,16 +65,12 @@ class CodeSpec:
 def distillation_loss(
     logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, alpha: float, temperature: float
 ) -> torch.Tensor:
-    """Cross-entropy mixed with Hinton et al.'s soft-target loss: ``(1-a) CE + a T^2 KL(teacher || student)``."""
-    hard = F.cross_entropy(logits, labels)
-    if teacher_logits is None or alpha == 0.0:
+    """The task loss mixed with Hinton et al.'s soft-target loss: ``(1-a) CE + a T^2 KL(teacher || student)`` (the
+    task loss alone for float targets)."""
+    hard = task_loss(logits, labels)
+    if teacher_logits is None or alpha == 0.0 or labels.dtype.is_floating_point:
         return hard
-    soft = F.kl_div(
-        F.log_softmax(logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        log_target=True,
-        reduction="batchmean",
-    )
+    soft = soft_target_loss(logits, teacher_logits, temperature)
     return (1.0 - alpha) * hard + alpha * temperature**2 * soft
 
 

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn import functional as F
 
 from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
 from methods.layer_kinds import Channels, CompressibleWeight, kind_of, weight_of
+from methods.objective import task_loss
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _gradients(model: nn.Module, data: CalibrationData | None) -> Iterator[None]
             param.requires_grad_(True)
         inputs, labels = data
         with torch.enable_grad():
-            F.cross_entropy(model(inputs), labels).backward()
+            task_loss(model(inputs), labels).backward()
         yield
     finally:
         for param in model.parameters():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.budget import Budget
+from core.metric import ACCURACY, MetricSpec
 from core.policy import Policy
 from core.result import Result
 
@@ -59,14 +60,19 @@ class Trial:
     """Successful and within budget."""
 
 
-def _row(trial: Trial) -> dict[str, Any]:
+def columns(metric: MetricSpec = ACCURACY) -> list[str]:
+    """trials.csv's columns: :data:`COLUMNS` with the metric's own name (``val_bpc``) for ``accuracy``."""
+    return [column.replace("accuracy", metric.name) for column in COLUMNS]
+
+
+def _row(trial: Trial, metric: MetricSpec) -> dict[str, Any]:
     result = trial.result
     return {
         "trial": trial.number,
         "searcher": trial.searcher,
         "policy_digest": trial.policy.digest(),
         "status": result.status,
-        "val_accuracy": result.val_accuracy,
+        metric.column("val"): metric.value(result.val_accuracy),
         "size_bytes": result.size_bytes,
         "latency_ms": result.latency_ms,
         "latency_spread_ms": result.latency_spread_ms,
@@ -76,17 +82,17 @@ def _row(trial: Trial) -> dict[str, Any]:
         "nonzero_weights": result.nonzero_weights,
         "feasible": trial.feasible,
         "finetune_steps": result.finetune_steps,
-        "screen_accuracy": result.screen_accuracy,
+        metric.column("screen"): metric.value(result.screen_accuracy),
         "seconds": round(result.seconds, 4),
         "error": result.error.replace("\n", " ")[:500],
         "policy": trial.policy.to_json(),
     }
 
 
-def _trial(row: dict[str, str]) -> Trial:
+def _trial(row: dict[str, str], metric: MetricSpec) -> Trial:
     result = Result(
         status=row["status"],
-        val_accuracy=float(row["val_accuracy"]),
+        val_accuracy=metric.score(float(row[metric.column("val")])),
         size_bytes=int(row["size_bytes"]),
         latency_ms=float(row["latency_ms"]),
         latency_spread_ms=float(row.get("latency_spread_ms") or "nan"),  # absent in earlier run folders
@@ -96,7 +102,7 @@ def _trial(row: dict[str, str]) -> Trial:
         seconds=float(row["seconds"]),
         error=row["error"],
         finetune_steps=int(row.get("finetune_steps") or 0),  # absent in earlier run folders
-        screen_accuracy=float(row.get("screen_accuracy") or "nan"),
+        screen_accuracy=metric.score(float(row.get(metric.column("screen")) or "nan")),
         runtime=row.get("runtime") or "",
     )
     return Trial(
@@ -109,19 +115,22 @@ def _trial(row: dict[str, str]) -> Trial:
 
 
 class TrialArchive:
-    """Append-only CSV of trials; a row torn by a kill is dropped when the archive is reopened."""
+    """Append-only CSV of trials; a row torn by a kill is dropped when the archive is reopened.
 
-    def __init__(self, path: Path, budget: Budget):
+    Rows show the task metric's values under its own name (``val_accuracy``, ``val_bpc``); trials hold its scores.
+    """
+
+    def __init__(self, path: Path, budget: Budget, metric: MetricSpec = ACCURACY):
         self.path = path
         self.budget = budget
+        self.metric = metric
         self.trials: list[Trial] = self._load() if path.exists() else []
         if not path.exists():
             self._write_text(self._header())
 
-    @staticmethod
-    def _header() -> str:
+    def _header(self) -> str:
         buffer = io.StringIO()
-        csv.DictWriter(buffer, COLUMNS).writeheader()
+        csv.DictWriter(buffer, columns(self.metric)).writeheader()
         return buffer.getvalue()
 
     def _write_text(self, text: str, mode: str = "w", sync: bool = True) -> None:
@@ -137,7 +146,7 @@ class TrialArchive:
         trials = []
         for row in csv.DictReader(io.StringIO(complete)):
             try:
-                trials.append(_trial(row))
+                trials.append(_trial(row, self.metric))
             except (KeyError, ValueError, TypeError):
                 break
         kept = self._header() + "".join(self._render(t) for t in trials)
@@ -145,10 +154,9 @@ class TrialArchive:
             self._write_text(kept)
         return trials
 
-    @staticmethod
-    def _render(trial: Trial) -> str:
+    def _render(self, trial: Trial) -> str:
         buffer = io.StringIO()
-        csv.DictWriter(buffer, COLUMNS).writerow(_row(trial))
+        csv.DictWriter(buffer, columns(self.metric)).writerow(_row(trial, self.metric))
         return buffer.getvalue()
 
     def append(self, searcher: str, policy: Policy, result: Result) -> Trial:

@@ -109,6 +109,6 @@ def _print_outcome(outcome: RunOutcome | DevicesOutcome) -> None:
         return
     print(f"\nPareto front ({len(outcome.models)} models, {len(outcome.trials)} trials):\n")
     print(pareto_table(outcome.models) if outcome.models else "no candidate met the budget")
-    print(f"\nbaseline: test accuracy {outcome.baseline.test_accuracy:.4f}, "
+    print(f"\nbaseline: {outcome.baseline.metric_text('test')}, "
           f"{outcome.baseline.size_bytes} B, {outcome.baseline.latency_ms:.2f} ms")
     print(f"results: {outcome.run_dir} (report.md, pareto.csv, trials.csv, pareto.png, models/)")

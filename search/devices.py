@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from core.metric import ACCURACY
 from envs.device import load_device
 from search.config import SearchConfig
 from search.prepared import prepare
@@ -31,8 +32,10 @@ def device_config(config: SearchConfig, device: str) -> SearchConfig:
 
 
 def summary_table(outcomes: dict[str, RunOutcome]) -> str:
-    """Markdown: per device, the most accurate exported model (all are within budget), its size and latency."""
-    header = ["device", "Ray resource", "trials", "within budget", "Pareto models", "best test acc", "size",
+    """Markdown: per device, the best-scoring exported model (all are within budget), its size and latency."""
+    first = next(iter(outcomes.values()), None)
+    metric = first.baseline.metric if first is not None else ACCURACY
+    header = ["device", "Ray resource", "trials", "within budget", "Pareto models", f"best test {metric.name}", "size",
               "latency (ms)", "folder"]
     lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, outcome in outcomes.items():
@@ -41,7 +44,8 @@ def summary_table(outcomes: dict[str, RunOutcome]) -> str:
         cells = [name, resource, str(len(outcome.trials)), str(feasible), str(len(outcome.models))]
         if outcome.models:
             best = max(outcome.models, key=lambda m: (m.test_accuracy, -m.size_bytes))
-            cells += [f"{best.test_accuracy:.4f}", f"{best.size_bytes / 1e3:.1f} KB", f"{best.latency_ms:.2f}"]
+            cells += [f"{metric.value(best.test_accuracy):.4f}", f"{best.size_bytes / 1e3:.1f} KB",
+                      f"{best.latency_ms:.2f}"]
         else:
             cells += ["no model met the budget", "-", "-"]
         cells.append(outcome.run_dir.name)

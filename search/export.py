@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from core.budget import Budget
+from core.metric import ACCURACY, MetricSpec
 from core.policy import Policy
 from envs.evaluator import Evaluator, FinetuneKeys, check_exposed
 from envs.timing import Latency
@@ -112,15 +113,17 @@ class ExportedModel:
     """fp32 bytes of the original weights (params x 4) / packed bytes."""
     runtime: str = ""
     """Runtime the model was measured on (recorded in its file's header; see ``search.runnable_model``)."""
+    metric: MetricSpec = ACCURACY
+    """The task's metric; the ``*_accuracy`` fields hold its higher-is-better scores (:class:`MetricSpec`)."""
 
     def row(self) -> dict[str, object]:
-        """The pareto.csv row."""
+        """The pareto.csv row (metric values under the metric's own column names, see :func:`pareto_columns`)."""
         return {
             "rank": self.rank,
             "model_file": self.model_file,
-            "test_accuracy": self.test_accuracy,
-            "val_accuracy": self.val_accuracy,
-            "search_val_accuracy": self.search_val_accuracy,
+            self.metric.column("test"): self.metric.value(self.test_accuracy),
+            self.metric.column("val"): self.metric.value(self.val_accuracy),
+            self.metric.column("search_val"): self.metric.value(self.search_val_accuracy),
             "size_bytes": self.size_bytes,
             "latency_ms": round(self.latency_ms, 4),
             "latency_spread_ms": round(self.latency_spread_ms, 4),
@@ -250,16 +253,22 @@ def export_front(
             params=result.params,
             compression_ratio=original_bytes / result.size_bytes,
             runtime=result.runtime,
+            metric=evaluator.task.metric_spec,
         )
         for rank, (trial, name, result, test_accuracy, predicted) in enumerate(exported)
     ], dropped
 
 
-def write_pareto_csv(path: Path, models: Sequence[ExportedModel]) -> None:
+def pareto_columns(metric: MetricSpec = ACCURACY) -> list[str]:
+    """pareto.csv's columns: :data:`PARETO_COLUMNS` with the metric's own name (``test_bpc``) for ``accuracy``."""
+    return [column.replace("accuracy", metric.name) for column in PARETO_COLUMNS]
+
+
+def write_pareto_csv(path: Path, models: Sequence[ExportedModel], metric: MetricSpec = ACCURACY) -> None:
     """Writes pareto.csv (through a temporary file, so a reader never sees half of it)."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, PARETO_COLUMNS)
+        writer = csv.DictWriter(handle, pareto_columns(metric))
         writer.writeheader()
         for model in models:
             writer.writerow(model.row())

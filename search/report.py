@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.budget import Budget
+from core.metric import ACCURACY, MetricSpec
 from core.result import STATUS_STOPPED
 from envs.evaluator import LatencyCheck
 from search.archive import Trial
@@ -19,9 +20,9 @@ class Baseline:
     """The uncompressed model, packed at fp32 and measured like every candidate."""
 
     val_accuracy: float
-    """Validation accuracy."""
+    """Validation score (the task metric, higher is better: :class:`core.metric.MetricSpec`)."""
     test_accuracy: float
-    """Test accuracy."""
+    """Test score."""
     size_bytes: int
     """Bytes of the fp32 packed file."""
     latency_ms: float
@@ -30,6 +31,18 @@ class Baseline:
     """MACs per sample."""
     params: int
     """Parameters."""
+    metric: MetricSpec = ACCURACY
+    """The task's metric."""
+
+    def metric_text(self, split: str) -> str:
+        """``test accuracy 0.9780`` or ``val bpc 2.1034``: the metric's own name and value on ``split``."""
+        score = self.test_accuracy if split == "test" else self.val_accuracy
+        return f"{split} {self.metric.name} {self.metric.value(score):.4f}"
+
+    @property
+    def text(self) -> str:
+        """Test and validation metric (``test accuracy 0.9780, val accuracy 0.9760``)."""
+        return f"{self.metric_text('test')}, {self.metric_text('val')}"
 
 
 def _size(nbytes: float) -> str:
@@ -52,8 +65,10 @@ def pareto_table(models: Sequence[ExportedModel]) -> str:
     predicted = any(m.predicted_latency_ms is not None for m in models)
     runtimes = len({m.runtime for m in models}) > 1
     extra = (" predicted (ms) |" if predicted else "") + (" runtime |" if runtimes else "")
+    name = models[0].metric.name if models else "accuracy"
+    short = "acc" if name == "accuracy" else name
     lines = [
-        f"| rank | test acc | val acc | size | ratio | latency (ms) |{extra} MMACs | file |",
+        f"| rank | test {short} | val {short} | size | ratio | latency (ms) |{extra} MMACs | file |",
         "|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "") + ("---|" if runtimes else "") + "---:|---|",
     ]
     for m in models:
@@ -63,7 +78,8 @@ def pareto_table(models: Sequence[ExportedModel]) -> str:
         if runtimes:
             cell += f" {m.runtime} |"
         lines.append(
-            f"| {m.rank} | {m.test_accuracy:.4f} | {m.val_accuracy:.4f} | {_size(m.size_bytes)} "
+            f"| {m.rank} | {m.metric.value(m.test_accuracy):.4f} | {m.metric.value(m.val_accuracy):.4f} "
+            f"| {_size(m.size_bytes)} "
             f"| {m.compression_ratio:.1f}x | {m.latency_ms:.2f} |{cell} {m.macs / 1e6:.2f} | {m.model_file} |"
         )
     return "\n".join(lines)
@@ -86,9 +102,10 @@ def _predictor_lines(checks: Sequence[LatencyCheck], models: Sequence[ExportedMo
 
 
 def plot_front(
-    path: Path, trials: Sequence[Trial], models: Sequence[ExportedModel], budget: Budget
+    path: Path, trials: Sequence[Trial], models: Sequence[ExportedModel], budget: Budget,
+    metric: MetricSpec = ACCURACY,
 ) -> None:
-    """Accuracy against size, latency as colour, budgets drawn; written to ``path``."""
+    """The task metric against size, latency as colour, budgets drawn; written to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,14 +119,16 @@ def plot_front(
     latencies = [t.result.latency_ms for t in ok] + [m.latency_ms for m in models]
     vmin, vmax = (min(latencies), max(latencies)) if latencies else (0.0, 1.0)
     if infeasible:
-        ax.scatter([t.result.size_bytes / 1e6 for t in infeasible], [t.result.val_accuracy for t in infeasible],
+        ax.scatter([t.result.size_bytes / 1e6 for t in infeasible],
+                   [metric.value(t.result.val_accuracy) for t in infeasible],
                    marker="x", c="lightgray", label="over budget (search, val)")
     if feasible:
-        ax.scatter([t.result.size_bytes / 1e6 for t in feasible], [t.result.val_accuracy for t in feasible],
+        ax.scatter([t.result.size_bytes / 1e6 for t in feasible],
+                   [metric.value(t.result.val_accuracy) for t in feasible],
                    c=[t.result.latency_ms for t in feasible], cmap="viridis", vmin=vmin, vmax=vmax, s=18,
                    alpha=0.6, label="within budget (search, val)")
     if models:
-        points = ax.scatter([m.size_bytes / 1e6 for m in models], [m.test_accuracy for m in models],
+        points = ax.scatter([m.size_bytes / 1e6 for m in models], [metric.value(m.test_accuracy) for m in models],
                             c=[m.latency_ms for m in models], cmap="viridis", vmin=vmin, vmax=vmax, s=90,
                             marker="*", edgecolors="black", label="exported Pareto (test)")
         fig.colorbar(points, ax=ax, label="latency (ms)")
@@ -117,7 +136,7 @@ def plot_front(
         ax.axvline(
             budget.size_bytes / 1e6, color="red", linestyle="--", label=f"size budget {_size(budget.size_bytes)}"
         )
-    title = "accuracy vs size"
+    title = f"{metric.name} vs size"
     if budget.latency_ms:
         title += f" (latency target {budget.latency_ms:g} ms; points over it are grey x)"
     ax.set_title(title, fontsize=9)
@@ -125,7 +144,7 @@ def plot_front(
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("packed size (MB, log scale)")
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel(metric.text)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -166,11 +185,11 @@ def write_report(
         *_predictor_lines(latency_checks, models),
         "## Uncompressed baseline",
         "",
-        f"test accuracy {baseline.test_accuracy:.4f}, val accuracy {baseline.val_accuracy:.4f}, "
+        f"{baseline.text}, "
         f"fp32 packed file {_size(baseline.size_bytes)}, latency {baseline.latency_ms:.2f} ms, "
         f"{baseline.macs / 1e6:.2f} MMACs, {baseline.params} parameters",
         "",
-        "## Pareto front (after the final fine-tune; test accuracy is reported, never searched on)",
+        f"## Pareto front (after the final fine-tune; test {baseline.metric.name} is reported, never searched on)",
         "",
         pareto_table(models) if models else "No candidate met the budget. Loosen the budget or run more trials.",
         "",

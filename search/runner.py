@@ -48,6 +48,7 @@ def _baseline(prepared: Prepared) -> Baseline:
         latency_ms=result.latency_ms,
         macs=result.macs,
         params=result.params,
+        metric=prepared.task.metric_spec,
     )
 
 
@@ -89,8 +90,9 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
             spares=reserves(trials, chosen),
         )
     export_seconds = time.perf_counter() - start
-    write_pareto_csv(run_dir / "pareto.csv", models)
-    plot_front(run_dir / "pareto.png", trials, models, config.budget)
+    metric = prepared.task.metric_spec
+    write_pareto_csv(run_dir / "pareto.csv", models, metric)
+    plot_front(run_dir / "pareto.png", trials, models, config.budget, metric)
     device = prepared.device
     write_report(
         run_dir / "report.md",

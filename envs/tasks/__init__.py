@@ -13,7 +13,7 @@ from envs.tasks.registry import (
     default_cache_dir,
     load_task,
 )
-from envs.tasks.training import TrainRecipe, evaluate_accuracy, train_model
+from envs.tasks.training import TrainRecipe, evaluate, evaluate_accuracy, train_model
 
 __all__ = [
     "DEFAULT_TASK",
@@ -24,6 +24,7 @@ __all__ = [
     "TrainRecipe",
     "build_architecture",
     "default_cache_dir",
+    "evaluate",
     "evaluate_accuracy",
     "load_task",
     "mnist_splits",

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
+from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from envs.tasks import mobilenet, models
 from envs.tasks.data import Splits, data_fingerprint, mnist_splits
@@ -33,6 +34,7 @@ from envs.tasks.user import (
     read_state_dict,
     state_dict_problems,
 )
+from methods.objective import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,13 @@ class Task:
     """JSON-able recipe for ``build_architecture``: ``{"task": ...}`` or ``{"model": ...}``."""
     recipe: TrainRecipe
     """Recipe the model is (or would be) trained with."""
+    metric: str = "accuracy"
+    """The metric the task is scored by, a name in :data:`methods.objective.METRICS`."""
+
+    @property
+    def metric_spec(self) -> MetricSpec:
+        """The metric's name and direction."""
+        return METRICS[self.metric].spec
 
 
 def _builtin(name: str) -> TaskSpec:

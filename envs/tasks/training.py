@@ -1,4 +1,4 @@
-"""Deterministic CPU training and top-1 evaluation of classification models."""
+"""Deterministic CPU training of a task's model and its evaluation under the task's metric."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import TensorDataset
+
+from methods.objective import METRICS, task_loss
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Learning-rate schedules understood by ``train_model``."""
@@ -99,7 +100,7 @@ def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, pro
             for start, stop in batches:
                 idx = order[start:stop]
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(inputs[idx]), labels[idx])
+                loss = task_loss(model(inputs[idx]), labels[idx])
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -110,33 +111,41 @@ def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, pro
 
 
 def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` in eval mode under ``torch.inference_mode``.
+    """Top-1 accuracy of ``model`` on ``data`` (see :func:`evaluate`)."""
+    return evaluate(model, data, "accuracy", batch_size)
+
+
+def evaluate(model: nn.Module, data: TensorDataset, metric: str = "accuracy", batch_size: int = 1000) -> float:
+    """The value of ``metric`` for ``model`` on ``data``, in eval mode under ``torch.inference_mode``.
 
     The model's train/eval mode is restored afterwards.
 
     Args:
-        model: Module mapping a batch of inputs to ``(N, C)`` logits.
-        data: Dataset of (inputs, int64 labels).
+        model: Module mapping a batch of inputs to outputs the metric reads (class scores in the last dim).
+        data: Dataset of (inputs, targets).
+        metric: A name in :data:`methods.objective.METRICS`.
         batch_size: Samples per forward pass (does not change the result).
 
     Returns:
-        Fraction of samples whose arg-max logit equals the label, in [0, 1].
+        The metric's value over every sample (accuracy in [0, 1], bits per character, ...).
     """
-    inputs, labels = data.tensors
-    n = len(labels)
+    scorer = METRICS[metric]
+    inputs, targets = data.tensors
+    n = len(targets)
     if n == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    correct = 0
+    total, count = 0.0, 0
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
-                logits = model(inputs[start : start + batch_size])
-                pred = logits.argmax(dim=1)
-                correct += int((pred == labels[start : start + batch_size]).sum())
+                batch_total, batch_count = scorer.batch(
+                    model(inputs[start : start + batch_size]), targets[start : start + batch_size]
+                )
+                total, count = total + batch_total, count + batch_count
     finally:
         model.train(was_training)
-    return correct / n
+    return total / max(count, 1)

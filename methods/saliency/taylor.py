@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from methods.objective import task_loss
 from methods.saliency.base import Saliency
 
 
@@ -33,7 +33,7 @@ def mean_gradient(
             model.zero_grad(set_to_none=True)
             x, y = inputs[start : start + batch_size], labels[start : start + batch_size]
             with torch.enable_grad():
-                (F.cross_entropy(model(x), y, reduction="sum") / len(labels)).backward()
+                (task_loss(model(x), y) * len(y) / len(labels)).backward()
             for key, weight in weights.items():
                 grads[key] += weight.grad.detach()
     finally:

@@ -16,6 +16,7 @@ from ray.tune.experiment import Trial as TuneTrial
 from tqdm import tqdm
 
 from core.budget import Budget
+from core.metric import ACCURACY, MetricSpec
 from core.policy import Policy
 from core.result import STATUS_OK, STATUS_STOPPED, Result
 from search.archive import ARCHIVE_FILE, TrialArchive
@@ -121,8 +122,8 @@ class _Sink:
     ledger: TrialLedger
 
     @classmethod
-    def open(cls, run_dir: Path, budget: Budget) -> _Sink:
-        archive = TrialArchive(run_dir / ARCHIVE_FILE, budget)
+    def open(cls, run_dir: Path, budget: Budget, metric: MetricSpec = ACCURACY) -> _Sink:
+        archive = TrialArchive(run_dir / ARCHIVE_FILE, budget, metric)
         return cls(archive, TrialLedger(run_dir / LEDGER_FILE, len(archive.trials)))
 
 
@@ -144,9 +145,12 @@ class SweepRecorder(Callback):
     pickled, the files and the progress bar are opened per session in :meth:`setup`.
     """
 
-    def __init__(self, run_dir: Path, budget: Budget, total: int, progress: bool):
+    def __init__(
+        self, run_dir: Path, budget: Budget, total: int, progress: bool, metric: MetricSpec = ACCURACY
+    ) -> None:
         self.run_dir = str(run_dir)
         self.budget = budget
+        self.metric = metric
         self.total = total
         self.progress = progress
         self._sink: _Sink | None = None
@@ -156,7 +160,7 @@ class SweepRecorder(Callback):
         return {**self.__dict__, "_sink": None, "_bar": None}
 
     def setup(self, **info: Any) -> None:
-        self._sink = _Sink.open(Path(self.run_dir), self.budget)
+        self._sink = _Sink.open(Path(self.run_dir), self.budget, self.metric)
         self._bar = tqdm(total=self.total, initial=len(self._sink.archive.trials), desc="search (ray)",
                          disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
 

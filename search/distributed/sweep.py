@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from core.budget import Budget
 from core.errors import UsageError
+from core.metric import MetricSpec
 from core.policy import Policy
 from core.space import SearchSpace
 from envs.evaluator import Evaluator
@@ -57,6 +58,11 @@ class SweepJob:
     """The sweep's settings."""
     seeds: tuple[Policy, ...] = ()
     """Policies evaluated first (``search/seeds.py``)."""
+
+    @property
+    def metric(self) -> MetricSpec:
+        """The task's metric (trials.csv names its columns after it)."""
+        return self.evaluator.task.metric_spec
 
     @property
     def finetune_steps(self) -> int:
@@ -129,11 +135,11 @@ def sweep(job: SweepJob, run_dir: Path, progress: bool) -> list[Trial]:
             _check_origin(run_dir)
             tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True).fit()
         else:
-            remaining = job.trials - len(TrialArchive(run_dir / ARCHIVE_FILE, job.budget).trials)
+            remaining = job.trials - len(TrialArchive(run_dir / ARCHIVE_FILE, job.budget, job.metric).trials)
             if remaining > 0:
                 (run_dir / ORIGIN_FILE).write_text(json.dumps({"run_dir": str(run_dir)}))
                 _new_tuner(job, run_dir, trainable, remaining, progress).fit()
-    return TrialArchive(run_dir / ARCHIVE_FILE, job.budget).trials
+    return TrialArchive(run_dir / ARCHIVE_FILE, job.budget, job.metric).trials
 
 
 def _new_tuner(job: SweepJob, run_dir: Path, trainable: Any, samples: int, progress: bool) -> tune.Tuner:
@@ -154,7 +160,7 @@ def _new_tuner(job: SweepJob, run_dir: Path, trainable: Any, samples: int, progr
             name=EXPERIMENT_DIR,
             storage_path=str(run_dir),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            callbacks=[SweepRecorder(run_dir, job.budget, job.trials, progress)],
+            callbacks=[SweepRecorder(run_dir, job.budget, job.trials, progress, job.metric)],
             verbose=0,
         ),
     )

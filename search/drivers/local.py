@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.metric import ACCURACY, MetricSpec
 from search.archive import ARCHIVE_FILE, Trial, TrialArchive
 from search.budget_repair import BudgetRepair
 from search.drivers.base import Driver, PreparedRun
@@ -16,14 +17,15 @@ from search.searchers import SEARCHERS, Finished
 from search.seeds import run_seeds
 
 
-def best_text(trials: list[Trial]) -> str:
-    """The progress bar's note: the most accurate feasible candidate so far."""
+def best_text(trials: list[Trial], metric: MetricSpec = ACCURACY) -> str:
+    """The progress bar's note: the best-scoring feasible candidate so far."""
     feasible = [t for t in trials if t.feasible]
     if not feasible:
         return "no feasible candidate yet"
     best = max(feasible, key=lambda t: (t.result.val_accuracy, -t.result.size_bytes))
     r = best.result
-    return f"best: acc={r.val_accuracy:.4f} size={r.size_bytes / 1e3:.1f}KB lat={r.latency_ms:.1f}ms"
+    name = "acc" if metric.name == "accuracy" else metric.name
+    return f"best: {name}={metric.value(r.val_accuracy):.4f} size={r.size_bytes / 1e3:.1f}KB lat={r.latency_ms:.1f}ms"
 
 
 class LocalDriver(Driver):
@@ -40,7 +42,7 @@ class LocalDriver(Driver):
     def search(self, prepared: PreparedRun, run_dir: Path, progress: bool) -> list[Trial]:
         """Replays trials.csv into the evaluator and searcher, then asks, evaluates and tells up to the total."""
         config = prepared.config
-        archive = TrialArchive(run_dir / ARCHIVE_FILE, config.budget)
+        archive = TrialArchive(run_dir / ARCHIVE_FILE, config.budget, prepared.task.metric_spec)
         for trial in archive.trials:
             prepared.evaluator.remember(trial.policy, trial.result)
         searcher = SEARCHERS[config.searcher](
@@ -64,7 +66,7 @@ class LocalDriver(Driver):
         remaining = max(0, config.trials - len(archive.trials))
         bar = tqdm(total=config.trials, initial=len(archive.trials), desc="search", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
-        bar.set_postfix_str(best_text(archive.trials))
+        bar.set_postfix_str(best_text(archive.trials, archive.metric))
         try:
             for _ in range(remaining):
                 proposal = searcher.ask()
@@ -76,7 +78,7 @@ class LocalDriver(Driver):
                 archive.append(config.searcher, policy, result)
                 searcher.tell(proposal, result)
                 bar.update(1)
-                bar.set_postfix_str(best_text(archive.trials))
+                bar.set_postfix_str(best_text(archive.trials, archive.metric))
         finally:
             bar.close()
             searcher.close()

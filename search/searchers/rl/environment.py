@@ -325,8 +325,9 @@ class CompressEnv(gym.Env):
     def reference(self) -> Reference:
         """The uncompressed model, for the reward (its accuracy is measured once, when needed)."""
         if not self._reference_done:
-            accuracy = self.evaluator.evaluate(Policy()).val_accuracy
-            self._reference = Reference(accuracy=min(max(accuracy, 1e-6), 1.0), macs=self._reference.macs)
+            score = self.evaluator.evaluate(Policy()).val_accuracy
+            score = score if abs(score) >= 1e-6 else 1e-6  # a chance-level model of zero accuracy
+            self._reference = Reference(accuracy=score, macs=self._reference.macs)
             self._reference_done = True
         return self._reference
 

@@ -24,13 +24,14 @@ class Reference:
     """What a reward may compare against: the uncompressed model."""
 
     accuracy: float = 1.0
-    """Validation accuracy of the uncompressed model (1.0 when unknown)."""
+    """Validation score of the uncompressed model (its accuracy, or minus a lower-is-better metric; 1.0 when
+    unknown)."""
     macs: int = 0
     """MACs per sample of the uncompressed model (0 when unknown)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.accuracy <= 1.0 or self.macs < 0:
-            raise ValueError("reference accuracy must be in (0, 1] and macs >= 0")
+        if not (math.isfinite(self.accuracy) and self.accuracy != 0.0) or self.macs < 0:
+            raise ValueError("the reference score must be finite and non-zero, and macs >= 0")
 
 
 def negative_error(result: Result, reference: Reference) -> float:
@@ -45,8 +46,9 @@ def error_log_macs(result: Result, reference: Reference) -> float:
 
 
 def relative_accuracy(result: Result, reference: Reference) -> float:
-    """Accuracy relative to the original model, minus one (0 = no loss; HAQ's reward up to scale)."""
-    return result.val_accuracy / reference.accuracy - 1.0
+    """Score relative to the original model's: ``(score - reference) / |reference|`` (0 = no loss; for accuracy,
+    ``accuracy / reference - 1``, HAQ's reward up to scale)."""
+    return (result.val_accuracy - reference.accuracy) / abs(reference.accuracy)
 
 
 RewardFn = Callable[[Result, Reference], float]
