@@ -87,3 +87,20 @@ def test_runtime_column_is_kept_and_earlier_archives_without_it_still_load(tmp_p
     again = TrialArchive(earlier, BUDGET)
     assert len(again.trials) == 1 and again.trials[0].result.runtime == "" and again.trials[0].result.ok
     assert "runtime" in earlier.read_text().splitlines()[0].split(",")  # rewritten in the current format
+
+
+def test_a_lower_is_better_metric_is_written_as_its_value_and_read_back_as_its_score(tmp_path: Path) -> None:
+    import csv
+
+    from core.metric import MetricSpec
+
+    bpc = MetricSpec("bpc", False)
+    path = tmp_path / "trials.csv"
+    archive = TrialArchive(path, BUDGET, bpc)
+    archive.append("random", _policy(0.1), Result(val_accuracy=-2.25, size_bytes=900, latency_ms=5.0,
+                                                  screen_accuracy=-2.5))
+    with open(path, newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert "val_accuracy" not in row and float(row["val_bpc"]) == 2.25 and float(row["screen_bpc"]) == 2.5
+    (trial,) = TrialArchive(path, BUDGET, bpc).trials
+    assert (trial.result.val_accuracy, trial.result.screen_accuracy) == (-2.25, -2.5)

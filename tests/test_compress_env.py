@@ -149,6 +149,10 @@ def test_rewards_and_penalties() -> None:
     assert terminal_reward("error", good, reference, 0.0) == pytest.approx(-0.1)
     assert terminal_reward("error_log_macs", good, reference, 0.0) == pytest.approx(-0.1 * 3 / 4)
     assert terminal_reward("relative_accuracy", good, reference, 0.0) == pytest.approx(0.9 / 0.95 - 1)
+    bpc_reference = Reference(accuracy=-2.0)  # scores of a lower-is-better metric are negative
+    worse, better = Result(val_accuracy=-2.2, size_bytes=10), Result(val_accuracy=-1.9, size_bytes=10)
+    assert terminal_reward("relative_accuracy", worse, bpc_reference, 0.0) == pytest.approx(-0.1)
+    assert terminal_reward("relative_accuracy", better, bpc_reference, 0.0) == pytest.approx(0.05)
     assert terminal_reward("error", good, reference, 0.5) < min(terminal_reward(n, good, reference, 0) for n in REWARDS)
     assert terminal_reward("error", Result.failed("boom"), reference, 0.0) == FAILED_REWARD
     with pytest.raises(ValueError, match="unknown reward"):

@@ -59,3 +59,24 @@ def test_pareto_csv_and_table_name_each_model_runtime(tmp_path) -> None:  # noqa
     assert "| runtime |" in table[0] and "| onnxruntime-int8 |" in table[3]
     assert len({line.count("|") for line in table}) == 1
     assert "runtime" not in pareto_table([models[0]])  # one runtime: no column
+
+
+def test_pareto_csv_and_table_show_a_lower_is_better_metric_under_its_name(tmp_path) -> None:  # noqa: ANN001
+    import csv
+
+    from core.metric import MetricSpec
+    from core.policy import LayerChoice, Policy
+    from search.export import ExportedModel, write_pareto_csv
+    from search.report import pareto_table
+
+    bpc = MetricSpec("bpc", False)
+    model = ExportedModel(rank=0, model_file="models/m0.acz", trial=0, policy=Policy.from_choices(
+        {"fc": LayerChoice(0.5, 4)}), search_val_accuracy=-2.5, val_accuracy=-2.25, test_accuracy=-2.125,
+        size_bytes=1000, latency_ms=1.0, latency_spread_ms=0.1, predicted_latency_ms=None, macs=10, params=10,
+        compression_ratio=4.0, metric=bpc)
+    write_pareto_csv(tmp_path / "pareto.csv", [model], bpc)
+    with open(tmp_path / "pareto.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (float(row["test_bpc"]), float(row["val_bpc"]), float(row["search_val_bpc"])) == (2.125, 2.25, 2.5)
+    table = pareto_table([model]).splitlines()
+    assert "| test bpc | val bpc |" in table[0] and "| 2.1250 | 2.2500 |" in table[2]
