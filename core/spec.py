@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 LAYER_SPEC_KINDS: tuple[str, ...] = ("conv", "depthwise", "linear", "embedding", "recurrent", "attention")
@@ -46,3 +47,29 @@ class LayerSpec:
     def weight_tensors(self) -> tuple[tuple[int, int], ...]:
         """``(elements, rows)`` of each compressible weight tensor (see :attr:`tensors`)."""
         return self.tensors or ((self.params, self.out_channels),)
+
+
+class SampleShape(tuple):
+    """One input sample's shape (a tuple of sizes), and for inputs that are indices (token ids) their range.
+
+    ``vocab == 0``: float inputs. ``vocab > 0``: int64 indices in ``[0, vocab)``, so that example and timing
+    batches of the right dtype and range can be built from the shape alone (:func:`as_shape` keeps it).
+    """
+
+    vocab: int
+
+    def __new__(cls, dims: Iterable[int], vocab: int = 0) -> SampleShape:
+        shape = super().__new__(cls, (int(d) for d in dims))
+        shape.vocab = int(vocab)
+        return shape
+
+    def __reduce__(self) -> tuple[type[SampleShape], tuple[tuple[int, ...], int]]:
+        return SampleShape, (tuple(self), self.vocab)
+
+    def __repr__(self) -> str:
+        return f"SampleShape({tuple(self)!r}, vocab={self.vocab})" if self.vocab else repr(tuple(self))
+
+
+def as_shape(value: Iterable[int]) -> SampleShape:
+    """``value`` as a :class:`SampleShape` (its ``vocab`` kept when it has one; float inputs otherwise)."""
+    return value if isinstance(value, SampleShape) else SampleShape(value, getattr(value, "vocab", 0))

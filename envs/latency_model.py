@@ -35,6 +35,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from core.spec import as_shape
 from envs.profile import DeviceProfile
 from envs.timing import measure_latency, time_forward
 from methods.discovery import trace_layers
@@ -239,7 +240,7 @@ class LatencyPredictor:
     def __init__(self, table: LatencyTable, overhead: Overhead, input_shape: Sequence[int]):
         self.table = table
         self.overhead = overhead
-        self.input_shape = tuple(input_shape)
+        self.input_shape = as_shape(input_shape)
 
     def __call__(self, model: nn.Module) -> float:
         """Predicted latency in milliseconds; layers not yet in the table are profiled and saved."""
@@ -286,7 +287,7 @@ def build_predictor(
     """
     from methods.structured import prune_channels  # local: structured pruning pulls in torch-pruning
 
-    shape = tuple(device.input_shape or input_shape)
+    shape = as_shape(device.input_shape or input_shape)
     table = LatencyTable.for_device(device, cache_dir)
     overhead = table.overheads.get(architecture_digest(layer_calls(model, shape, table.precision)))
     if overhead is None:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.spec import as_shape
 from envs.profile import DeviceProfile
+from methods.examples import random_batch
 
 MIN_ROUNDS = 3
 """Rounds of every measurement."""
@@ -121,8 +123,8 @@ def measure_paired(model: nn.Module, reference: nn.Module, input_shape: Sequence
 
 def example_input(input_shape: Sequence[int], device: DeviceProfile) -> torch.Tensor:
     """The fixed random batch every measurement times: the profile's batch and input shape (else ``input_shape``)."""
-    shape = device.input_shape or tuple(input_shape)
-    return torch.randn(device.batch, *shape, generator=torch.Generator().manual_seed(0))
+    shape = device.input_shape or as_shape(input_shape)
+    return random_batch(shape, device.batch, torch.Generator().manual_seed(0))
 
 
 def time_forward(model: nn.Module, example: torch.Tensor, device: DeviceProfile) -> float:

@@ -29,6 +29,7 @@ import cloudpickle
 import torch
 from torch import nn
 
+from core.spec import as_shape
 from envs.profile import DeviceProfile
 from envs.runtimes import RuntimeConversionError, runnable_for
 from envs.timing import Latency, Paired, allocator_env, allocator_text, measure, measure_paired
@@ -90,7 +91,7 @@ class TimingWorker:
         process = self._ensure_started()
         _ship_user_code(model)
         first = not self._inputs_sent
-        request = (model, tuple(input_shape), device, self.calibration if first else None,
+        request = (model, as_shape(input_shape), device, self.calibration if first else None,
                    self.reference if first else None, paired)
         try:
             _write_frame(process.stdin, cloudpickle.dumps(request))
@@ -153,7 +154,7 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             else:
                 if reference is None:
                     raise ValueError("no reference model was sent")
-                key = (device.runtime, tuple(input_shape))
+                key = (device.runtime, as_shape(input_shape), as_shape(input_shape).vocab)
                 if key not in converted:
                     converted[key] = runnable_for(reference, device, input_shape, calibration)
                 answer = ("ok", measure_paired(runnable, converted[key], input_shape, device, paired))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.spec import LayerSpec
+from methods.examples import zeros_batch
 from methods.layer_kinds import LayerKind, kind_of, weight_of
 
 
@@ -68,7 +69,7 @@ def trace_layers(
     model.eval()
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, *input_shape))
+            model(zeros_batch(input_shape))
     finally:
         for handle in handles:
             handle.remove()

@@ -46,6 +46,8 @@ class Metric(ABC):
 
     spec: ClassVar[MetricSpec]
     """Name and direction."""
+    float_targets: ClassVar[bool] = False
+    """Whether it scores float targets (regression) rather than integer class labels."""
 
     @abstractmethod
     def batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
@@ -77,6 +79,7 @@ class MeanSquaredError(Metric):
     """Mean squared error of float outputs against float targets of the same shape."""
 
     spec = MetricSpec("mse", False, "mean squared error")
+    float_targets = True
 
     def batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
         """Summed squared error and elements."""

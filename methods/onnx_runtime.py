@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from core.errors import first_line
+from core.spec import as_shape
+from methods.examples import zeros_batch
 
 OPSET = 17
 INPUT, OUTPUT = "input", "output"
@@ -85,7 +87,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         torch.backends.mha.set_fastpath_enabled(False)  # fused attention/encoder kernels have no ONNX export
         try:
             torch.onnx.export(
-                model, (torch.zeros(1, *input_shape),), buffer, dynamo=False, opset_version=OPSET,
+                model, (zeros_batch(input_shape),), buffer, dynamo=False, opset_version=OPSET,
                 input_names=[INPUT], output_names=[OUTPUT],
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             )
@@ -144,7 +146,7 @@ def to_onnx_runtime(
     Raises:
         OnnxConversionError: when the model cannot be exported or quantized.
     """
-    onnx_bytes = export_onnx(model, tuple(input_shape))
+    onnx_bytes = export_onnx(model, as_shape(input_shape))
     if calibration is not None:
         onnx_bytes = quantize_onnx(onnx_bytes, calibration)
     return OnnxRuntimeModel(onnx_bytes, threads)

@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
+from core.spec import SampleShape, as_shape
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
 from methods.layer_kinds import weight_keys, weight_of
 from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
@@ -195,6 +196,7 @@ def compress(
         "format": PACKED_MODEL_FORMAT,
         "source": dict(source),
         "input_shape": [int(d) for d in input_shape],
+        **({"input_vocab": as_shape(input_shape).vocab} if as_shape(input_shape).vocab else {}),
         "policy": policy.to_dict(),
         "history": history,
     }
@@ -243,7 +245,7 @@ def replay_structure(architecture: nn.Module, meta: Mapping[str, Any]) -> nn.Mod
     """
     history = history_of(dict(meta))
     if history:
-        input_shape = _checked_input_shape(meta.get("input_shape"))
+        input_shape = input_shape_of(meta)
         _check_history(architecture, history)
         try:
             replay_pruning(architecture, input_shape, history)
@@ -268,7 +270,12 @@ def input_shape_of(meta: Mapping[str, Any]) -> tuple[int, ...]:
     Raises:
         UsageError: when it is not 1-4 positive sizes of at most ``MAX_INPUT_ELEMENTS`` elements.
     """
-    return _checked_input_shape(meta.get("input_shape"))
+    shape = _checked_input_shape(meta.get("input_shape"))
+    vocab = meta.get("input_vocab", 0)
+    if type(vocab) is not int or not 0 <= vocab <= MAX_INPUT_ELEMENTS:
+        raise _unfit(f"its input vocabulary {str(vocab)[:40]} is not an index range of at most "
+                     f"{MAX_INPUT_ELEMENTS}")
+    return SampleShape(shape, vocab)
 
 
 def _checked_input_shape(value: Any) -> tuple[int, ...]:

@@ -39,6 +39,7 @@ from torch import nn
 
 from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
+from methods.examples import random_batch, zeros_batch
 from methods.layer_kinds import Channels, CompressibleWeight, kind_of, weight_of
 from methods.objective import task_loss
 
@@ -91,7 +92,7 @@ def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     try:
         with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # layers it cannot prune
-            return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape))
+            return tp.DependencyGraph().build_dependency(model, example_inputs=zeros_batch(input_shape))
     except Exception as exc:  # noqa: BLE001 - tracing a user's model can fail in many ways
         raise UsageError(f"cannot trace the model's channel dependencies ({exc}); disable channel pruning") from exc
     finally:
@@ -371,7 +372,7 @@ def prune_channels(
     if all(ratio >= 1.0 for ratio in keep.values()):
         return []
     graph = _graph(model, input_shape)
-    example = torch.randn(CHECK_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
+    example = random_batch(input_shape, CHECK_BATCH, torch.Generator().manual_seed(0))
     scorer = criterion.scorer()
     with _kept_flags(model), _gradients(model, data if criterion.needs_data else None), torch.no_grad():
         model.eval()

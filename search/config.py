@@ -34,6 +34,8 @@ class SearchConfig:
     """State-dict file for the user model (loaded with weights_only=True)."""
     data: str | None = None
     """User data factory returning (train, val, test) datasets."""
+    metric: str | None = None
+    """The metric to score by (``accuracy``, ``bpc``, ``mse``); default: the task's, or by the targets' dtype."""
     budget_mb: str | None = None
     """Size budget of the packed file: 5, 5MB, 512KB, 5MiB (bare numbers are MB)."""
     target_latency: str | None = None

@@ -20,6 +20,7 @@ from torch import nn
 from core.errors import UsageError
 from envs.runtimes import RUNTIMES, RuntimeConversionError
 from envs.tasks import TASK_NAMES, build_architecture
+from methods.examples import zeros_batch
 from methods.packing import Header, PackFormatError, read_header, unpack
 from methods.pipeline import input_shape_of, replay_structure
 
@@ -100,7 +101,7 @@ def runnable_model(
         raise UsageError(f"{path} runs on {name!r}, which sets int8 activation ranges from representative inputs: "
                          "give calibration=<a batch of them>")
     shape = input_shape_of(header.meta)
-    example = calibration if calibration is not None else torch.zeros(1, *shape)
+    example = calibration if calibration is not None else zeros_batch(shape)
     try:
         return engine.convert(fp32, shape, threads or torch.get_num_threads(), example)
     except RuntimeConversionError as exc:

@@ -41,7 +41,8 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
         UsageError: for bad input, including a size budget or latency target the search space cannot reach.
     """
     device = load_device(config.device)
-    task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress)
+    task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress,
+                     metric=config.metric)
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator)
     try:
         evaluator.runnable(task.model)

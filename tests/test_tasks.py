@@ -209,7 +209,7 @@ def test_bad_weights(tmp_path: Path) -> None:
     ("data", "match"),
     [
         (f"{DATA}:two_splits", "returned 2 items; it must return a \\(train, val, test\\)"),
-        (f"{DATA}:bad_samples", "train split, sample 0 is not an \\(input tensor, int label\\)"),
+        (f"{DATA}:bad_samples", "train split, sample 0 is not an \\(input tensor, target\\) pair"),
         (f"{DATA}:ragged", "different input shapes"),
         (f"{DATA}:empty_test", "test split, is empty"),
         (f"{DATA}:missing", "'missing' is not defined"),

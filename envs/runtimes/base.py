@@ -18,6 +18,7 @@ from torch import nn
 
 from core.errors import first_line
 from core.registry import Registry
+from core.spec import as_shape
 
 Timer = Callable[[nn.Module, torch.Tensor], float]
 """Milliseconds of one forward pass of a module on an input, as the device profile times it."""
@@ -68,7 +69,7 @@ class Runtime(ABC):
                 f"runtime {self.name!r} cannot run the model: {elsewhere[0]!r} is on {elsewhere[1]}, not the CPU"
             )
         try:
-            return self.build(model, tuple(int(d) for d in input_shape), threads, calibration)
+            return self.build(model, as_shape(input_shape), threads, calibration)
         except self.refuses as exc:
             raise RuntimeConversionError(f"runtime {self.name!r} cannot run the model: {first_line(exc)}") from exc
 

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
+from core.spec import SampleShape
 
 MNIST_MEAN = 0.1307
 """Mean of MNIST pixels scaled to [0, 1]."""
@@ -26,7 +27,7 @@ SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 """Names of the three splits, in order."""
 
 Splits = tuple[TensorDataset, TensorDataset, TensorDataset]
-"""(train, val, test) datasets of (float32 inputs, int64 labels)."""
+"""(train, val, test) datasets of (inputs, targets): float32 or int64 (token ids) inputs, int64 or float32 targets."""
 
 
 def normalize_mnist(pixels: np.ndarray) -> torch.Tensor:
@@ -86,41 +87,52 @@ def data_fingerprint(splits: Splits) -> str:
     return digest.hexdigest()[:16]
 
 
-def _label(value: object) -> int | None:
+def _target(value: object) -> torch.Tensor | None:
+    """A sample's target as a tensor: an int label, or a tensor (int targets per position, float targets)."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
-            return None
-        return int(value.item())
+        return None if value.dtype == torch.bool or value.is_complex() else value.detach()
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
-        return int(value)
+        return torch.tensor(int(value), dtype=torch.int64)
+    if isinstance(value, (float, np.floating)):
+        return torch.tensor(float(value), dtype=torch.float32)
     return None
 
 
+def _cast(tensor: torch.Tensor) -> torch.Tensor | None:
+    """int64 for integer tensors (labels, token ids), float32 for float ones; ``None`` for anything else."""
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        return None
+    return tensor.to(torch.float32 if tensor.dtype.is_floating_point else torch.int64)
+
+
 def _fast_path(dataset: object) -> TensorDataset | None:
-    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2:
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2 or len(dataset.tensors[1]) == 0:
         return None
-    x, y = dataset.tensors
-    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or len(y) == 0:
+    x, y = (_cast(t.detach()) for t in dataset.tensors)
+    if x is None or y is None:
         return None
-    return TensorDataset(x.detach().to(torch.float32).clone(), y.detach().to(torch.int64).clone())
+    return TensorDataset(x.clone(), y.clone())
 
 
 def materialize(dataset: object, where: str) -> TensorDataset:
-    """Stack a map-style dataset of ``(input tensor, int label)`` into a ``TensorDataset``.
+    """Stack a map-style dataset of ``(input tensor, target)`` samples into a ``TensorDataset``.
+
+    Inputs stay integer (token ids, as int64) or become float32; a target is an int class label, an int tensor
+    (a label per position, e.g. the next character of every position) or float values (regression).
 
     Args:
-        dataset: Anything with ``__len__`` and ``__getitem__`` returning (tensor, int).
+        dataset: Anything with ``__len__`` and ``__getitem__`` returning (tensor, target).
         where: Description used in error messages, e.g. ``"data factory 'd.py:f', train"``.
 
     Returns:
-        A ``TensorDataset`` of (float32 inputs, int64 labels).
+        A ``TensorDataset`` of (inputs, int64 or float32 targets).
 
     Raises:
         UsageError: Not a dataset, empty, bad samples, negative labels or ragged shapes.
     """
     fast = _fast_path(dataset)
     if fast is not None:
-        inputs, labels = fast.tensors
+        inputs, targets = fast.tensors
     else:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise UsageError(
@@ -128,29 +140,33 @@ def materialize(dataset: object, where: str) -> TensorDataset:
                 "Datasets (with __len__ and __getitem__)"
             )
         xs: list[torch.Tensor] = []
-        ys: list[int] = []
+        ys: list[torch.Tensor] = []
         for i in range(len(dataset)):
             sample = dataset[i]
             ok = isinstance(sample, (tuple, list)) and len(sample) == 2
-            label = _label(sample[1]) if ok else None
-            if not ok or not isinstance(sample[0], torch.Tensor) or label is None:
+            target = _target(sample[1]) if ok else None
+            x = _cast(sample[0].detach()) if ok and isinstance(sample[0], torch.Tensor) else None
+            if x is None or target is None:
                 raise UsageError(
-                    f"{where} sample {i} is not an (input tensor, int label) pair; make "
-                    "__getitem__ return (torch.Tensor, int)"
+                    f"{where} sample {i} is not an (input tensor, target) pair; make __getitem__ return "
+                    "(torch.Tensor, int label) or (torch.Tensor, target tensor)"
                 )
-            if xs and sample[0].shape != xs[0].shape:
-                raise UsageError(
-                    f"{where} sample {i} has input shape {tuple(sample[0].shape)} but sample "
-                    f"0 has {tuple(xs[0].shape)}; all inputs must have the same shape"
-                )
-            xs.append(sample[0].detach().to(torch.float32))
-            ys.append(label)
+            for name, value, first in (("input", x, xs), ("target", target, ys)):
+                if first and (value.shape != first[0].shape or value.dtype != first[0].dtype):
+                    raise UsageError(
+                        f"{where} sample {i} has {name} {tuple(value.shape)} {value.dtype} but sample 0 has "
+                        f"{tuple(first[0].shape)} {first[0].dtype}; all samples must have one shape and dtype"
+                    )
+            xs.append(x)
+            ys.append(_cast(target))
         if not xs:
             raise UsageError(f"{where} is empty; every split needs at least one sample")
-        inputs, labels = torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
-    if int(labels.min()) < 0:
-        raise UsageError(f"{where} has negative label {int(labels.min())}; use labels 0..C-1")
-    return TensorDataset(inputs, labels)
+        inputs, targets = torch.stack(xs), torch.stack(ys)
+    if not targets.dtype.is_floating_point and int(targets.min()) < 0:
+        raise UsageError(f"{where} has negative label {int(targets.min())}; use labels 0..C-1")
+    if not inputs.dtype.is_floating_point and int(inputs.min()) < 0:
+        raise UsageError(f"{where} has a negative index input {int(inputs.min())}; token ids must be >= 0")
+    return TensorDataset(inputs, targets)
 
 
 def materialize_splits(result: object, where: str) -> Splits:
@@ -163,9 +179,17 @@ def materialize_splits(result: object, where: str) -> Splits:
         got = f"{len(result)} items" if isinstance(result, Sequence) else type(result).__name__
         raise UsageError(f"{where} returned {got}; it must return a (train, val, test) tuple of 3 datasets")
     train, val, test = (materialize(d, f"{where}, {name} split,") for d, name in zip(result, SPLIT_NAMES, strict=True))
-    shapes = [tuple(d.tensors[0].shape[1:]) for d in (train, val, test)]
+    shapes = [(tuple(d.tensors[0].shape[1:]), d.tensors[0].dtype) for d in (train, val, test)]
     if len(set(shapes)) != 1:
         raise UsageError(
-            f"{where} returned splits with different input shapes {shapes}; all splits must share one sample shape"
+            f"{where} returned splits with different input shapes or dtypes {[(s, str(d)) for s, d in shapes]}; "
+            "all splits must share one sample shape and dtype"
         )
     return train, val, test
+
+
+def sample_shape(splits: Splits) -> SampleShape:
+    """One input sample's shape; for integer inputs (token ids) with the index range the data uses."""
+    inputs = splits[0].tensors[0]
+    vocab = 0 if inputs.dtype.is_floating_point else 1 + max(int(d.tensors[0].max()) for d in splits)
+    return SampleShape(inputs.shape[1:], vocab)

@@ -20,8 +20,9 @@ from torch.utils.data import TensorDataset
 from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
+from core.spec import SampleShape
 from envs.tasks import mobilenet, models
-from envs.tasks.data import Splits, data_fingerprint, mnist_splits
+from envs.tasks.data import Splits, data_fingerprint, mnist_splits, sample_shape
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
     build_user_model,
@@ -34,7 +35,7 @@ from envs.tasks.user import (
     read_state_dict,
     state_dict_problems,
 )
-from methods.objective import METRICS
+from methods.objective import METRICS, default_metric
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class TaskSpec:
     """Training recipe used when no weights are given."""
     description: str
     """One-line human-readable description."""
+    data: Callable[[], Splits] = mnist_splits
+    """The task's (train, val, test) splits."""
+    metric: str = "accuracy"
+    """The metric it is scored by (:data:`methods.objective.METRICS`)."""
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -99,10 +104,10 @@ class Task:
     """Validation split."""
     test: TensorDataset
     """Test split."""
-    input_shape: tuple[int, ...]
-    """Shape of one input sample, e.g. ``(1, 28, 28)``."""
+    input_shape: SampleShape
+    """Shape of one input sample, e.g. ``(1, 28, 28)``; for token-id inputs with their range (``vocab``)."""
     num_classes: int
-    """Number of model outputs (classes)."""
+    """Number of classes the model scores (0 for float targets)."""
     source: dict[str, str]
     """JSON-able recipe for ``build_architecture``: ``{"task": ...}`` or ``{"model": ...}``."""
     recipe: TrainRecipe
@@ -224,6 +229,7 @@ def load_task(
     data: str | None = None,
     cache_dir: Path | None = None,
     progress: bool = False,
+    metric: str | None = None,
 ) -> Task:
     """Build a ready-to-compress ``Task``: a trained model plus its data.
 
@@ -235,20 +241,25 @@ def load_task(
             MNIST-5k when None.
         cache_dir: Weight cache directory (default ``default_cache_dir()``).
         progress: Show a training progress bar.
+        metric: The metric to score by, a name in :data:`methods.objective.METRICS`; default: the built-in
+            task's, else ``accuracy`` for integer targets and ``mse`` for float targets.
 
     Raises:
         UsageError: Any problem with the task name, factories, weights or data.
     """
     if model is None:
         name = task if task is not None else DEFAULT_TASK
-        recipe = _builtin(name).recipe
+        recipe, builtin_data = _builtin(name).recipe, _builtin(name).data
+        metric = metric or _builtin(name).metric
         source = {"task": name}
         code = hashlib.sha256(Path(inspect.getfile(_builtin(name).factory)).read_bytes()).hexdigest()[:16]
     else:
         ref = parse_factory(model, "model")
         name, recipe, source = f"user:{ref.display}", USER_RECIPE, {"model": ref.source}
         code = code_fingerprint(ref)
-    splits = load_user_data(data) if data is not None else mnist_splits()
+        builtin_data = mnist_splits
+    splits = load_user_data(data) if data is not None else builtin_data()
+    metric = _checked_metric(metric or default_metric(splits[0].tensors[1]), splits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)  # deterministic initial weights
         net = build_architecture(source)
@@ -265,8 +276,21 @@ def load_task(
         train=train,
         val=val,
         test=test,
-        input_shape=tuple(int(s) for s in train.tensors[0].shape[1:]),
+        input_shape=sample_shape(splits),
         num_classes=num_classes,
         source=source,
         recipe=recipe,
+        metric=metric,
     )
+
+
+def _checked_metric(name: str, splits: Splits) -> str:
+    """``name`` when it is a registered metric that can score the splits' targets."""
+    if name not in METRICS.names():
+        raise UsageError(f"unknown metric {name!r}; choose one of {', '.join(METRICS.names())}")
+    floats = splits[0].tensors[1].dtype.is_floating_point
+    if METRICS[name].float_targets != floats:
+        kind = "float (regression)" if floats else "integer (class label)"
+        fitting = [other for other, metric in METRICS.items() if metric.float_targets == floats]
+        raise UsageError(f"metric {name!r} cannot score {kind} targets; use {' or '.join(fitting)}")
+    return name

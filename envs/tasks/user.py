@@ -266,13 +266,16 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
 
 
 def check_fit(model: nn.Module, splits: Splits, sample_count: int = 8) -> int:
-    """Run a small batch through ``model`` and return its number of output classes.
+    """Run a small batch through ``model`` and return its number of output classes (0 for float targets).
+
+    Integer targets need class scores in the outputs' last dim: ``(N, C)`` logits for ``(N,)`` labels, or
+    ``(N, T, C)`` for a label per position ``(N, T)``; float targets need outputs of their shape.
 
     Raises:
-        UsageError: The forward pass fails, the output is not ``(N, C)`` logits, or
-            ``C`` is not larger than the largest label.
+        UsageError: The forward pass fails, the outputs do not fit the targets, or ``C`` is not larger than the
+            largest label.
     """
-    inputs = splits[0].tensors[0][:sample_count]
+    inputs, targets = splits[0].tensors[0][:sample_count], splits[0].tensors[1][:sample_count]
     batch = tuple(inputs.shape)
     was_training = model.training
     model.eval()
@@ -287,10 +290,19 @@ def check_fit(model: nn.Module, splits: Splits, sample_count: int = 8) -> int:
     finally:
         model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(inputs):
-        raise UsageError(f"the model returned {shape} for a batch of shape {batch}; it must return (N, C) class logits")
+    wanted = tuple(targets.shape)
+    if targets.dtype.is_floating_point:
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted:
+            raise UsageError(
+                f"the model returned {shape} for a batch of shape {batch} but the targets are float {wanted}; "
+                "a regression model must return outputs of the targets' shape"
+            )
+        return 0
+    if not isinstance(out, torch.Tensor) or out.dim() != targets.dim() + 1 or tuple(out.shape[:-1]) != wanted:
+        expected = "(N, C) class logits" if targets.dim() == 1 else f"class scores of shape {wanted} + (C,)"
+        raise UsageError(f"the model returned {shape} for a batch of shape {batch}; it must return {expected}")
     max_label = max(int(d.tensors[1].max()) for d in splits)
-    classes = int(out.shape[1])
+    classes = int(out.shape[-1])
     if classes <= max_label:
         raise UsageError(
             f"the model outputs {classes} classes but the data has label {max_label}; "
