@@ -21,8 +21,9 @@ from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
-from envs.tasks import mobilenet, models
+from envs.tasks import charlstm, mobilenet, models
 from envs.tasks.data import Splits, data_fingerprint, mnist_splits, sample_shape
+from envs.tasks.text import text_splits
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
     build_user_model,
@@ -79,6 +80,14 @@ TASKS: dict[str, TaskSpec] = {
         mobilenet.MobileNetV2,
         TrainRecipe(epochs=8, lr=2e-3, batch_size=32, schedule="cosine"),
         "MobileNetV2 (inverted residuals, depthwise convs, 193k params, ~0.8 MB fp32) on MNIST-5k",
+    ),
+    "charlstm": TaskSpec(
+        charlstm.CharLSTM,
+        TrainRecipe(epochs=8, lr=3e-3, batch_size=64, schedule="cosine"),
+        "character-level LSTM language model (embedding 32, LSTM 256) on Python standard-library text, "
+        "scored in bits per character",
+        data=text_splits,
+        metric="bpc",
     ),
 }
 """Registry of built-in tasks, by name."""
