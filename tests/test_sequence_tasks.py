@@ -17,7 +17,8 @@ from envs.tasks.text import ALPHABET, SEQUENCE, TEXT_SPLIT_SIZES, decode, text_s
 from envs.tasks.user import check_fit
 from methods.discovery import discover_layers
 from methods.examples import random_batch, zeros_batch
-from methods.pipeline import compress, decode as decode_packed, input_shape_of
+from methods.pipeline import compress, input_shape_of
+from methods.pipeline import decode as decode_packed
 
 
 def test_text_splits_are_reproducible_disjoint_and_shifted_by_one() -> None:
