@@ -115,7 +115,8 @@ def searched_rows(screened: Evaluator, seed: int, divisor: int, budget: int, arg
     metric = screened.task.metric_spec
     # ExportSettings, not a mapping: a partial ``export`` mapping resets the fine-tune to FinetuneSettings' lr 1e-4
     outcome = run_search(task=args.task, out=runs / f"budget{divisor}-seed{seed}", searcher=SEARCHER,
-                         trials=args.trials, seed=seed, budget_mb=f"{budget}B", export=ExportSettings(finetune_epochs=args.epochs))
+                         trials=args.trials, seed=seed, budget_mb=f"{budget}B",
+                         export=ExportSettings(finetune_epochs=args.epochs))
     print(f"  search 1/{divisor} seed {seed}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
     feasible = [trial for trial in outcome.trials if trial.feasible]
     method = f"{SEARCHER}, {args.trials} trials: best by val before final fine-tune"
