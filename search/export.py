@@ -15,13 +15,16 @@ from core.policy import Policy
 from envs.evaluator import Evaluator, FinetuneKeys, check_exposed
 from envs.timing import Latency
 from methods.finetune import FinetuneSettings
+from methods.onnx_runtime import OnnxRuntimeModel, export_onnx
 from methods.packing import write_packed
+from methods.pipeline import CompressedModel
 from search.archive import Trial
 from search.pareto import non_dominated, spread_subset
 
 PARETO_COLUMNS = [
     "rank",
     "model_file",
+    "onnx_file",
     "test_accuracy",
     "val_accuracy",
     "search_val_accuracy",
@@ -67,6 +70,9 @@ class ExportSettings:
     cubic sparsity schedule). Its steps come from ``finetune_epochs`` and its seed from the run's."""
     max_models: int = 5
     """Most models exported (spread along the front, the most accurate always included)."""
+    onnx: bool = False
+    """Also write each exported model as an ONNX file (``models/*.onnx``): the int8 graph for an ONNX Runtime
+    int8 model, else the fp32 graph with the pruned shapes and the stored (decoded) weights."""
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0 or self.max_models < 1:
@@ -113,6 +119,8 @@ class ExportedModel:
     """fp32 bytes of the original weights (params x 4) / packed bytes."""
     runtime: str = ""
     """Runtime the model was measured on (recorded in its file's header; see ``search.runnable_model``)."""
+    onnx_file: str = ""
+    """Path of its ONNX file relative to the run folder (with ``export.onnx``; empty otherwise)."""
     metric: MetricSpec = ACCURACY
     """The task's metric; the ``*_accuracy`` fields hold its higher-is-better scores (:class:`MetricSpec`)."""
 
@@ -121,6 +129,7 @@ class ExportedModel:
         return {
             "rank": self.rank,
             "model_file": self.model_file,
+            "onnx_file": self.onnx_file,
             self.metric.column("test"): self.metric.value(self.test_accuracy),
             self.metric.column("val"): self.metric.value(self.val_accuracy),
             self.metric.column("search_val"): self.metric.value(self.search_val_accuracy),
@@ -234,8 +243,12 @@ def export_front(
             continue
         name = f"models/trial{trial.number:04d}-{trial.policy.digest()[:8]}{MODEL_SUFFIX}"
         write_packed(run_dir / name, compressed.blob)
-        exported.append((trial, name, result, test_accuracy, predicted))
-    exported.sort(key=lambda item: (item[2].size_bytes, -item[2].val_accuracy))
+        onnx_name = ""
+        if settings.onnx:
+            onnx_name = name.removesuffix(MODEL_SUFFIX) + ".onnx"
+            write_packed(run_dir / onnx_name, onnx_bytes(evaluator, compressed))
+        exported.append((trial, name, onnx_name, result, test_accuracy, predicted))
+    exported.sort(key=lambda item: (item[3].size_bytes, -item[3].val_accuracy))
     return [
         ExportedModel(
             rank=rank,
@@ -253,15 +266,24 @@ def export_front(
             params=result.params,
             compression_ratio=original_bytes / result.size_bytes,
             runtime=result.runtime,
+            onnx_file=onnx_name,
             metric=evaluator.task.metric_spec,
         )
-        for rank, (trial, name, result, test_accuracy, predicted) in enumerate(exported)
+        for rank, (trial, name, onnx_name, result, test_accuracy, predicted) in enumerate(exported)
     ], dropped
 
 
 def pareto_columns(metric: MetricSpec = ACCURACY) -> list[str]:
     """pareto.csv's columns: :data:`PARETO_COLUMNS` with the metric's own name (``test_bpc``) for ``accuracy``."""
     return [column.replace("accuracy", metric.name) for column in PARETO_COLUMNS]
+
+
+def onnx_bytes(evaluator: Evaluator, compressed: CompressedModel) -> bytes:
+    """The exported model as an ONNX file: the graph its ONNX Runtime runs, else the fp32 graph of the model."""
+    runnable = evaluator.runnable(compressed.model, evaluator.runtime_of(compressed))
+    if isinstance(runnable, OnnxRuntimeModel):
+        return runnable.onnx_bytes
+    return export_onnx(compressed.model, evaluator.task.input_shape)
 
 
 def write_pareto_csv(path: Path, models: Sequence[ExportedModel], metric: MetricSpec = ACCURACY) -> None:

@@ -87,3 +87,34 @@ def test_a_chosen_candidate_dropped_as_over_budget_is_replaced_by_the_most_accur
                                    spares=reserves(trials, chosen))
     assert [m.trial for m in models] == [1] and [d.trial for d in dropped] == [0]
     assert evaluator.fresh_calls == 2
+
+
+@pytest.mark.parametrize("runtime", [None, "onnxruntime-int8"])
+def test_export_writes_an_onnx_file_that_onnx_runtime_runs_with_the_reported_accuracy(
+    tmp_path: Path, runtime: str | None
+) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    device = DeviceProfile(name="test-onnx", runtimes=("torch", "onnxruntime-int8"), threads=1, batch=8, warmup=1,
+                           repeats=3)
+    task = load_task("lenet300")
+    evaluator = Evaluator(task, device)
+    policy = Policy.from_choices({"fc1": LayerChoice(0.5, 4), "fc2": LayerChoice(0.5, 4)}, runtime=runtime)
+    trial = Trial(0, "random", policy, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
+    try:
+        (model,), _ = export_front(evaluator, [trial], Budget(), tmp_path,
+                                   settings=ExportSettings(finetune_epochs=0, onnx=True), seed=0)
+    finally:
+        evaluator.close()
+    path = tmp_path / model.onnx_file
+    assert model.onnx_file.endswith(".onnx") and path.is_file()
+    graph = onnx.load(path).graph
+    quantized = any("Quant" in node.op_type or "Integer" in node.op_type for node in graph.node)
+    assert quantized == (runtime == "onnxruntime-int8")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs, labels = task.test.tensors
+    logits = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    accuracy = float((np.argmax(logits, axis=1) == labels.numpy()).mean())
+    assert abs(accuracy - model.test_accuracy) <= 0.002
