@@ -201,6 +201,7 @@ class Evaluator:
             finetune=finetune,
             train=self.task.train,
             teacher=self.task.model if finetune.distill_alpha > 0 else None,
+            loss=self.task.loss,
             saliency_data=TensorDataset(*(t[: self.settings.saliency_images] for t in self.task.train.tensors)),
         )
 
@@ -430,7 +431,7 @@ class Evaluator:
     def score(self, model: nn.Module, data: TensorDataset) -> float:
         """The task metric of ``model`` on ``data`` as a higher-is-better score (:meth:`core.metric.MetricSpec.score`:
         accuracy itself, minus bits per character); results and searchers hold scores."""
-        return self.task.metric_spec.score(evaluate(model, data, self.task.metric))
+        return self.task.metric_spec.score(evaluate(model, data, self.task.scorer))
 
     def test_accuracy(self, compressed: CompressedModel) -> float:
         """Test-split score of the compressed model as it runs on the device (report only; never searched on)."""

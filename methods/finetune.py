@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -63,11 +63,16 @@ class CodeSpec:
 
 
 def distillation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None, alpha: float, temperature: float
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    alpha: float,
+    temperature: float,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The task loss mixed with Hinton et al.'s soft-target loss: ``(1-a) CE + a T^2 KL(teacher || student)`` (the
     task loss alone for float targets)."""
-    hard = task_loss(logits, labels)
+    hard = (loss or task_loss)(logits, labels)
     if teacher_logits is None or alpha == 0.0 or labels.dtype.is_floating_point:
         return hard
     soft = soft_target_loss(logits, teacher_logits, temperature)
@@ -81,6 +86,7 @@ def masked_finetune(
     train: TensorDataset,
     settings: FinetuneSettings,
     teacher: nn.Module | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """Fine-tunes ``model`` in place; pruned weights stay zero and weights end on their code grid.
 
@@ -94,6 +100,7 @@ def masked_finetune(
         train: training split.
         settings: steps, learning rate, batch size, seed, distillation weight and temperature.
         teacher: the original model, for distillation (used when ``settings.distill_alpha`` > 0).
+        loss: the task's loss ``loss(outputs, targets)`` (default :func:`methods.objective.task_loss`).
     """
     if settings.steps == 0:
         return
@@ -121,14 +128,15 @@ def masked_finetune(
                 if teacher is not None and settings.distill_alpha > 0:
                     with torch.no_grad():
                         teacher_logits = teacher(inputs[idx])
-                loss = distillation_loss(
+                value = distillation_loss(
                     model(inputs[idx]),
                     labels[idx],
                     teacher_logits,
                     settings.distill_alpha,
                     settings.distill_temperature,
+                    loss,
                 )
-                loss.backward()
+                value.backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,6 +60,8 @@ class Refinement:
     """Original model whose soft targets the fine-tune distils (with ``finetune.distill_alpha`` > 0)."""
     saliency_data: TensorDataset | None = None
     """Training samples that score weights for the ``obd`` and ``taylor`` saliencies."""
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    """The fine-tune's loss (``None``: :func:`methods.objective.task_loss`)."""
 
 
 def pruning_schedule(rounds: int) -> list[float]:
@@ -109,7 +111,8 @@ def _iterative_pruning(
     for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
         masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
-        masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher)
+        masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
+                        loss=refinement.loss)
     return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
 
 
@@ -189,7 +192,8 @@ def compress(
             weight = weight_of(model, name)
             weight.copy_(stored_weight(weight, masks[name], choice.bits, choice.quantizer))
     if final_finetune.steps > 0:
-        masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher)
+        masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher,
+                        loss=refinement.loss)
     if refinement.calibration is not None:
         recalibrate_batchnorm(model, refinement.calibration)
     meta = {

@@ -27,7 +27,8 @@ class SearchConfig:
     """Everything a run needs; ``config.yaml`` in a run folder holds one."""
 
     task: str = DEFAULT_TASK
-    """Built-in task name (ignored when ``model`` is given)."""
+    """Built-in task name, or a task file ``FILE.py:factory`` returning an ``envs.tasks.TaskDefinition`` (ignored
+    when ``model`` is given)."""
     model: str | None = None
     """User model factory, ``FILE.py:factory`` or ``package.module:factory``."""
     weights: str | None = None
@@ -64,8 +65,9 @@ class SearchConfig:
     """Final fine-tune and export."""
 
     def __post_init__(self) -> None:
-        if self.model is None and self.task not in TASK_NAMES:
-            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}")
+        if self.model is None and self.task not in TASK_NAMES and ":" not in self.task:
+            raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}, "
+                             "or a task file FILE.py:factory")
         driver_for(self)  # an unknown searcher fails here
         if self.device not in list_devices():
             raise UsageError(f"unknown device {self.device!r}; choose one of: {', '.join(list_devices())}")
@@ -127,7 +129,9 @@ class SearchConfig:
     @property
     def task_label(self) -> str:
         """Short name of what is compressed."""
-        return "user" if self.model else self.task
+        if self.model:
+            return "user"
+        return "task" if ":" in self.task else self.task
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready dict (sections as :func:`section_to_dict` writes them)."""

@@ -1,8 +1,9 @@
-"""Compression tasks: a trained model plus MNIST-5k (or user) data and its provenance."""
+"""Compression tasks: a trained model, its data, metric and loss, and its provenance."""
 
 from __future__ import annotations
 
 from envs.tasks.data import mnist_splits
+from envs.tasks.definition import TaskDefinition
 from envs.tasks.registry import (
     DEFAULT_TASK,
     TASK_NAMES,
@@ -20,6 +21,7 @@ __all__ = [
     "TASKS",
     "TASK_NAMES",
     "Task",
+    "TaskDefinition",
     "TaskSpec",
     "TrainRecipe",
     "build_architecture",

@@ -22,11 +22,13 @@ from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
 from envs.tasks import charlstm, mobilenet, models
-from envs.tasks.data import Splits, data_fingerprint, mnist_splits, sample_shape
+from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, sample_shape
+from envs.tasks.definition import Loss, checked_definition
 from envs.tasks.text import text_splits
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
     build_user_model,
+    call_factory,
     check_fit,
     code_fingerprint,
     load_user_data,
@@ -36,7 +38,7 @@ from envs.tasks.user import (
     read_state_dict,
     state_dict_problems,
 )
-from methods.objective import METRICS, default_metric
+from methods.objective import METRICS, Metric, default_metric
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +124,22 @@ class Task:
     recipe: TrainRecipe
     """Recipe the model is (or would be) trained with."""
     metric: str = "accuracy"
-    """The metric the task is scored by, a name in :data:`methods.objective.METRICS`."""
+    """The name of the metric the task is scored by: one in :data:`methods.objective.METRICS`, or
+    ``custom_metric``'s."""
+    custom_metric: Metric | None = None
+    """A task file's own metric (``None``: the registered one named ``metric``)."""
+    loss: Loss | None = None
+    """A task file's own training and fine-tuning loss (``None``: :func:`methods.objective.task_loss`)."""
+
+    @property
+    def scorer(self) -> Metric:
+        """The metric itself."""
+        return self.custom_metric if self.custom_metric is not None else METRICS[self.metric]
 
     @property
     def metric_spec(self) -> MetricSpec:
         """The metric's name and direction."""
-        return METRICS[self.metric].spec
+        return self.scorer.spec
 
 
 def _builtin(name: str) -> TaskSpec:
@@ -145,13 +157,16 @@ def build_architecture(source: dict[str, str]) -> nn.Module:
     Raises:
         UsageError: Unknown task, bad source dict, or a user factory that fails.
     """
-    if not isinstance(source, dict) or len({"task", "model"} & set(source)) != 1:
+    if not isinstance(source, dict) or len({"task", "model", "task_file"} & set(source)) != 1:
         raise UsageError(
-            f"model source {source!r} must have exactly one of the keys 'task' or 'model'; "
+            f"model source {source!r} must have exactly one of the keys 'task', 'model' or 'task_file'; "
             "the file describing the model is damaged or from another version"
         )
     if "task" in source:
         return _builtin(str(source["task"])).factory()
+    if "task_file" in source:
+        ref = parse_factory(str(source["task_file"]), "task")
+        return checked_definition(call_factory(ref, "task"), f"task factory {ref.display!r}").model
     return build_user_model(parse_factory(str(source["model"]), "model"))
 
 
@@ -221,12 +236,13 @@ def _trained(
     cache_dir: Path,
     code: str,
     progress: bool,
+    loss: Loss | None = None,
 ) -> None:
     path = cache_path(cache_dir, name, source, recipe, splits, code)
     if _load_cached(model, path):
         return
     logger.info("training %s (%s); caching weights at %s", name, recipe, path)
-    train_model(model, splits[0], recipe, progress=progress)
+    train_model(model, splits[0], recipe, progress=progress, loss=loss)
     _save_atomic({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
 
 
@@ -243,7 +259,8 @@ def load_task(
     """Build a ready-to-compress ``Task``: a trained model plus its data.
 
     Args:
-        task: Built-in task name (default ``DEFAULT_TASK``); ignored when ``model`` is given.
+        task: Built-in task name (default ``DEFAULT_TASK``), or a task file ``FILE.py:factory`` returning a
+            :class:`~envs.tasks.definition.TaskDefinition`; ignored when ``model`` is given.
         model: User model factory, ``FILE.py:factory`` or ``package.module:factory``.
         weights: A state_dict file for the model; without it the model is trained (cached).
         data: User data factory ``FILE.py:factory`` returning (train, val, test) datasets;
@@ -256,6 +273,10 @@ def load_task(
     Raises:
         UsageError: Any problem with the task name, factories, weights or data.
     """
+    if model is None and task is not None and ":" in task:
+        if data is not None:
+            raise UsageError("--data cannot be used with a task file: the task's factory returns its data")
+        return _task_file(task, weights=weights, cache_dir=cache_dir, progress=progress, metric=metric)
     if model is None:
         name = task if task is not None else DEFAULT_TASK
         recipe, builtin_data = _builtin(name).recipe, _builtin(name).data
@@ -290,6 +311,36 @@ def load_task(
         source=source,
         recipe=recipe,
         metric=metric,
+    )
+
+
+def _task_file(
+    spec: str, *, weights: str | Path | None, cache_dir: Path | None, progress: bool, metric: str | None
+) -> Task:
+    """The task a ``FILE.py:factory`` task file defines (see :class:`~envs.tasks.definition.TaskDefinition`)."""
+    ref = parse_factory(spec, "task")
+    where = f"task factory {ref.display!r}"
+    definition = checked_definition(call_factory(ref, "task"), where)
+    splits = materialize_splits((definition.train, definition.val, definition.test), where)
+    custom = definition.metric if isinstance(definition.metric, Metric) and metric is None else None
+    if custom is None:
+        named = metric or (definition.metric if isinstance(definition.metric, str) else None)
+        name = _checked_metric(named or default_metric(splits[0].tensors[1]), splits)
+    else:
+        name = custom.spec.name
+    net, source, recipe = definition.model, {"task_file": ref.source}, definition.recipe or USER_RECIPE
+    if weights is not None:
+        load_weights(net, weights)
+    num_classes = check_fit(net, splits)
+    if weights is None and not definition.trained:
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        _trained(net, f"task:{ref.display}", source, recipe, splits, cache, code_fingerprint(ref), progress,
+                 definition.loss)
+    train, val, test = splits
+    return Task(
+        name=f"task:{ref.display}", model=net.eval(), train=train, val=val, test=test,
+        input_shape=sample_shape(splits), num_classes=num_classes, source=source, recipe=recipe, metric=name,
+        custom_metric=custom, loss=definition.loss,
     )
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from methods.objective import METRICS, task_loss
+from methods.objective import METRICS, Metric, task_loss
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Learning-rate schedules understood by ``train_model``."""
@@ -62,7 +63,13 @@ def _lr_factor(schedule: str, total_steps: int, step: int) -> float:
     return 1.0
 
 
-def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, progress: bool = False) -> nn.Module:
+def train_model(
+    model: nn.Module,
+    train: TensorDataset,
+    recipe: TrainRecipe,
+    progress: bool = False,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> nn.Module:
     """Train ``model`` in place with Adam and cross-entropy, deterministically.
 
     The global torch RNG is seeded with ``recipe.seed`` for the duration of training
@@ -74,6 +81,7 @@ def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, pro
         train: Dataset of (float32 inputs, int64 labels).
         recipe: Epochs, learning rate, batch size, weight decay and seed.
         progress: Show a tqdm progress bar over the optimiser steps.
+        loss: ``loss(outputs, targets)``; default :func:`methods.objective.task_loss`.
 
     Returns:
         The same ``model``, trained and switched to eval mode.
@@ -100,12 +108,12 @@ def train_model(model: nn.Module, train: TensorDataset, recipe: TrainRecipe, pro
             for start, stop in batches:
                 idx = order[start:stop]
                 optimizer.zero_grad(set_to_none=True)
-                loss = task_loss(model(inputs[idx]), labels[idx])
-                loss.backward()
+                value = (loss or task_loss)(model(inputs[idx]), labels[idx])
+                value.backward()
                 optimizer.step()
                 scheduler.step()
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.3f}", refresh=False)
     bar.close()
     return model.eval()
 
@@ -115,7 +123,9 @@ def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1
     return evaluate(model, data, "accuracy", batch_size)
 
 
-def evaluate(model: nn.Module, data: TensorDataset, metric: str = "accuracy", batch_size: int = 1000) -> float:
+def evaluate(
+    model: nn.Module, data: TensorDataset, metric: str | Metric = "accuracy", batch_size: int = 1000
+) -> float:
     """The value of ``metric`` for ``model`` on ``data``, in eval mode under ``torch.inference_mode``.
 
     The model's train/eval mode is restored afterwards.
@@ -123,13 +133,13 @@ def evaluate(model: nn.Module, data: TensorDataset, metric: str = "accuracy", ba
     Args:
         model: Module mapping a batch of inputs to outputs the metric reads (class scores in the last dim).
         data: Dataset of (inputs, targets).
-        metric: A name in :data:`methods.objective.METRICS`.
+        metric: A name in :data:`methods.objective.METRICS`, or a :class:`methods.objective.Metric`.
         batch_size: Samples per forward pass (does not change the result).
 
     Returns:
         The metric's value over every sample (accuracy in [0, 1], bits per character, ...).
     """
-    scorer = METRICS[metric]
+    scorer = metric if isinstance(metric, Metric) else METRICS[metric]
     inputs, targets = data.tensors
     n = len(targets)
     if n == 0:
