@@ -49,3 +49,17 @@ def test_the_readme_text_example_loads_compresses_and_scores_in_bits_per_charact
         evaluator.close()
     assert result.ok, result.error
     assert 4.0 < -result.val_accuracy < 8.0  # barely trained, over 128 characters: near log2(128) = 7 bits
+
+
+def test_the_readme_task_file_trains_with_its_loss_and_scores_in_its_own_metric(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(# my_task\.py\n.*?)```", text, re.S)
+    assert block, "the README's my_task.py example is missing"
+    (tmp_path / "my_task.py").write_text(block.group(1))
+    task = load_task(f"{tmp_path / 'my_task.py'}:task", cache_dir=tmp_path)
+    assert task.metric == "mae" and not task.metric_spec.higher_is_better
+    assert task.loss is torch.nn.functional.smooth_l1_loss
+    inputs, targets = task.test.tensors
+    with torch.no_grad():
+        mae = float((task.model(inputs) - targets).abs().mean())
+    assert mae < 0.2 * float(targets.abs().mean())  # trained by the tool with the recipe
