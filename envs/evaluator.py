@@ -18,10 +18,12 @@ from core.spec import LayerSpec
 from envs.latency_model import LatencyPredictor, build_predictor
 from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
+from envs.runtimes.eager import TorchEager
 from envs.tasks import Task, evaluate
 from envs.timing import MAX_ROUNDS, Latency, Paired, measure, measure_paired
 from envs.timing_worker import SETTINGS_TEXT as TIMING_WORKER_TEXT
 from envs.timing_worker import TimingWorker
+from methods.compute import compute_device
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.layer_kinds import weight_keys, weight_of
@@ -154,10 +156,14 @@ class EvaluatorSettings:
 class Evaluator:
     """Measures candidates of one task on one device; results are cached by policy hash."""
 
-    def __init__(self, task: Task, device: DeviceProfile, settings: EvaluatorSettings = EvaluatorSettings()):
+    def __init__(
+        self, task: Task, device: DeviceProfile, settings: EvaluatorSettings = EvaluatorSettings(), compute: str = "cpu"
+    ):
         self.task = task
         self.device = device
         self.settings = settings
+        self.compute = compute_device(compute)
+        """Where fine-tunes, BatchNorm recalibration and the eager model's metric run (not the latency)."""
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
         self._cache: dict[str, Result] = {}
@@ -202,6 +208,7 @@ class Evaluator:
             train=self.task.train,
             teacher=self.task.model if finetune.distill_alpha > 0 else None,
             loss=self.task.loss,
+            compute=self.compute,
             saliency_data=TensorDataset(*(t[: self.settings.saliency_images] for t in self.task.train.tensors)),
         )
 
@@ -428,14 +435,18 @@ class Evaluator:
         """The runtime a compressed candidate runs on (its header's, ``None`` for the default)."""
         return compressed.meta.get(RUNTIME_KEY)
 
-    def score(self, model: nn.Module, data: TensorDataset) -> float:
-        """The task metric of ``model`` on ``data`` as a higher-is-better score (:meth:`core.metric.MetricSpec.score`:
-        accuracy itself, minus bits per character); results and searchers hold scores."""
-        return self.task.metric_spec.score(evaluate(model, data, self.task.scorer))
+    def score(self, model: nn.Module, data: TensorDataset, runtime: str | None = None) -> float:
+        """The task metric of ``model`` (as ``runtime`` runs it) on ``data`` as a higher-is-better score
+        (:meth:`core.metric.MetricSpec.score`: accuracy itself, minus bits per character); results and searchers
+        hold scores. An eager model is scored on the compute device, a converted one on the CPU it runs on."""
+        eager = self.device_for(runtime).runtime == TorchEager.name
+        on = self.compute if eager else torch.device("cpu")
+        return self.task.metric_spec.score(evaluate(model, data, self.task.scorer, device=on))
 
     def test_accuracy(self, compressed: CompressedModel) -> float:
         """Test-split score of the compressed model as it runs on the device (report only; never searched on)."""
-        return self.score(self.runnable(compressed.model, self.runtime_of(compressed)), self.task.test)
+        runtime = self.runtime_of(compressed)
+        return self.score(self.runnable(compressed.model, runtime), self.task.test, runtime)
 
     def measure(self, compressed: CompressedModel, reuse_latency: bool = True) -> Result:
         """Validation accuracy, packed size, latency, MACs and parameters of a compressed model.
@@ -455,7 +466,7 @@ class Evaluator:
         )
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
-            val_accuracy=self.score(runnable, self.task.val),
+            val_accuracy=self.score(runnable, self.task.val, self.runtime_of(compressed)),
             size_bytes=compressed.size_bytes,
             latency_ms=latency.ms,
             latency_spread_ms=latency.spread_ms,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -87,6 +88,7 @@ def masked_finetune(
     settings: FinetuneSettings,
     teacher: nn.Module | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
 ) -> None:
     """Fine-tunes ``model`` in place; pruned weights stay zero and weights end on their code grid.
 
@@ -101,14 +103,19 @@ def masked_finetune(
         settings: steps, learning rate, batch size, seed, distillation weight and temperature.
         teacher: the original model, for distillation (used when ``settings.distill_alpha`` > 0).
         loss: the task's loss ``loss(outputs, targets)`` (default :func:`methods.objective.task_loss`).
+        device: where the steps run; the model is back on the CPU afterwards.
     """
     if settings.steps == 0:
         return
+    device = torch.device(device)
+    model.to(device)
+    if teacher is not None and device.type != "cpu":
+        teacher = copy.deepcopy(teacher).to(device)  # the caller's teacher stays where it is
     owners = {name: owner_of(model, name) for name in masks}
     for name, mask in masks.items():
         code = codes[name]
         owner, attr = owners[name]
-        module = parametrization(getattr(owner, attr).detach(), mask, code.bits, code.quantizer)
+        module = parametrization(getattr(owner, attr).detach(), mask.to(device), code.bits, code.quantizer)
         parametrize.register_parametrization(owner, attr, module)
     inputs, labels = train.tensors
     generator = torch.Generator().manual_seed(settings.seed)
@@ -127,10 +134,10 @@ def masked_finetune(
                 teacher_logits = None
                 if teacher is not None and settings.distill_alpha > 0:
                     with torch.no_grad():
-                        teacher_logits = teacher(inputs[idx])
+                        teacher_logits = teacher(inputs[idx].to(device))
                 value = distillation_loss(
-                    model(inputs[idx]),
-                    labels[idx],
+                    model(inputs[idx].to(device)),
+                    labels[idx].to(device),
                     teacher_logits,
                     settings.distill_alpha,
                     settings.distill_temperature,
@@ -146,6 +153,7 @@ def masked_finetune(
     finally:
         for owner, attr in owners.values():
             parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
+        model.to("cpu")
         model.eval()
 
 
@@ -154,8 +162,11 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 250) -> None:
-    """Re-estimates BatchNorm running statistics on ``inputs`` (EagleEye-style), weights untouched."""
+def recalibrate_batchnorm(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 250, device: torch.device | str = "cpu"
+) -> None:
+    """Re-estimates BatchNorm running statistics on ``inputs`` (EagleEye-style), weights untouched; computed on
+    ``device``, the model back on the CPU afterwards."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -163,12 +174,14 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: in
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the calibration batches
+    model.to(device)
     model.train()
     try:
         with torch.no_grad():
             for start in range(0, len(inputs), batch_size):
-                model(inputs[start : start + batch_size])
+                model(inputs[start : start + batch_size].to(device))
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
+        model.to("cpu")
         model.eval()

@@ -62,6 +62,8 @@ class Refinement:
     """Training samples that score weights for the ``obd`` and ``taylor`` saliencies."""
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """The fine-tune's loss (``None``: :func:`methods.objective.task_loss`)."""
+    compute: torch.device | str = "cpu"
+    """Where the fine-tune and the recalibration run (:mod:`methods.compute`); packing stays on the CPU."""
 
 
 def pruning_schedule(rounds: int) -> list[float]:
@@ -112,7 +114,7 @@ def _iterative_pruning(
         masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
         masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
-                        loss=refinement.loss)
+                        loss=refinement.loss, device=refinement.compute)
     return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
 
 
@@ -193,9 +195,9 @@ def compress(
             weight.copy_(stored_weight(weight, masks[name], choice.bits, choice.quantizer))
     if final_finetune.steps > 0:
         masked_finetune(model, masks, codes, refinement.train, final_finetune, teacher=refinement.teacher,
-                        loss=refinement.loss)
+                        loss=refinement.loss, device=refinement.compute)
     if refinement.calibration is not None:
-        recalibrate_batchnorm(model, refinement.calibration)
+        recalibrate_batchnorm(model, refinement.calibration, device=refinement.compute)
     meta = {
         "format": PACKED_MODEL_FORMAT,
         "source": dict(source),

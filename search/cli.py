@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
     parser.add_argument("--metric", help="metric to score by: accuracy, bpc or mse (default: the task's)")
+    parser.add_argument("--compute", help="where training, fine-tunes and metrics run: cpu (default), cuda, "
+                        "cuda:N or mps; latency stays on --device")
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
@@ -57,8 +59,8 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
     from search.config import read_config_file
 
     values: dict[str, object] = read_config_file(args.config) if args.config else {}
-    for name in ("budget_mb", "target_latency", "task", "model", "weights", "data", "metric", "searcher", "trials",
-                 "seed", "device", "workers", "ray_address"):
+    for name in ("budget_mb", "target_latency", "task", "model", "weights", "data", "metric", "compute", "searcher",
+                 "trials", "seed", "device", "workers", "ray_address"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

@@ -16,6 +16,7 @@ from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
 from methods.channel_importance import CHANNEL_IMPORTANCES
+from methods.compute import compute_device
 from methods.quantizers import QUANTIZERS
 from methods.saliency import SALIENCIES
 from search.drivers import check_config, driver_for
@@ -37,6 +38,9 @@ class SearchConfig:
     """User data factory returning (train, val, test) datasets."""
     metric: str | None = None
     """The metric to score by (``accuracy``, ``bpc``, ``mse``); default: the task's, or by the targets' dtype."""
+    compute: str = "cpu"
+    """Where training, fine-tuning, calibration and metric evaluation run: ``cpu``, ``cuda``, ``cuda:N``, ``mps``
+    (latency is always measured on the device profile)."""
     budget_mb: str | None = None
     """Size budget of the packed file: 5, 5MB, 512KB, 5MiB (bare numbers are MB)."""
     target_latency: str | None = None
@@ -65,6 +69,7 @@ class SearchConfig:
     """Final fine-tune and export."""
 
     def __post_init__(self) -> None:
+        compute_device(self.compute)  # an unknown name, or a GPU this machine lacks: one line, before any work
         if self.model is None and self.task not in TASK_NAMES and ":" not in self.task:
             raise UsageError(f"unknown task {self.task!r}; choose one of: {', '.join(TASK_NAMES)}, "
                              "or a task file FILE.py:factory")

@@ -42,8 +42,8 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     """
     device = load_device(config.device)
     task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress,
-                     metric=config.metric)
-    evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator)
+                     metric=config.metric, compute=config.compute)
+    evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
     try:
         evaluator.runnable(task.model)
     except RuntimeConversionError as exc:

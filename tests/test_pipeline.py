@@ -225,11 +225,11 @@ def test_iterative_pruning_rounds_follow_the_schedule_and_end_exact(factory, mon
     seen: list[tuple[int, float]] = []
     real = pipeline.masked_finetune
 
-    def spy(net, masks, codes, train, settings, teacher=None):
+    def spy(net, masks, codes, train, settings, teacher=None, loss=None, device="cpu"):
         fc = masks["fc.weight"]  # masks are keyed by parameter name
         seen.append((settings.steps, 1 - fc.float().mean().item()))
         assert torch.all(net.fc.weight[~fc] == 0)
-        real(net, masks, codes, train, settings, teacher)
+        real(net, masks, codes, train, settings, teacher, loss, device)
         assert torch.all(net.fc.weight[~fc] == 0)
 
     monkeypatch.setattr(pipeline, "masked_finetune", spy)

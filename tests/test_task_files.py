@@ -27,9 +27,9 @@ def test_a_task_file_brings_its_own_loss_and_metric(tmp_path: Path, monkeypatch:
     losses = []
     real = training.train_model
 
-    def spy(model, train, recipe, progress=False, loss=None):  # noqa: ANN001, ANN202 - a pass-through
+    def spy(model, train, recipe, progress=False, loss=None, device="cpu"):  # noqa: ANN001, ANN202 - a pass-through
         losses.append(loss)
-        return real(model, train, recipe, progress=progress, loss=loss)
+        return real(model, train, recipe, progress=progress, loss=loss, device=device)
 
     monkeypatch.setattr("envs.tasks.registry.train_model", spy)
     task = load_task(f"{TASKS}:regression", cache_dir=tmp_path)

@@ -38,6 +38,7 @@ from envs.tasks.user import (
     read_state_dict,
     state_dict_problems,
 )
+from methods.compute import compute_device
 from methods.objective import METRICS, Metric, default_metric
 
 logger = logging.getLogger(__name__)
@@ -237,12 +238,13 @@ def _trained(
     code: str,
     progress: bool,
     loss: Loss | None = None,
+    compute: str = "cpu",
 ) -> None:
     path = cache_path(cache_dir, name, source, recipe, splits, code)
     if _load_cached(model, path):
         return
     logger.info("training %s (%s); caching weights at %s", name, recipe, path)
-    train_model(model, splits[0], recipe, progress=progress, loss=loss)
+    train_model(model, splits[0], recipe, progress=progress, loss=loss, device=compute_device(compute))
     _save_atomic({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
 
 
@@ -255,6 +257,7 @@ def load_task(
     cache_dir: Path | None = None,
     progress: bool = False,
     metric: str | None = None,
+    compute: str = "cpu",
 ) -> Task:
     """Build a ready-to-compress ``Task``: a trained model plus its data.
 
@@ -269,6 +272,7 @@ def load_task(
         progress: Show a training progress bar.
         metric: The metric to score by, a name in :data:`methods.objective.METRICS`; default: the built-in
             task's, else ``accuracy`` for integer targets and ``mse`` for float targets.
+        compute: Where a model without weights is trained (:mod:`methods.compute`).
 
     Raises:
         UsageError: Any problem with the task name, factories, weights or data.
@@ -276,7 +280,8 @@ def load_task(
     if model is None and task is not None and ":" in task:
         if data is not None:
             raise UsageError("--data cannot be used with a task file: the task's factory returns its data")
-        return _task_file(task, weights=weights, cache_dir=cache_dir, progress=progress, metric=metric)
+        return _task_file(task, weights=weights, cache_dir=cache_dir, progress=progress, metric=metric,
+                          compute=compute)
     if model is None:
         name = task if task is not None else DEFAULT_TASK
         recipe, builtin_data = _builtin(name).recipe, _builtin(name).data
@@ -298,7 +303,7 @@ def load_task(
     num_classes = check_fit(net, splits)
     if weights is None:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        _trained(net, name, source, recipe, splits, cache, code, progress)
+        _trained(net, name, source, recipe, splits, cache, code, progress, compute=compute)
     train, val, test = splits
     return Task(
         name=name,
@@ -315,7 +320,8 @@ def load_task(
 
 
 def _task_file(
-    spec: str, *, weights: str | Path | None, cache_dir: Path | None, progress: bool, metric: str | None
+    spec: str, *, weights: str | Path | None, cache_dir: Path | None, progress: bool, metric: str | None,
+    compute: str = "cpu",
 ) -> Task:
     """The task a ``FILE.py:factory`` task file defines (see :class:`~envs.tasks.definition.TaskDefinition`)."""
     ref = parse_factory(spec, "task")
@@ -335,7 +341,7 @@ def _task_file(
     if weights is None and not definition.trained:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         _trained(net, f"task:{ref.display}", source, recipe, splits, cache, code_fingerprint(ref), progress,
-                 definition.loss)
+                 definition.loss, compute)
     train, val, test = splits
     return Task(
         name=f"task:{ref.display}", model=net.eval(), train=train, val=val, test=test,

@@ -69,6 +69,7 @@ def train_model(
     recipe: TrainRecipe,
     progress: bool = False,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
     """Train ``model`` in place with Adam and cross-entropy, deterministically.
 
@@ -82,6 +83,7 @@ def train_model(
         recipe: Epochs, learning rate, batch size, weight decay and seed.
         progress: Show a tqdm progress bar over the optimiser steps.
         loss: ``loss(outputs, targets)``; default :func:`methods.objective.task_loss`.
+        device: where the steps run (:mod:`methods.compute`); the model is back on the CPU afterwards.
 
     Returns:
         The same ``model``, trained and switched to eval mode.
@@ -95,6 +97,7 @@ def train_model(
     batches = [(i, min(i + recipe.batch_size, n)) for i in range(0, n, recipe.batch_size)]
     if len(batches) > 1 and batches[-1][1] - batches[-1][0] == 1:
         batches.pop()  # a batch of one sample breaks BatchNorm statistics
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     total = recipe.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_lr_factor, recipe.schedule, total))
@@ -108,14 +111,14 @@ def train_model(
             for start, stop in batches:
                 idx = order[start:stop]
                 optimizer.zero_grad(set_to_none=True)
-                value = (loss or task_loss)(model(inputs[idx]), labels[idx])
+                value = (loss or task_loss)(model(inputs[idx].to(device)), labels[idx].to(device))
                 value.backward()
                 optimizer.step()
                 scheduler.step()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.3f}", refresh=False)
     bar.close()
-    return model.eval()
+    return model.to("cpu").eval()
 
 
 def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1000) -> float:
@@ -124,7 +127,11 @@ def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1
 
 
 def evaluate(
-    model: nn.Module, data: TensorDataset, metric: str | Metric = "accuracy", batch_size: int = 1000
+    model: nn.Module,
+    data: TensorDataset,
+    metric: str | Metric = "accuracy",
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
 ) -> float:
     """The value of ``metric`` for ``model`` on ``data``, in eval mode under ``torch.inference_mode``.
 
@@ -135,6 +142,7 @@ def evaluate(
         data: Dataset of (inputs, targets).
         metric: A name in :data:`methods.objective.METRICS`, or a :class:`methods.objective.Metric`.
         batch_size: Samples per forward pass (does not change the result).
+        device: where the forward passes run; the model is back on the CPU afterwards.
 
     Returns:
         The metric's value over every sample (accuracy in [0, 1], bits per character, ...).
@@ -147,15 +155,18 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
+    model.to(device)
     model.eval()
     total, count = 0.0, 0
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 batch_total, batch_count = scorer.batch(
-                    model(inputs[start : start + batch_size]), targets[start : start + batch_size]
+                    model(inputs[start : start + batch_size].to(device)),
+                    targets[start : start + batch_size].to(device),
                 )
                 total, count = total + batch_total, count + batch_count
     finally:
+        model.to("cpu")
         model.train(was_training)
     return total / max(count, 1)

@@ -70,6 +70,15 @@ class SweepJob:
         return self.evaluator.settings.finetune.steps
 
 
+def trial_resources(job: SweepJob) -> dict[str, float]:
+    """What each trial asks Ray for: its threads, and a share of a GPU when the compute device is one (the
+    workers' trials share it)."""
+    resources: dict[str, float] = {"cpu": job.options.threads_per_trial}
+    if job.evaluator.compute.type == "cuda":
+        resources["gpu"] = 1.0 / max(job.workers, 1)
+    return resources
+
+
 def trial_dirname(trial: tune.experiment.Trial) -> str:
     """Short, unique trial folder names (the default embeds the whole config)."""
     return f"trial-{trial.trial_id}"
@@ -127,8 +136,7 @@ def sweep(job: SweepJob, run_dir: Path, progress: bool) -> list[Trial]:
         job.evaluator.start_meter()  # before the evaluator is shipped: every trial uses this one meter
     context = TrialContext(job.evaluator, job.budget, fidelity_steps(job.finetune_steps, options),
                            options.threads_per_trial)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
-                                    {"cpu": options.threads_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(job))
     experiment = run_dir / EXPERIMENT_DIR
     with _tune_session(progress):
         if tune.Tuner.can_restore(experiment):
