@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from core.budget import parse_size
-from envs.tasks import evaluate_accuracy, load_task
+from envs.tasks import TrainRecipe, evaluate_accuracy, load_task, mnist_splits, train_model
 from search import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,20 +45,22 @@ def _fixture_module() -> ModuleType:
 @pytest.mark.parametrize("factory", list(CASES))
 def test_user_sequence_model_is_searched_exported_and_reloaded(factory: str, tmp_path: Path) -> None:
     budget, compressed = CASES[factory]
-    run, config = tmp_path / "run", tmp_path / "config.yaml"
-    config.write_text("export:\n  max_models: 2\n")
+    run, config, weights = tmp_path / "run", tmp_path / "config.yaml", tmp_path / "weights.pt"
+    config.write_text("export:\n  max_models: 2\n  finetune_epochs: 1.0\n")
+    build = getattr(_fixture_module(), factory)
+    trained = train_model(build(), mnist_splits()[0], TrainRecipe(epochs=2, lr=3e-3, batch_size=64))
+    torch.save(trained.state_dict(), weights)  # a quickly trained model: the search is what is tested
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "search.py"), "--model", f"{MODELS}:{factory}", "--budget-mb", budget,
-         "--searcher", "random", "--trials", "4", "--seed", "1", "--config", str(config), "--out", str(run),
-         "--quiet"],
+        [sys.executable, str(ROOT / "search.py"), "--model", f"{MODELS}:{factory}", "--weights", str(weights),
+         "--budget-mb", budget, "--searcher", "random", "--trials", "4", "--seed", "1", "--config", str(config),
+         "--out", str(run), "--quiet"],
         capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     with open(run / "pareto.csv", newline="") as handle:
         pareto = list(csv.DictReader(handle))
     assert pareto, (run / "report.md").read_text()
-    task = load_task(model=f"{MODELS}:{factory}")  # the weights the search trained, from the cache
-    build = getattr(_fixture_module(), factory)
+    task = load_task(model=f"{MODELS}:{factory}", weights=weights)
     for row in pareto:
         path = run / row["model_file"]
         assert int(row["size_bytes"]) == path.stat().st_size <= parse_size(budget)
