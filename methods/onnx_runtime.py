@@ -130,12 +130,18 @@ def quantize_onnx(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
         return target.read_bytes()
 
 
+ADVICE = ("pre-processing", "Please exclude this node", "to be an initializer", "is out-of-range for weight")
+"""Parts of the quantizer's advisory warnings: run its pre-processing (printed on every call; the model is already
+exported as it wants it), and, on transformer graphs, which nodes it leaves in float (LayerNorm parameters,
+attention biases computed in the graph) -- the converted model's accuracy is measured either way."""
+
+
 class _DropPreprocessAdvice(logging.Filter):
-    """Drops the quantizer's advice to run its pre-processing (printed on every call; the model is already
-    exported as the quantizer wants it)."""
+    """Drops the quantizer's advisory warnings (:data:`ADVICE`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        message = record.getMessage()
+        return not any(part in message for part in ADVICE)
 
 
 def to_onnx_runtime(

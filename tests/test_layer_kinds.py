@@ -366,3 +366,32 @@ def test_every_weight_of_recurrent_and_attention_layers_is_pruned_coded_fine_tun
     x = torch.randn(5, 6, 8)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), compressed.model(x))
+
+
+def test_a_model_torch_pruning_cannot_group_keeps_its_channels_and_is_still_compressed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Conv1d + GRU model: Torch-Pruning cannot group its channels, so every channel is kept (one warning) and
+    its Conv1d, GRU and Linear weights are pruned and coded all the same."""
+    import importlib.util
+    import logging
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "fixtures" / "sequence_models.py"
+    spec = importlib.util.spec_from_file_location("sequence_models_for_kinds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.conv_gru().eval()
+    with caplog.at_level(logging.WARNING):
+        assert channel_groups(model, (1, 28, 28)) == []
+    assert any("every channel is kept" in r.getMessage() for r in caplog.records)
+    layers = [spec.name for spec in discover_layers(model, (1, 28, 28))]
+    assert layers == ["conv", "gru", "fc"]
+    policy = Policy.from_choices({name: LayerChoice(sparsity=0.6, bits=4) for name in layers})
+    compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": "test"})
+    for key in ("conv.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "fc.weight"):
+        assert abs(float((compressed.model.get_parameter(key) == 0).float().mean()) - 0.6) < 0.01, key
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(decode(compressed.blob, module.conv_gru())(x), compressed.model(x))

@@ -135,3 +135,17 @@ def test_recurrent_and_transformer_models_export_to_onnx_runtime(recurrent: type
     x = torch.randn(4, 5, 8)
     with torch.no_grad():
         assert torch.allclose(runnable(x), model(x), atol=1e-5)
+
+
+def test_int8_conversion_of_a_transformer_prints_no_quantizer_advice(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)).eval()
+    with caplog.at_level(logging.WARNING):
+        runnable = RUNTIMES["onnxruntime-int8"].convert(model, (5, 16), threads=1, calibration=torch.randn(32, 5, 16))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    x = torch.randn(4, 5, 16)
+    with torch.no_grad():
+        assert (runnable(x) - model(x)).abs().max() < 0.5  # int8: close, not equal
