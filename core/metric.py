@@ -7,6 +7,7 @@ Searchers, Pareto fronts and rewards compare *scores* (higher is better); files 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -32,6 +33,15 @@ class MetricSpec:
     def column(self, prefix: str) -> str:
         """A column name such as ``val_accuracy`` or ``test_bpc``."""
         return f"{prefix}_{self.name}"
+
+    def columns(self, names: Iterable[str]) -> list[str]:
+        """Column names with ``accuracy`` replaced by this metric's name (``val_accuracy`` -> ``val_bpc``)."""
+        return [name.replace("accuracy", self.name) for name in names]
+
+    @property
+    def short(self) -> str:
+        """The name in narrow table headers and progress bars (``acc`` for accuracy)."""
+        return "acc" if self.name == "accuracy" else self.name
 
     def better(self, a: float, b: float) -> bool:
         """True when metric value ``a`` is strictly better than ``b`` (NaN is never better)."""

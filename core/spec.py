@@ -73,3 +73,10 @@ class SampleShape(tuple):
 def as_shape(value: Iterable[int]) -> SampleShape:
     """``value`` as a :class:`SampleShape` (its ``vocab`` kept when it has one; float inputs otherwise)."""
     return value if isinstance(value, SampleShape) else SampleShape(value, getattr(value, "vocab", 0))
+
+
+def shape_on(override: Iterable[int] | None, input_shape: Iterable[int]) -> SampleShape:
+    """The sample shape a device profile runs: its own ``input_shape`` override when it has one (keeping the task's
+    index range), else the task's."""
+    task = as_shape(input_shape)
+    return SampleShape(override, task.vocab) if override else task

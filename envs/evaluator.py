@@ -26,7 +26,7 @@ from envs.timing_worker import TimingWorker
 from methods.compute import compute_device
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
-from methods.layer_kinds import weight_keys, weight_of
+from methods.layer_kinds import weight_keys
 from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, architecture, compress
 from methods.structured import channel_groups
@@ -178,7 +178,7 @@ class Evaluator:
         """Per runtime, the fastest round of the paired-timing reference seen so far (ms)."""
         self.latency_target_ms: float | None = None
         """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
-        self._layers_by_shape: dict[tuple, list[LayerSpec]] = {}
+        self._layers_by_shape: dict[tuple, tuple[list[LayerSpec], list[str]]] = {}
         self._predictors: dict[str, LatencyPredictor] = {}
         self.latency_checks: list[LatencyCheck] = []
         """Predicted-and-measured pairs collected while searching with predicted latency."""
@@ -457,16 +457,15 @@ class Evaluator:
         model = compressed.model
         runtime = self.device_for(self.runtime_of(compressed)).runtime
         runnable = self.runnable(model, runtime)
-        key = _architecture_key(model)
-        if key not in self._layers_by_shape:  # a traced forward pass, once per architecture
-            self._layers_by_shape[key] = discover_layers(model, self.task.input_shape)
-        specs = self._layers_by_shape[key]
-        nonzero = sum(
-            int(torch.count_nonzero(weight_of(model, key))) for spec in specs for key in weight_keys(model, spec.name)
-        )
+        architecture = _architecture_key(model)
+        if architecture not in self._layers_by_shape:  # a traced forward pass, once per architecture
+            specs = discover_layers(model, self.task.input_shape)
+            self._layers_by_shape[architecture] = (specs, [k for s in specs for k in weight_keys(model, s.name)])
+        specs, weights = self._layers_by_shape[architecture]
+        nonzero = sum(int(torch.count_nonzero(model.get_parameter(name))) for name in weights)
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
-            val_accuracy=self.score(runnable, self.task.val, self.runtime_of(compressed)),
+            val_accuracy=self.score(runnable, self.task.val, runtime),
             size_bytes=compressed.size_bytes,
             latency_ms=latency.ms,
             latency_spread_ms=latency.spread_ms,

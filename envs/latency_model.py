@@ -35,7 +35,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from core.spec import as_shape
+from core.spec import as_shape, shape_on
 from envs.profile import DeviceProfile
 from envs.timing import measure_latency, time_forward
 from methods.discovery import trace_layers
@@ -136,7 +136,7 @@ class LatencyTable:
         self.overheads: dict[str, Overhead] = {}
         self.measured_layers = 0
         """Layer configurations profiled by this instance (not read from the file)."""
-        self._call_costs: dict[tuple[int, ...], float] = {}
+        self._call_costs: dict[tuple[object, ...], float] = {}
         """The runtime's per-call cost by input shape (timed once per shape)."""
         self.runtime = device.engine
         """The device's runtime, which says how a layer is timed."""
@@ -169,11 +169,11 @@ class LatencyTable:
         return min(time_forward(module, example, self.device) for _ in range(PROFILE_ROUNDS))
 
     def _call_cost(self, example: torch.Tensor) -> float:
-        """The runtime's per-call cost on inputs of ``example``'s shape, timed once per shape."""
-        shape = tuple(example.shape)
-        if shape not in self._call_costs:
-            self._call_costs[shape] = self.runtime.call_cost_ms(example, self.device.threads, self._time)
-        return self._call_costs[shape]
+        """The runtime's per-call cost on inputs of ``example``'s shape and dtype, timed once per shape and dtype."""
+        key = (*example.shape, str(example.dtype))
+        if key not in self._call_costs:
+            self._call_costs[key] = self.runtime.call_cost_ms(example, self.device.threads, self._time)
+        return self._call_costs[key]
 
     def layers_ms(self, calls: Sequence[LayerCall]) -> float:
         """Sum of the table entries of ``calls``."""
@@ -287,7 +287,7 @@ def build_predictor(
     """
     from methods.structured import prune_channels  # local: structured pruning pulls in torch-pruning
 
-    shape = as_shape(device.input_shape or input_shape)
+    shape = shape_on(device.input_shape, input_shape)
     table = LatencyTable.for_device(device, cache_dir)
     overhead = table.overheads.get(architecture_digest(layer_calls(model, shape, table.precision)))
     if overhead is None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.spec import as_shape
+from core.spec import shape_on
 from envs.profile import DeviceProfile
 from methods.examples import random_batch
 
@@ -123,7 +123,7 @@ def measure_paired(model: nn.Module, reference: nn.Module, input_shape: Sequence
 
 def example_input(input_shape: Sequence[int], device: DeviceProfile) -> torch.Tensor:
     """The fixed random batch every measurement times: the profile's batch and input shape (else ``input_shape``)."""
-    shape = device.input_shape or as_shape(input_shape)
+    shape = shape_on(device.input_shape, input_shape)
     return random_batch(shape, device.batch, torch.Generator().manual_seed(0))
 
 

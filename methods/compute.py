@@ -37,7 +37,3 @@ def compute_device(name: str) -> torch.device:
         raise UsageError("--compute mps: Apple's Metal backend is not available here; use --compute cpu")
     return device
 
-
-def is_gpu(device: torch.device) -> bool:
-    """True for a CUDA or Metal device."""
-    return device.type in ("cuda", "mps")

@@ -27,7 +27,12 @@ def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the last dim for integer targets, mean squared error for float targets."""
     if targets.dtype.is_floating_point:
         return F.mse_loss(outputs, targets)
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+    return class_cross_entropy(outputs, targets)
+
+
+def class_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of class scores in the last dim against an integer target per position."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction=reduction)
 
 
 def soft_target_loss(outputs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,7 +76,7 @@ class BitsPerCharacter(Metric):
 
     def batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
         """Summed cross-entropy in bits and characters."""
-        total = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+        total = class_cross_entropy(outputs.float(), targets, reduction="sum")
         return float(total) / math.log(2.0), int(targets.numel())
 
 

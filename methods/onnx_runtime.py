@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,12 @@ CALIBRATION_BATCH = 64
 
 class OnnxConversionError(ValueError):
     """The model cannot be exported to ONNX or quantized by ONNX Runtime."""
+
+
+def _feed(inputs: torch.Tensor) -> np.ndarray:
+    """A batch as the exported graph's input takes it: int64 indices as they are, anything else as float32."""
+    inputs = inputs.detach()
+    return (inputs if inputs.dtype == torch.int64 else inputs.float()).contiguous().numpy()
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -65,7 +72,7 @@ class OnnxRuntimeModel(nn.Module):
         return self._session
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.detach().float().contiguous().numpy()})[0])
+        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: _feed(x)})[0])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -103,7 +110,7 @@ def quantize_onnx(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
     """Static int8 (QDQ) quantization of an ONNX model by ONNX Runtime, calibrated on ``calibration``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    images = calibration.detach().float().numpy()
+    images = _feed(calibration)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -116,7 +123,7 @@ def quantize_onnx(onnx_bytes: bytes, calibration: torch.Tensor) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(onnx_bytes)
-        advice = _DropPreprocessAdvice()
+        advice = _DropQuantizerAdvice()
         logging.getLogger().addFilter(advice)
         try:
             quantize_static(
@@ -136,7 +143,7 @@ exported as it wants it), and, on transformer graphs, which nodes it leaves in f
 attention biases computed in the graph) -- the converted model's accuracy is measured either way."""
 
 
-class _DropPreprocessAdvice(logging.Filter):
+class _DropQuantizerAdvice(logging.Filter):
     """Drops the quantizer's advisory warnings (:data:`ADVICE`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -202,10 +202,12 @@ def compress(
         "format": PACKED_MODEL_FORMAT,
         "source": dict(source),
         "input_shape": [int(d) for d in input_shape],
-        **({"input_vocab": as_shape(input_shape).vocab} if as_shape(input_shape).vocab else {}),
         "policy": policy.to_dict(),
         "history": history,
     }
+    vocab = as_shape(input_shape).vocab
+    if vocab:
+        meta["input_vocab"] = vocab
     if factorised:
         meta["factorised"] = factorised
     if runtime is not None:

@@ -60,11 +60,6 @@ class Trial:
     """Successful and within budget."""
 
 
-def columns(metric: MetricSpec = ACCURACY) -> list[str]:
-    """trials.csv's columns: :data:`COLUMNS` with the metric's own name (``val_bpc``) for ``accuracy``."""
-    return [column.replace("accuracy", metric.name) for column in COLUMNS]
-
-
 def _row(trial: Trial, metric: MetricSpec) -> dict[str, Any]:
     result = trial.result
     return {
@@ -130,7 +125,7 @@ class TrialArchive:
 
     def _header(self) -> str:
         buffer = io.StringIO()
-        csv.DictWriter(buffer, columns(self.metric)).writeheader()
+        csv.DictWriter(buffer, self.metric.columns(COLUMNS)).writeheader()
         return buffer.getvalue()
 
     def _write_text(self, text: str, mode: str = "w", sync: bool = True) -> None:
@@ -156,7 +151,7 @@ class TrialArchive:
 
     def _render(self, trial: Trial) -> str:
         buffer = io.StringIO()
-        csv.DictWriter(buffer, columns(self.metric)).writerow(_row(trial, self.metric))
+        csv.DictWriter(buffer, self.metric.columns(COLUMNS)).writerow(_row(trial, self.metric))
         return buffer.getvalue()
 
     def append(self, searcher: str, policy: Policy, result: Result) -> Trial:

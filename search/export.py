@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from core.policy import Policy
 from envs.evaluator import Evaluator, FinetuneKeys, check_exposed
 from envs.timing import Latency
 from methods.finetune import FinetuneSettings
-from methods.onnx_runtime import OnnxRuntimeModel, export_onnx
+from methods.onnx_runtime import OnnxConversionError, OnnxRuntimeModel, export_onnx
 from methods.packing import write_packed
 from methods.pipeline import CompressedModel
 from search.archive import Trial
@@ -41,6 +42,7 @@ PARETO_COLUMNS = [
     "policy",
 ]
 MODEL_SUFFIX = ".acz"
+logger = logging.getLogger(__name__)
 
 
 FINAL_LR = 1e-3
@@ -245,8 +247,13 @@ def export_front(
         write_packed(run_dir / name, compressed.blob)
         onnx_name = ""
         if settings.onnx:
-            onnx_name = name.removesuffix(MODEL_SUFFIX) + ".onnx"
-            write_packed(run_dir / onnx_name, onnx_bytes(evaluator, compressed))
+            try:
+                graph = onnx_bytes(evaluator, compressed)
+            except OnnxConversionError as exc:
+                logger.warning("no ONNX file for trial %d: %s", trial.number, exc)
+            else:
+                onnx_name = name.removesuffix(MODEL_SUFFIX) + ".onnx"
+                write_packed(run_dir / onnx_name, graph)
         exported.append((trial, name, onnx_name, result, test_accuracy, predicted))
     exported.sort(key=lambda item: (item[3].size_bytes, -item[3].val_accuracy))
     return [
@@ -273,11 +280,6 @@ def export_front(
     ], dropped
 
 
-def pareto_columns(metric: MetricSpec = ACCURACY) -> list[str]:
-    """pareto.csv's columns: :data:`PARETO_COLUMNS` with the metric's own name (``test_bpc``) for ``accuracy``."""
-    return [column.replace("accuracy", metric.name) for column in PARETO_COLUMNS]
-
-
 def onnx_bytes(evaluator: Evaluator, compressed: CompressedModel) -> bytes:
     """The exported model as an ONNX file: the graph its ONNX Runtime runs, else the fp32 graph of the model."""
     runnable = evaluator.runnable(compressed.model, evaluator.runtime_of(compressed))
@@ -287,10 +289,12 @@ def onnx_bytes(evaluator: Evaluator, compressed: CompressedModel) -> bytes:
 
 
 def write_pareto_csv(path: Path, models: Sequence[ExportedModel], metric: MetricSpec = ACCURACY) -> None:
-    """Writes pareto.csv (through a temporary file, so a reader never sees half of it)."""
+    """Writes pareto.csv (through a temporary file, so a reader never sees half of it); columns named after the
+    models' metric (``metric`` when there is no model)."""
+    metric = models[0].metric if models else metric
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, pareto_columns(metric))
+        writer = csv.DictWriter(handle, metric.columns(PARETO_COLUMNS))
         writer.writeheader()
         for model in models:
             writer.writerow(model.row())

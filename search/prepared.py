@@ -14,6 +14,7 @@ from envs.tasks import Task, load_task
 from search.config import SearchConfig
 from search.drivers import driver_for
 from search.reachability import LatencyReach, check_latency, check_size, noise_warning
+from search.searchers.rl.rewards import check_metric
 
 
 @dataclass
@@ -43,6 +44,8 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     device = load_device(config.device)
     task = load_task(config.task, model=config.model, weights=config.weights, data=config.data, progress=progress,
                      metric=config.metric, compute=config.compute)
+    if config.searcher == "rl":
+        check_metric(task.metric_spec)  # before the run folder is written
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
     try:
         evaluator.runnable(task.model)

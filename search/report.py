@@ -65,8 +65,7 @@ def pareto_table(models: Sequence[ExportedModel]) -> str:
     predicted = any(m.predicted_latency_ms is not None for m in models)
     runtimes = len({m.runtime for m in models}) > 1
     extra = (" predicted (ms) |" if predicted else "") + (" runtime |" if runtimes else "")
-    name = models[0].metric.name if models else "accuracy"
-    short = "acc" if name == "accuracy" else name
+    short = models[0].metric.short if models else ACCURACY.short
     lines = [
         f"| rank | test {short} | val {short} | size | ratio | latency (ms) |{extra} MMACs | file |",
         "|---:|---:|---:|---:|---:|---:|" + ("---:|" if predicted else "") + ("---|" if runtimes else "") + "---:|---|",

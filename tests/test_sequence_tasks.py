@@ -61,7 +61,7 @@ def test_a_language_model_with_index_inputs_is_compressed_and_its_file_keeps_the
 
 
 def test_data_keeps_index_inputs_and_takes_per_position_and_float_targets() -> None:
-    tokens = materialize(TensorDataset(torch.randint(0, 9, (4, 6), dtype=torch.int32), torch.randint(0, 9, (4, 6))),
+    tokens = materialize(TensorDataset(torch.randint(0, 9, (4, 6)), torch.randint(0, 9, (4, 6), dtype=torch.int32)),
                          "d")
     assert tokens.tensors[0].dtype == torch.int64 and tokens.tensors[1].shape == (4, 6)
     regression = materialize([(torch.randn(3), torch.randn(2)) for _ in range(5)], "d")
@@ -99,3 +99,47 @@ def test_a_metric_must_fit_the_targets() -> None:
         _checked_metric("mse", ints)
     with pytest.raises(UsageError, match="unknown metric 'f1'; choose one of accuracy, bpc, mse"):
         _checked_metric("f1", floats)
+
+
+def test_other_integer_dtypes_are_cast_like_before() -> None:
+    """uint8 images become float inputs (only int64 inputs are token ids); int32 labels and float64 targets are
+    accepted sample by sample."""
+    images = [(torch.randint(0, 255, (1, 4, 4), dtype=torch.uint8), torch.tensor(i % 3, dtype=torch.int32))
+              for i in range(6)]
+    data = materialize(images, "d")
+    assert data.tensors[0].dtype == torch.float32 and data.tensors[1].dtype == torch.int64
+    assert sample_shape((data, data, data)).vocab == 0
+    fast = materialize(TensorDataset(torch.zeros(3, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int16)), "d")
+    assert fast.tensors[0].dtype == torch.float32 and fast.tensors[1].dtype == torch.int64
+    doubles = materialize([(torch.randn(3), torch.randn(2, dtype=torch.float64)) for _ in range(4)], "d")
+    assert doubles.tensors[1].dtype == torch.float32
+
+
+def test_a_device_profile_input_override_keeps_the_index_range() -> None:
+    from core.spec import shape_on
+
+    overridden = shape_on((16,), SampleShape((64,), vocab=90))
+    assert overridden == (16,) and overridden.vocab == 90
+    assert shape_on(None, SampleShape((64,), vocab=90)).vocab == 90 and shape_on(None, (3, 4)).vocab == 0
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "onnxruntime-int8"])
+def test_onnx_runtime_takes_a_model_of_token_ids(runtime: str) -> None:
+    from envs.runtimes import RUNTIMES
+
+    torch.manual_seed(0)
+    model = CharLSTM(vocab=20, embedding=8, hidden=16).eval()
+    shape = SampleShape((12,), vocab=20)
+    x = torch.randint(0, 20, (16, 12))
+    runnable = RUNTIMES[runtime].convert(model, shape, threads=1, calibration=x)
+    with torch.no_grad():
+        assert (runnable(x) - model(x)).abs().max() < (1e-4 if runtime == "onnxruntime" else 0.5)
+
+
+def test_the_rl_searcher_refuses_a_lower_is_better_metric() -> None:
+    from core.metric import ACCURACY, MetricSpec
+    from search.searchers.rl.rewards import check_metric
+
+    check_metric(ACCURACY)
+    with pytest.raises(UsageError, match="scored by bpc, lower is better: use --searcher tpe"):
+        check_metric(MetricSpec("bpc", False))

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from core.spec import as_shape
+from core.spec import shape_on
 from envs.runtimes.base import RUNTIMES, Runtime, RuntimeConversionError, Timer, output_error, register
 from envs.runtimes.eager import TorchEager
 from envs.runtimes.ort import OnnxRuntime
@@ -62,5 +62,5 @@ def runnable_for(
     Raises:
         RuntimeConversionError: when the runtime cannot take the model.
     """
-    shape = as_shape(device.input_shape or input_shape)
+    shape = shape_on(device.input_shape, input_shape)
     return RUNTIMES[device.runtime].convert(model, shape, device.threads, calibration)

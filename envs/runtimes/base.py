@@ -18,7 +18,7 @@ from torch import nn
 
 from core.errors import first_line
 from core.registry import Registry
-from core.spec import as_shape
+from core.spec import SampleShape, as_shape
 
 Timer = Callable[[nn.Module, torch.Tensor], float]
 """Milliseconds of one forward pass of a module on an input, as the device profile times it."""
@@ -85,7 +85,9 @@ class Runtime(ABC):
         The default is the one-layer model converted for this runtime, on ``example``. The entry is the
         timed milliseconds less :meth:`call_cost_ms` (at least 0).
         """
-        return self.convert(nn.Sequential(layer).eval(), tuple(example.shape[1:]), threads, example), example
+        vocab = 0 if example.dtype.is_floating_point else int(example.max()) + 1  # index inputs keep their range
+        shape = SampleShape(example.shape[1:], vocab)
+        return self.convert(nn.Sequential(layer).eval(), shape, threads, example), example
 
     def call_cost_ms(self, example: torch.Tensor, threads: int, timer: Timer) -> float:
         """Milliseconds a call of a converted model costs besides its layers, on ``example`` (0 by default).

@@ -88,9 +88,10 @@ def data_fingerprint(splits: Splits) -> str:
 
 
 def _target(value: object) -> torch.Tensor | None:
-    """A sample's target as a tensor: an int label, or a tensor (int targets per position, float targets)."""
+    """A sample's target as an int64 or float32 tensor: an int label, or a tensor (int targets per position,
+    float targets)."""
     if isinstance(value, torch.Tensor):
-        return None if value.dtype == torch.bool or value.is_complex() else value.detach()
+        return _cast(value.detach())
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return torch.tensor(int(value), dtype=torch.int64)
     if isinstance(value, (float, np.floating)):
@@ -99,16 +100,23 @@ def _target(value: object) -> torch.Tensor | None:
 
 
 def _cast(tensor: torch.Tensor) -> torch.Tensor | None:
-    """int64 for integer tensors (labels, token ids), float32 for float ones; ``None`` for anything else."""
+    """Targets: int64 for integer tensors (labels), float32 for float ones; ``None`` for anything else."""
     if tensor.dtype == torch.bool or tensor.is_complex():
         return None
     return tensor.to(torch.float32 if tensor.dtype.is_floating_point else torch.int64)
 
 
+def _cast_input(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Inputs: int64 tensors stay indices (token ids); every other real dtype (uint8 images too) becomes float32."""
+    if tensor.dtype == torch.int64:
+        return tensor
+    return None if tensor.dtype == torch.bool or tensor.is_complex() else tensor.to(torch.float32)
+
+
 def _fast_path(dataset: object) -> TensorDataset | None:
     if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2 or len(dataset.tensors[1]) == 0:
         return None
-    x, y = (_cast(t.detach()) for t in dataset.tensors)
+    x, y = _cast_input(dataset.tensors[0].detach()), _cast(dataset.tensors[1].detach())
     if x is None or y is None:
         return None
     return TensorDataset(x.clone(), y.clone())
@@ -117,7 +125,7 @@ def _fast_path(dataset: object) -> TensorDataset | None:
 def materialize(dataset: object, where: str) -> TensorDataset:
     """Stack a map-style dataset of ``(input tensor, target)`` samples into a ``TensorDataset``.
 
-    Inputs stay integer (token ids, as int64) or become float32; a target is an int class label, an int tensor
+    int64 inputs stay indices (token ids); other inputs become float32; a target is an int class label, an int tensor
     (a label per position, e.g. the next character of every position) or float values (regression).
 
     Args:
@@ -145,7 +153,7 @@ def materialize(dataset: object, where: str) -> TensorDataset:
             sample = dataset[i]
             ok = isinstance(sample, (tuple, list)) and len(sample) == 2
             target = _target(sample[1]) if ok else None
-            x = _cast(sample[0].detach()) if ok and isinstance(sample[0], torch.Tensor) else None
+            x = _cast_input(sample[0].detach()) if ok and isinstance(sample[0], torch.Tensor) else None
             if x is None or target is None:
                 raise UsageError(
                     f"{where} sample {i} is not an (input tensor, target) pair; make __getitem__ return "
@@ -158,7 +166,7 @@ def materialize(dataset: object, where: str) -> TensorDataset:
                         f"{tuple(first[0].shape)} {first[0].dtype}; all samples must have one shape and dtype"
                     )
             xs.append(x)
-            ys.append(_cast(target))
+            ys.append(target)
         if not xs:
             raise UsageError(f"{where} is empty; every split needs at least one sample")
         inputs, targets = torch.stack(xs), torch.stack(ys)

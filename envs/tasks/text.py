@@ -11,7 +11,6 @@ the cached model instead of reusing it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import string
 import sysconfig
 from pathlib import Path
@@ -67,11 +66,6 @@ def encode(text: str) -> np.ndarray:
 def decode(indices: torch.Tensor) -> str:
     """The characters of a sequence of indices."""
     return "".join(ALPHABET[int(i)] for i in indices)
-
-
-def text_fingerprint() -> str:
-    """SHA-256 prefix of the library text the splits are cut from."""
-    return hashlib.sha256(library_text().encode()).hexdigest()[:16]
 
 
 def text_splits() -> tuple[TensorDataset, TensorDataset, TensorDataset]:

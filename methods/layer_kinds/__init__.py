@@ -61,26 +61,28 @@ def weight_keys(model: nn.Module, name: str) -> tuple[str, ...]:
     return tuple(f"{name}.{weight.name}" if name else weight.name for weight in kind.weights(module))
 
 
-def owner_of(model: nn.Module, key: str) -> tuple[nn.Module, str]:
-    """The module holding a compressible weight and the weight's attribute name there.
+def parameter_name(model: nn.Module, key: str) -> str:
+    """``key`` as a ``named_parameters()`` name: a parameter name (``rnn.weight_hh_l0``, ``attn.out_proj.weight``)
+    as it is, a layer name (``features.0``) as its ``weight``'s."""
+    try:
+        model.get_submodule(key)
+    except AttributeError:
+        return key
+    return f"{key}.weight" if key else "weight"
 
-    ``key`` is a parameter name (``rnn.weight_hh_l0``, ``attn.out_proj.weight``), or a layer name standing for its
-    ``weight`` (``features.0``).
+
+def owner_of(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """The module holding a compressible weight and the weight's attribute name there (``key`` as for
+    :func:`parameter_name`).
 
     Raises:
-        AttributeError: when ``key`` names neither.
+        AttributeError: when ``key`` names neither a parameter nor a layer with a weight.
     """
-    try:
-        module = model.get_submodule(key)
-    except AttributeError:
-        path, _, attr = key.rpartition(".")
-        owner = model.get_submodule(path)
-        if not isinstance(getattr(owner, attr, None), torch.Tensor):
-            raise AttributeError(f"{key!r} is neither a layer nor a parameter of the model") from None
-        return owner, attr
-    if not isinstance(getattr(module, "weight", None), (nn.Parameter, torch.Tensor)):
-        raise AttributeError(f"{key!r} is a {type(module).__name__} without a weight")
-    return module, "weight"
+    path, _, attr = parameter_name(model, key).rpartition(".")
+    owner = model.get_submodule(path)
+    if not isinstance(getattr(owner, attr, None), torch.Tensor):
+        raise AttributeError(f"{key!r} is neither a parameter nor a layer with a weight")
+    return owner, attr
 
 
 def weight_of(model: nn.Module, key: str) -> torch.Tensor:
@@ -96,5 +98,5 @@ def layer_weights(model: nn.Module, name: str) -> tuple[torch.Tensor, ...]:
 
 __all__ = [
     "LAYER_KINDS", "Channels", "CompressibleWeight", "LayerKind", "is_compressible", "kind_of", "layer_weights",
-    "owner_of", "weight_keys", "weight_of",
+    "owner_of", "parameter_name", "weight_keys", "weight_of",
 ]

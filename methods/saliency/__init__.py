@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.registry import Registry
+from methods.layer_kinds import parameter_name
 from methods.saliency.base import Saliency
 from methods.saliency.magnitude import Magnitude
 from methods.saliency.obd import OptimalBrainDamage
@@ -50,7 +51,7 @@ def saliency_scores(
     Args:
         model: the network; its weights are read, not changed.
         names: parameter names of compressible weights (``rnn.weight_hh_l0``), or layer names standing for their
-            ``weight`` (see :func:`methods.layer_kinds.owner_of`); the scores are keyed as given.
+            ``weight`` (see :func:`methods.layer_kinds.parameter_name`); the scores are keyed as given.
         criterion: a name in :data:`SALIENCIES`.
         data: (inputs, labels) calibration data, needed by the data-driven criteria.
         batch_size: batch size of the gradient passes.
@@ -62,19 +63,11 @@ def saliency_scores(
     saliency = check_saliency(criterion)
     if saliency.needs_data and (data is None or len(data) == 0):
         raise ValueError(f"the {criterion} saliency needs calibration data")
-    keys = {name: _parameter_name(model, name) for name in names}
+    keys = {name: parameter_name(model, name) for name in names}
     weights = {key: model.get_parameter(key) for key in keys.values()}
     scores = saliency.scores(model, weights, data, batch_size)
     return {name: scores[key] for name, key in keys.items()}
 
-
-def _parameter_name(model: nn.Module, name: str) -> str:
-    """The ``named_parameters()`` key of the weight ``name`` stands for (a layer's name stands for its ``weight``)."""
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return name
-    return f"{name}.weight" if name else "weight"
 
 
 __all__ = ["SALIENCIES", "Saliency", "check_saliency", "saliency_scores"]

@@ -24,8 +24,8 @@ def best_text(trials: list[Trial], metric: MetricSpec = ACCURACY) -> str:
         return "no feasible candidate yet"
     best = max(feasible, key=lambda t: (t.result.val_accuracy, -t.result.size_bytes))
     r = best.result
-    name = "acc" if metric.name == "accuracy" else metric.name
-    return f"best: {name}={metric.value(r.val_accuracy):.4f} size={r.size_bytes / 1e3:.1f}KB lat={r.latency_ms:.1f}ms"
+    return (f"best: {metric.short}={metric.value(r.val_accuracy):.4f} size={r.size_bytes / 1e3:.1f}KB "
+            f"lat={r.latency_ms:.1f}ms")
 
 
 class LocalDriver(Driver):

@@ -35,7 +35,7 @@ from core.result import Result
 from core.space import SearchSpace
 from search.searchers.base import Finished, Proposal, Searcher
 from search.searchers.rl.environment import CompressEnv, EnvSettings
-from search.searchers.rl.rewards import check_reward
+from search.searchers.rl.rewards import check_metric, check_reward
 
 ALGOS: dict[str, type] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
 """SB3 off-policy algorithms by name."""
@@ -153,6 +153,8 @@ class RLSearcher(Searcher):
 
     def __init__(self, space: SearchSpace, budget: Budget, seed: int, run_dir: Path | None = None, **kwargs: Any):
         super().__init__(space, budget, seed, run_dir, **kwargs)
+        if self.evaluator is not None:
+            check_metric(self.evaluator.task.metric_spec)
         options: RLOptions = self.options
         latency_file = None if run_dir is None else Path(run_dir) / LATENCY_FILE
         saved = json.loads(latency_file.read_text()) if latency_file is not None and latency_file.is_file() else None

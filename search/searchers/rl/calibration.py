@@ -73,14 +73,15 @@ def _raw_bytes(model: nn.Module, weights: set[str]) -> int:
     return sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in weights)
 
 
-def _coupling(evaluator: WallEvaluator, probe_keep: float) -> tuple[list[list[float]], list[list[float]], list[float]]:
+def _coupling(
+    evaluator: WallEvaluator, probe_keep: float, weights: set[str], full: int
+) -> tuple[list[list[float]], list[list[float]], list[float]]:
     """Per channel removed from each group: output and input channels each layer loses, and raw bytes.
 
-    Found by really pruning each group alone to ``probe_keep``.
+    Found by really pruning each group alone to ``probe_keep``; ``weights`` are the compressible weights'
+    names, ``full`` the raw bytes of the unpruned model (:func:`_raw_bytes`).
     """
     task, multiple, specs = evaluator.task, evaluator.device.channel_multiple, evaluator.layers
-    weights = {key for spec in specs for key in weight_keys(task.model, spec.name)}
-    full = _raw_bytes(task.model, weights)
     out = [[0.0] * len(evaluator.groups) for _ in specs]
     inn = [[0.0] * len(evaluator.groups) for _ in specs]
     raw = [0.0] * len(evaluator.groups)
@@ -125,7 +126,8 @@ def calibrate(
     """
     task, specs = evaluator.task, evaluator.layers
     names = [spec.name for spec in specs]
-    raw = _raw_bytes(task.model, {key for name in names for key in weight_keys(task.model, name)})
+    compressible = {key for name in names for key in weight_keys(task.model, name)}
+    raw = _raw_bytes(task.model, compressible)
     weights = [layer_weights(task.model, name) for name in names]
     headers, models = [], []
     dense = Policy.from_choices({name: LayerChoice() for name in names})
@@ -150,7 +152,7 @@ def calibrate(
     }
     first = runtimes[0] if runtimes else None
     coupled = bool(keeps) and bool(evaluator.groups)
-    out, inn, raw_coupling = _coupling(evaluator, min(keeps)) if coupled else ([], [], [])
+    out, inn, raw_coupling = _coupling(evaluator, min(keeps), compressible, raw) if coupled else ([], [], [])
     index_of = {name: i for i, name in enumerate(names)}
     return CostModel(
         layers=tuple(LayerShape.from_spec(spec) for spec in specs),

@@ -11,6 +11,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core.errors import UsageError
+from core.metric import MetricSpec
 from core.result import Result
 
 FAILED_REWARD = -2.0
@@ -85,3 +87,14 @@ def check_reward(name: str) -> str:
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; choose one of: {', '.join(REWARDS)}")
     return name
+
+
+def check_metric(metric: MetricSpec) -> None:
+    """Refuses a task whose metric the rewards cannot use: they are built on accuracy (errors in ``[0, 1]``).
+
+    Raises:
+        UsageError: for a lower-is-better metric (bits per character, mean squared error, ...).
+    """
+    if not metric.higher_is_better:
+        raise UsageError(f"the rl searcher's rewards are built on accuracy (errors in [0, 1]); the task is scored "
+                         f"by {metric.name}, lower is better: use --searcher tpe, nsga2 or random")
