@@ -29,6 +29,7 @@ from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.layer_kinds import weight_keys
 from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, architecture, compress
+from methods.streams import Data, head, subset
 from methods.structured import channel_groups
 
 LATENCY_MODES = ("measured", "predicted")
@@ -102,6 +103,11 @@ class EvaluatorSettings:
     (``benchmarks/proxy_fidelity.py``)."""
     saliency_images: int = 256
     """Training images that score weights for the ``obd`` and ``taylor`` pruning saliencies."""
+    val_samples: int = 2000
+    """Validation samples every candidate is scored on: all of a smaller split, else a fixed subset drawn with
+    ``val_seed`` (the first ones of a stream read in its own order). The test split is always read in full."""
+    val_seed: int = 0
+    """Seed of that subset."""
     latency: str = "measured"
     """``measured``: run every new architecture on the device; ``predicted``: the device's latency
     lookup table (``envs/latency_model.py``), checked against a real run every ``latency_check_every``
@@ -134,6 +140,8 @@ class EvaluatorSettings:
         check_exposed(self.finetune, self.FINETUNE_KEYS, "evaluator")
         if self.saliency_images < 1:
             raise ValueError("saliency_images must be at least 1")
+        if self.val_samples < 1 or self.val_seed < 0:
+            raise ValueError("val_samples must be at least 1 and val_seed at least 0")
         if self.latency not in LATENCY_MODES:
             raise ValueError(f"latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         if self.latency_check_every < 1:
@@ -164,6 +172,11 @@ class Evaluator:
         self.settings = settings
         self.compute = compute_device(compute)
         """Where fine-tunes, BatchNorm recalibration and the eager model's metric run (not the latency)."""
+        self.val_data: TensorDataset = subset(task.val, settings.val_samples, settings.val_seed)
+        """The fixed validation subset every candidate is scored on (``settings.val_samples``)."""
+        self.calibration_inputs: torch.Tensor = head(task.train, settings.calibration_images).tensors[0]
+        """Training inputs for BatchNorm recalibration and int8 activation ranges (a bounded number)."""
+        self._saliency_data = head(task.train, settings.saliency_images)
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
         self._cache: dict[str, Result] = {}
@@ -209,7 +222,7 @@ class Evaluator:
             teacher=self.task.model if finetune.distill_alpha > 0 else None,
             loss=self.task.loss,
             compute=self.compute,
-            saliency_data=TensorDataset(*(t[: self.settings.saliency_images] for t in self.task.train.tensors)),
+            saliency_data=self._saliency_data,
         )
 
     def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:
@@ -242,11 +255,6 @@ class Evaluator:
             raise ValueError(f"runtime {runtime!r} is not allowed on device {self.device.name!r} "
                              f"(its runtimes: {', '.join(self.device.runtimes)})")
         return self.device.on(runtime)
-
-    @property
-    def calibration_inputs(self) -> torch.Tensor:
-        """Training images for BatchNorm recalibration and int8 activation ranges."""
-        return self.task.train.tensors[0][: self.settings.calibration_images]
 
     @property
     def predictor(self) -> LatencyPredictor:
@@ -435,7 +443,7 @@ class Evaluator:
         """The runtime a compressed candidate runs on (its header's, ``None`` for the default)."""
         return compressed.meta.get(RUNTIME_KEY)
 
-    def score(self, model: nn.Module, data: TensorDataset, runtime: str | None = None) -> float:
+    def score(self, model: nn.Module, data: Data, runtime: str | None = None) -> float:
         """The task metric of ``model`` (as ``runtime`` runs it) on ``data`` as a higher-is-better score
         (:meth:`core.metric.MetricSpec.score`: accuracy itself, minus bits per character); results and searchers
         hold scores. An eager model is scored on the compute device, a converted one on the CPU it runs on."""
@@ -465,7 +473,7 @@ class Evaluator:
         nonzero = sum(int(torch.count_nonzero(model.get_parameter(name))) for name in weights)
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
-            val_accuracy=self.score(runnable, self.task.val, runtime),
+            val_accuracy=self.score(runnable, self.val_data, runtime),
             size_bytes=compressed.size_bytes,
             latency_ms=latency.ms,
             latency_spread_ms=latency.spread_ms,

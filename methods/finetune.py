@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.data import TensorDataset
 
 from methods.layer_kinds import owner_of
 from methods.objective import soft_target_loss, task_loss
 from methods.quantizers import parametrization
+from methods.streams import Data, epoch_batches
 
 LR_SCHEDULES = ("constant", "cosine")
 """Learning-rate schedules of a fine-tune."""
@@ -84,7 +84,7 @@ def masked_finetune(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
     codes: Mapping[str, CodeSpec],
-    train: TensorDataset,
+    train: Data,
     settings: FinetuneSettings,
     teacher: nn.Module | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -99,7 +99,8 @@ def masked_finetune(
         codes: code width and quantizer per key of ``masks``; the weights must already hold their
             stored weights (``methods.quantizers.stored_weight``), which each quantizer's parametrization
             keeps on its codes.
-        train: training split.
+        train: training split, in memory or streamed (:mod:`methods.streams`); a pass that ends before
+            ``steps`` starts another.
         settings: steps, learning rate, batch size, seed, distillation weight and temperature.
         teacher: the original model, for distillation (used when ``settings.distill_alpha`` > 0).
         loss: the task's loss ``loss(outputs, targets)`` (default :func:`methods.objective.task_loss`).
@@ -117,7 +118,6 @@ def masked_finetune(
         owner, attr = owners[name]
         module = parametrization(getattr(owner, attr).detach(), mask.to(device), code.bits, code.quantizer)
         parametrize.register_parametrization(owner, attr, module)
-    inputs, labels = train.tensors
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = None
@@ -127,21 +127,15 @@ def masked_finetune(
     try:
         step = 0
         while step < settings.steps:
-            order = torch.randperm(len(labels), generator=generator)
-            for start in range(0, len(order), settings.batch_size):
-                idx = order[start : start + settings.batch_size]
+            passed = step
+            for inputs, labels in epoch_batches(train, settings.batch_size, generator, device):
                 optimizer.zero_grad(set_to_none=True)
                 teacher_logits = None
                 if teacher is not None and settings.distill_alpha > 0:
                     with torch.no_grad():
-                        teacher_logits = teacher(inputs[idx].to(device))
+                        teacher_logits = teacher(inputs)
                 value = distillation_loss(
-                    model(inputs[idx].to(device)),
-                    labels[idx].to(device),
-                    teacher_logits,
-                    settings.distill_alpha,
-                    settings.distill_temperature,
-                    loss,
+                    model(inputs), labels, teacher_logits, settings.distill_alpha, settings.distill_temperature, loss
                 )
                 value.backward()
                 optimizer.step()
@@ -150,6 +144,8 @@ def masked_finetune(
                 step += 1
                 if step >= settings.steps:
                     break
+            if step == passed:
+                raise ValueError("cannot fine-tune on an empty dataset")
     finally:
         for owner, attr in owners.values():
             parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)

@@ -22,6 +22,7 @@ from methods.packing import RUNTIME_KEY, WeightEncoding, pack_model, unpack, ver
 from methods.pruning import apply_mask, lowest_mask
 from methods.quantizers import check_quantizer_names, stored_weight
 from methods.saliency import saliency_scores
+from methods.streams import Data
 from methods.structured import History, prune_channels, replay_pruning
 
 PACKED_MODEL_FORMAT = 1
@@ -54,7 +55,7 @@ class Refinement:
     """Inputs for BatchNorm recalibration (``None`` skips it)."""
     finetune: FinetuneSettings = FinetuneSettings()
     """Masked quantization-aware fine-tune (0 steps skips it)."""
-    train: TensorDataset | None = None
+    train: Data | None = None
     """Training split for the fine-tune."""
     teacher: nn.Module | None = None
     """Original model whose soft targets the fine-tune distils (with ``finetune.distill_alpha`` > 0)."""

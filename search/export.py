@@ -19,6 +19,7 @@ from methods.finetune import FinetuneSettings
 from methods.onnx_runtime import OnnxConversionError, OnnxRuntimeModel, export_onnx
 from methods.packing import write_packed
 from methods.pipeline import CompressedModel
+from methods.streams import sample_count
 from search.archive import Trial
 from search.pareto import non_dominated, spread_subset
 
@@ -160,8 +161,8 @@ class Dropped:
 
 
 def finetune_steps(evaluator: Evaluator, epochs: float, batch_size: int = 64) -> int:
-    """Optimizer steps for ``epochs`` passes over the training split."""
-    return int(math.ceil(epochs * len(evaluator.task.train) / batch_size))
+    """Optimizer steps for ``epochs`` passes over the training split (its length is known: task loading checks)."""
+    return int(math.ceil(epochs * (sample_count(evaluator.task.train) or 0) / batch_size))
 
 
 def _front(trials: Sequence[Trial]) -> tuple[list[Trial], list[tuple[float, float, float]], list[int]]:

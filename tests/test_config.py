@@ -7,11 +7,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
+from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
 from envs.evaluator import EvaluatorSettings
 from methods.finetune import FinetuneSettings
+from methods.streams import Stream
 from search.api import resume_config
 from search.config import build_config
 from search.export import ExportSettings
@@ -53,7 +56,7 @@ def test_config_yaml_keeps_the_flat_keys_and_round_trips() -> None:
     config = build_config(yaml.safe_load(EARLIER_RUN))
     data = yaml.safe_load(config.to_yaml())
     added_since = {"timing": "worker", "paired_timing": True, "decode_check_every": 20,  # newer than that run
-                   "promote_top": 0.2, "promote_steps": 30, "promote_lr": 0.001}
+                   "promote_top": 0.2, "promote_steps": 30, "promote_lr": 0.001, "val_samples": 2000, "val_seed": 0}
     assert data["evaluator"] == {**yaml.safe_load(EARLIER_RUN)["evaluator"], **added_since}
     assert data["export"] == {**yaml.safe_load(EARLIER_RUN)["export"], "finetune_schedule": "constant", "onnx": False}
     assert build_config(data) == config
@@ -86,8 +89,9 @@ def test_fields_a_section_cannot_record_keep_their_defaults() -> None:
 
 def test_the_final_finetune_runs_the_epochs_with_the_runs_seed() -> None:
     settings = ExportSettings(finetune_epochs=2.0, finetune=FinetuneSettings(lr=2e-4, distill_alpha=0.5))
-    evaluator = SimpleNamespace(task=SimpleNamespace(train=range(100)))
-    assert settings.final_finetune(evaluator, seed=7) == replace(settings.finetune, steps=4, seed=7)  # 200 / 64
+    for train in (TensorDataset(torch.zeros(100, 1), torch.zeros(100)), Stream(list(range(100)))):
+        evaluator = SimpleNamespace(task=SimpleNamespace(train=train))
+        assert settings.final_finetune(evaluator, seed=7) == replace(settings.finetune, steps=4, seed=7)  # 200 / 64
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from core.errors import UsageError
 from core.spec import SampleShape
+from methods.streams import Collate, Data, Stream, ToDevice, cast_inputs, cast_targets, head, sample_count
 
 MNIST_MEAN = 0.1307
 """Mean of MNIST pixels scaled to [0, 1]."""
@@ -26,8 +27,15 @@ SPLIT_SEED = 0
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 """Names of the three splits, in order."""
 
-Splits = tuple[TensorDataset, TensorDataset, TensorDataset]
-"""(train, val, test) datasets of (inputs, targets): float32 or int64 (token ids) inputs, int64 or float32 targets."""
+STACK_LIMIT_BYTES = 256 * 2**20
+"""A map-style dataset whose samples take at most this many bytes in all is stacked in memory (fast); a larger
+one is streamed, like every ``DataLoader`` and ``IterableDataset``."""
+PROBE_SAMPLES = 256
+"""Samples of a streamed split read to fingerprint it and to check its shapes, labels and index range."""
+
+Splits = tuple[Data, Data, Data]
+"""(train, val, test) of (inputs, targets), in memory or streamed (:mod:`methods.streams`): float32 or int64 (token
+ids) inputs, int64 or float32 targets."""
 
 
 def normalize_mnist(pixels: np.ndarray) -> torch.Tensor:
@@ -76,11 +84,19 @@ def mnist_splits() -> Splits:
     return train, val, test
 
 
+def probe(data: Data) -> TensorDataset:
+    """All of an in-memory split; the first :data:`PROBE_SAMPLES` samples of a streamed one."""
+    return data if isinstance(data, TensorDataset) else head(data, PROBE_SAMPLES)
+
+
 def data_fingerprint(splits: Splits) -> str:
-    """A short SHA-256 of the shapes, dtypes and contents of all split tensors."""
+    """A short SHA-256 of the shapes, dtypes and contents of all split tensors (of a streamed split: its length
+    and its first :data:`PROBE_SAMPLES` samples)."""
     digest = hashlib.sha256()
     for dataset in splits:
-        for tensor in dataset.tensors:
+        if isinstance(dataset, Stream):
+            digest.update(f"stream {dataset.size};".encode())
+        for tensor in probe(dataset).tensors:
             t = tensor.detach().contiguous().cpu()
             digest.update(f"{t.dtype}{tuple(t.shape)};".encode())
             digest.update(t.numpy().tobytes() if t.numel() else b"")
@@ -91,7 +107,7 @@ def _target(value: object) -> torch.Tensor | None:
     """A sample's target as an int64 or float32 tensor: an int label, or a tensor (int targets per position,
     float targets)."""
     if isinstance(value, torch.Tensor):
-        return _cast(value.detach())
+        return cast_targets(value.detach())
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return torch.tensor(int(value), dtype=torch.int64)
     if isinstance(value, (float, np.floating)):
@@ -99,24 +115,10 @@ def _target(value: object) -> torch.Tensor | None:
     return None
 
 
-def _cast(tensor: torch.Tensor) -> torch.Tensor | None:
-    """Targets: int64 for integer tensors (labels), float32 for float ones; ``None`` for anything else."""
-    if tensor.dtype == torch.bool or tensor.is_complex():
-        return None
-    return tensor.to(torch.float32 if tensor.dtype.is_floating_point else torch.int64)
-
-
-def _cast_input(tensor: torch.Tensor) -> torch.Tensor | None:
-    """Inputs: int64 tensors stay indices (token ids); every other real dtype (uint8 images too) becomes float32."""
-    if tensor.dtype == torch.int64:
-        return tensor
-    return None if tensor.dtype == torch.bool or tensor.is_complex() else tensor.to(torch.float32)
-
-
 def _fast_path(dataset: object) -> TensorDataset | None:
     if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2 or len(dataset.tensors[1]) == 0:
         return None
-    x, y = _cast_input(dataset.tensors[0].detach()), _cast(dataset.tensors[1].detach())
+    x, y = cast_inputs(dataset.tensors[0].detach()), cast_targets(dataset.tensors[1].detach())
     if x is None or y is None:
         return None
     return TensorDataset(x.clone(), y.clone())
@@ -153,7 +155,7 @@ def materialize(dataset: object, where: str) -> TensorDataset:
             sample = dataset[i]
             ok = isinstance(sample, (tuple, list)) and len(sample) == 2
             target = _target(sample[1]) if ok else None
-            x = _cast_input(sample[0].detach()) if ok and isinstance(sample[0], torch.Tensor) else None
+            x = cast_inputs(sample[0].detach()) if ok and isinstance(sample[0], torch.Tensor) else None
             if x is None or target is None:
                 raise UsageError(
                     f"{where} sample {i} is not an (input tensor, target) pair; make __getitem__ return "
@@ -177,8 +179,44 @@ def materialize(dataset: object, where: str) -> TensorDataset:
     return TensorDataset(inputs, targets)
 
 
-def materialize_splits(result: object, where: str) -> Splits:
-    """Check that ``result`` is three datasets with one sample shape and stack each.
+def as_split(dataset: object, where: str, collate: Collate | None = None, to_device: ToDevice | None = None) -> Data:
+    """One split as the search reads it: stacked in memory when it is a small map-style dataset of ``(input
+    tensor, target)`` samples (:func:`materialize`), else a :class:`~methods.streams.Stream` (a ``DataLoader``,
+    an ``IterableDataset``, a dataset over :data:`STACK_LIMIT_BYTES`, or any data read with ``collate`` or
+    ``to_device``), checked on its first samples.
+
+    Raises:
+        UsageError: not a dataset or loader, empty, or samples or batches that cannot be used.
+    """
+    streamed = isinstance(dataset, (DataLoader, IterableDataset)) or collate is not None or to_device is not None
+    if not streamed and _fast_path(dataset) is None and hasattr(dataset, "__len__") and len(dataset) > 0:
+        streamed = _stacked_bytes(dataset) > STACK_LIMIT_BYTES
+    if not streamed:
+        return materialize(dataset, where)
+    stream = Stream(dataset, collate=collate, to_device=to_device, where=where)
+    first = head(stream, PROBE_SAMPLES)
+    inputs, targets = first.tensors
+    if not targets.dtype.is_floating_point and int(targets.min()) < 0:
+        raise UsageError(f"{where} has negative label {int(targets.min())}; use labels 0..C-1")
+    if not inputs.dtype.is_floating_point and int(inputs.min()) < 0:
+        raise UsageError(f"{where} has a negative index input {int(inputs.min())}; token ids must be >= 0")
+    return stream
+
+
+def _stacked_bytes(dataset: object) -> int:
+    """Bytes the dataset would take stacked, from its first sample (0 when that is not a pair of tensors)."""
+    sample = dataset[0]  # type: ignore[index]
+    if not (isinstance(sample, (tuple, list)) and len(sample) == 2 and isinstance(sample[0], torch.Tensor)):
+        return 0
+    target = sample[1].numel() if isinstance(sample[1], torch.Tensor) else 1
+    return len(dataset) * 4 * (sample[0].numel() * (2 if sample[0].dtype == torch.int64 else 1) + target)
+
+
+def materialize_splits(
+    result: object, where: str, collate: Collate | None = None, to_device: ToDevice | None = None
+) -> Splits:
+    """Check that ``result`` is three datasets (or loaders) with one sample shape; each becomes a split
+    (:func:`as_split`).
 
     Raises:
         UsageError: Not a sequence of 3 datasets, or a problem in one of them.
@@ -186,18 +224,24 @@ def materialize_splits(result: object, where: str) -> Splits:
     if isinstance(result, (str, bytes)) or not isinstance(result, Sequence) or len(result) != 3:
         got = f"{len(result)} items" if isinstance(result, Sequence) else type(result).__name__
         raise UsageError(f"{where} returned {got}; it must return a (train, val, test) tuple of 3 datasets")
-    train, val, test = (materialize(d, f"{where}, {name} split,") for d, name in zip(result, SPLIT_NAMES, strict=True))
-    shapes = [(tuple(d.tensors[0].shape[1:]), d.tensors[0].dtype) for d in (train, val, test)]
+    splits = tuple(
+        as_split(d, f"{where}, {name} split,", collate, to_device) for d, name in zip(result, SPLIT_NAMES, strict=True)
+    )
+    if sample_count(splits[0]) is None:
+        raise UsageError(f"{where}, train split, has no length; give the IterableDataset __len__ (samples in one "
+                         "pass), so that fine-tune epochs can be counted")
+    shapes = [(tuple(x.shape[1:]), x.dtype) for x in (probe(d).tensors[0] for d in splits)]
     if len(set(shapes)) != 1:
         raise UsageError(
             f"{where} returned splits with different input shapes or dtypes {[(s, str(d)) for s, d in shapes]}; "
             "all splits must share one sample shape and dtype"
         )
-    return train, val, test
+    return splits  # type: ignore[return-value]
 
 
 def sample_shape(splits: Splits) -> SampleShape:
-    """One input sample's shape; for integer inputs (token ids) with the index range the data uses."""
-    inputs = splits[0].tensors[0]
-    vocab = 0 if inputs.dtype.is_floating_point else 1 + max(int(d.tensors[0].max()) for d in splits)
-    return SampleShape(inputs.shape[1:], vocab)
+    """One input sample's shape; for integer inputs (token ids) with the index range the data uses (a streamed
+    split's first samples)."""
+    probes = [probe(d).tensors[0] for d in splits]
+    vocab = 0 if probes[0].dtype.is_floating_point else 1 + max(int(x.max()) for x in probes)
+    return SampleShape(probes[0].shape[1:], vocab)

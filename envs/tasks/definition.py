@@ -2,7 +2,9 @@
 
 ``TaskDefinition`` is the whole task protocol. Only ``model``, ``train``, ``val`` and ``test`` are required:
 
-* data: map-style datasets (or ``TensorDataset`` s) of ``(input, target)`` samples, as for ``--data``;
+* data: ``DataLoader`` s, map-style datasets (``TensorDataset`` s too) or ``IterableDataset`` s of ``(input,
+  target)`` samples; small map-style datasets are held in memory, everything else is streamed batch by batch
+  (:mod:`methods.streams`); ``collate`` and ``to_device`` read samples of any other structure;
 * ``metric``: a name in :data:`methods.objective.METRICS`, or your own :class:`methods.objective.Metric` (a
   name, a direction and a batch's ``(sum, count)``), default by the targets' dtype;
 * ``loss``: ``loss(outputs, targets) -> scalar tensor`` for training and every fine-tune, default cross-entropy
@@ -22,6 +24,7 @@ from core.errors import UsageError
 from core.metric import MetricSpec
 from envs.tasks.training import TrainRecipe
 from methods.objective import METRICS, Metric
+from methods.streams import Collate, ToDevice
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(outputs, targets) -> scalar tensor``."""
@@ -34,11 +37,11 @@ class TaskDefinition:
     model: nn.Module
     """The model (trained, unless ``trained`` is False)."""
     train: object
-    """Training data: a dataset of ``(input, target)`` samples."""
+    """Training data: a ``DataLoader`` or a dataset (an ``IterableDataset`` needs ``__len__``)."""
     val: object
-    """Validation data: the search scores candidates on it."""
+    """Validation data: the search scores candidates on a fixed, seeded subset of it (``evaluator.val_samples``)."""
     test: object
-    """Test data: only the exported models are scored on it."""
+    """Test data: only the exported models are scored on it, on all of it."""
     metric: str | Metric | None = None
     """A registered metric's name, your own :class:`~methods.objective.Metric`, or None (by the targets)."""
     loss: Loss | None = None
@@ -47,6 +50,12 @@ class TaskDefinition:
     """Whether ``model`` is trained; if not, it is trained with ``recipe`` on ``train`` (and cached)."""
     recipe: TrainRecipe | None = None
     """How to train it when it is not (default: the user recipe)."""
+    collate: Collate | None = None
+    """Builds a batch from a list of samples of a dataset (default: torch's ``default_collate``); a
+    ``DataLoader`` uses its own."""
+    to_device: ToDevice | None = None
+    """``to_device(batch, device) -> (inputs, targets)``: unpacks a batch of any structure onto a device
+    (default: a batch is an ``(inputs, targets)`` pair)."""
 
 
 def checked_definition(value: object, where: str) -> TaskDefinition:
@@ -76,6 +85,9 @@ def checked_definition(value: object, where: str) -> TaskDefinition:
                              "(MetricSpec(name, higher_is_better=True or False))")
     if value.loss is not None and not callable(value.loss):
         raise UsageError(f"{where}: loss is a {type(value.loss).__name__}; give loss(outputs, targets) -> tensor")
+    for hook in ("collate", "to_device"):
+        if getattr(value, hook) is not None and not callable(getattr(value, hook)):
+            raise UsageError(f"{where}: {hook} is a {type(getattr(value, hook)).__name__}, not a function")
     if value.recipe is not None and not isinstance(value.recipe, TrainRecipe):
         raise UsageError(f"{where}: recipe is a {type(value.recipe).__name__}; give an envs.tasks.TrainRecipe")
     return value

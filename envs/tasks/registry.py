@@ -15,14 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
 from envs.tasks import charlstm, mobilenet, models
-from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, sample_shape
+from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, probe, sample_shape
 from envs.tasks.definition import Loss, checked_definition
 from envs.tasks.text import text_splits
 from envs.tasks.training import TrainRecipe, train_model
@@ -40,6 +39,7 @@ from envs.tasks.user import (
 )
 from methods.compute import compute_device
 from methods.objective import METRICS, Metric, default_metric
+from methods.streams import Data
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +110,12 @@ class Task:
     """Task name: a built-in name such as ``lenet5``, or ``user:FILE.py:factory``."""
     model: nn.Module
     """Trained fp32 model in eval mode."""
-    train: TensorDataset
-    """Training split (float32 inputs, int64 labels)."""
-    val: TensorDataset
-    """Validation split."""
-    test: TensorDataset
-    """Test split."""
+    train: Data
+    """Training split, in memory or streamed (:mod:`methods.streams`)."""
+    val: Data
+    """Validation split (the search scores on a fixed subset of it: ``evaluator.val_samples``)."""
+    test: Data
+    """Test split (read in full, in order, to report the exported models)."""
     input_shape: SampleShape
     """Shape of one input sample, e.g. ``(1, 28, 28)``; for token-id inputs with their range (``vocab``)."""
     num_classes: int
@@ -294,7 +294,7 @@ def load_task(
         code = code_fingerprint(ref)
         builtin_data = mnist_splits
     splits = load_user_data(data) if data is not None else builtin_data()
-    metric = _checked_metric(metric or default_metric(splits[0].tensors[1]), splits)
+    metric = _checked_metric(metric or default_metric(probe(splits[0]).tensors[1]), splits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)  # deterministic initial weights
         net = build_architecture(source)
@@ -327,11 +327,13 @@ def _task_file(
     ref = parse_factory(spec, "task")
     where = f"task factory {ref.display!r}"
     definition = checked_definition(call_factory(ref, "task"), where)
-    splits = materialize_splits((definition.train, definition.val, definition.test), where)
+    splits = materialize_splits(
+        (definition.train, definition.val, definition.test), where, definition.collate, definition.to_device
+    )
     custom = definition.metric if isinstance(definition.metric, Metric) and metric is None else None
     if custom is None:
         named = metric or (definition.metric if isinstance(definition.metric, str) else None)
-        name = _checked_metric(named or default_metric(splits[0].tensors[1]), splits)
+        name = _checked_metric(named or default_metric(probe(splits[0]).tensors[1]), splits)
     else:
         name = custom.spec.name
     net, source, recipe = definition.model, {"task_file": ref.source}, definition.recipe or USER_RECIPE
@@ -354,7 +356,7 @@ def _checked_metric(name: str, splits: Splits) -> str:
     """``name`` when it is a registered metric that can score the splits' targets."""
     if name not in METRICS.names():
         raise UsageError(f"unknown metric {name!r}; choose one of {', '.join(METRICS.names())}")
-    floats = splits[0].tensors[1].dtype.is_floating_point
+    floats = probe(splits[0]).tensors[1].dtype.is_floating_point
     if METRICS[name].float_targets != floats:
         kind = "float (regression)" if floats else "integer (class label)"
         fitting = [other for other, metric in METRICS.items() if metric.float_targets == floats]

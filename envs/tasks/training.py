@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader
 
+from core.errors import UsageError
 from methods.objective import METRICS, Metric, task_loss
+from methods.streams import Data, Stream, epoch_batches, sample_count
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Learning-rate schedules understood by ``train_model``."""
@@ -63,9 +65,24 @@ def _lr_factor(schedule: str, total_steps: int, step: int) -> float:
     return 1.0
 
 
+def steps_per_epoch(data: Data, batch_size: int) -> int | None:
+    """Optimiser steps in one pass over ``data`` (``None``: a stream of unknown length): its batches, less a
+    last batch of one sample, which :func:`train_model` skips."""
+    if isinstance(data, Stream) and isinstance(data.source, DataLoader):
+        try:
+            return len(data.source)
+        except TypeError:
+            return None
+    n = sample_count(data)
+    if n is None:
+        return None
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
 def train_model(
     model: nn.Module,
-    train: TensorDataset,
+    train: Data,
     recipe: TrainRecipe,
     progress: bool = False,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -79,7 +96,7 @@ def train_model(
 
     Args:
         model: Module mapping a batch of inputs to ``(N, C)`` logits.
-        train: Dataset of (float32 inputs, int64 labels).
+        train: the training split, in memory or streamed (:mod:`methods.streams`).
         recipe: Epochs, learning rate, batch size, weight decay and seed.
         progress: Show a tqdm progress bar over the optimiser steps.
         loss: ``loss(outputs, targets)``; default :func:`methods.objective.task_loss`.
@@ -90,45 +107,47 @@ def train_model(
     """
     from tqdm import tqdm
 
-    inputs, labels = train.tensors
-    n = len(labels)
-    if n == 0:
+    per_epoch = steps_per_epoch(train, recipe.batch_size)
+    if per_epoch == 0:
         raise ValueError("cannot train on an empty dataset")
-    batches = [(i, min(i + recipe.batch_size, n)) for i in range(0, n, recipe.batch_size)]
-    if len(batches) > 1 and batches[-1][1] - batches[-1][0] == 1:
-        batches.pop()  # a batch of one sample breaks BatchNorm statistics
+    if per_epoch is None and recipe.schedule != "constant":
+        raise UsageError(f"the {recipe.schedule} schedule needs the training data's length; give the dataset "
+                         "__len__ or use schedule='constant'")
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    total = recipe.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_lr_factor, recipe.schedule, total))
-    bar = tqdm(total=recipe.epochs * len(batches), disable=not progress, desc="training", unit="step")
+    total = recipe.epochs * per_epoch if per_epoch is not None else None
+    if total is not None:
+        schedule = functools.partial(_lr_factor, recipe.schedule, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    bar = tqdm(total=total, disable=not progress, desc="training", unit="step")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         shuffle = torch.Generator().manual_seed(recipe.seed)
         model.train()
         for epoch in range(recipe.epochs):
-            order = torch.randperm(n, generator=shuffle)
-            for start, stop in batches:
-                idx = order[start:stop]
+            for number, (inputs, labels) in enumerate(epoch_batches(train, recipe.batch_size, shuffle, device)):
+                if number > 0 and len(labels) == 1:
+                    continue  # a batch of one sample breaks BatchNorm statistics
                 optimizer.zero_grad(set_to_none=True)
-                value = (loss or task_loss)(model(inputs[idx].to(device)), labels[idx].to(device))
+                value = (loss or task_loss)(model(inputs), labels)
                 value.backward()
                 optimizer.step()
-                scheduler.step()
+                if total is not None:
+                    scheduler.step()
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.3f}", refresh=False)
     bar.close()
     return model.to("cpu").eval()
 
 
-def evaluate_accuracy(model: nn.Module, data: TensorDataset, batch_size: int = 1000) -> float:
+def evaluate_accuracy(model: nn.Module, data: Data, batch_size: int = 1000) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (see :func:`evaluate`)."""
     return evaluate(model, data, "accuracy", batch_size)
 
 
 def evaluate(
     model: nn.Module,
-    data: TensorDataset,
+    data: Data,
     metric: str | Metric = "accuracy",
     batch_size: int = 1000,
     device: torch.device | str = "cpu",
@@ -139,7 +158,7 @@ def evaluate(
 
     Args:
         model: Module mapping a batch of inputs to outputs the metric reads (class scores in the last dim).
-        data: Dataset of (inputs, targets).
+        data: (inputs, targets) samples, in memory or streamed in order (:mod:`methods.streams`).
         metric: A name in :data:`methods.objective.METRICS`, or a :class:`methods.objective.Metric`.
         batch_size: Samples per forward pass (does not change the result).
         device: where the forward passes run; the model is back on the CPU afterwards.
@@ -148,10 +167,6 @@ def evaluate(
         The metric's value over every sample (accuracy in [0, 1], bits per character, ...).
     """
     scorer = metric if isinstance(metric, Metric) else METRICS[metric]
-    inputs, targets = data.tensors
-    n = len(targets)
-    if n == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
@@ -160,12 +175,11 @@ def evaluate(
     total, count = 0.0, 0
     try:
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                batch_total, batch_count = scorer.batch(
-                    model(inputs[start : start + batch_size].to(device)),
-                    targets[start : start + batch_size].to(device),
-                )
+            for inputs, targets in epoch_batches(data, batch_size, device=device):
+                batch_total, batch_count = scorer.batch(model(inputs), targets)
                 total, count = total + batch_total, count + batch_count
+        if count == 0:
+            raise ValueError("cannot evaluate on an empty dataset")
     finally:
         model.to("cpu")
         model.train(was_training)

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from core.errors import UsageError
-from envs.tasks.data import Splits, materialize_splits
+from envs.tasks.data import Splits, materialize_splits, probe
+from methods.streams import head
 
 _FORMAT_HINT = "use FILE.py:FACTORY or package.module:FACTORY"
 _SAVE_HINT = "save it with torch.save(model.state_dict(), PATH)"
@@ -275,7 +276,7 @@ def check_fit(model: nn.Module, splits: Splits, sample_count: int = 8) -> int:
         UsageError: The forward pass fails, the outputs do not fit the targets, or ``C`` is not larger than the
             largest label.
     """
-    inputs, targets = splits[0].tensors[0][:sample_count], splits[0].tensors[1][:sample_count]
+    inputs, targets = head(splits[0], sample_count).tensors
     batch = tuple(inputs.shape)
     was_training = model.training
     model.eval()
@@ -301,7 +302,7 @@ def check_fit(model: nn.Module, splits: Splits, sample_count: int = 8) -> int:
     if not isinstance(out, torch.Tensor) or out.dim() != targets.dim() + 1 or tuple(out.shape[:-1]) != wanted:
         expected = "(N, C) class logits" if targets.dim() == 1 else f"class scores of shape {wanted} + (C,)"
         raise UsageError(f"the model returned {shape} for a batch of shape {batch}; it must return {expected}")
-    max_label = max(int(d.tensors[1].max()) for d in splits)
+    max_label = max(int(probe(d).tensors[1].max()) for d in splits)
     classes = int(out.shape[-1])
     if classes <= max_label:
         raise UsageError(
