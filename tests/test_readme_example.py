@@ -1,4 +1,5 @@
-"""The README's complete example of your own model and data (a character GRU over a text file) works as printed."""
+"""The README's complete examples of your own model and data (a character GRU over a text file, a task file, a task
+streaming records from disk) work as printed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import torch
 from core.policy import LayerChoice, Policy
 from envs.device import load_device
 from envs.evaluator import Evaluator
-from envs.tasks import load_task
+from envs.tasks import load_task, mnist_splits
+from envs.tasks.data import MNIST_MEAN, MNIST_STD
 from envs.tasks.text import library_text
+from envs.tasks.training import evaluate
+from methods.streams import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +67,23 @@ def test_the_readme_task_file_trains_with_its_loss_and_scores_in_its_own_metric(
     with torch.no_grad():
         mae = float((task.model(inputs) - targets).abs().mean())
     assert mae < 0.2 * float(targets.abs().mean())  # trained by the tool with the recipe
+
+
+def test_the_readme_streamed_task_reads_records_from_disk_batch_by_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(# my_stream\.py\n.*?)```", text, re.S)
+    assert block, "the README's my_stream.py example is missing"
+    (tmp_path / "my_stream.py").write_text(block.group(1))
+    train, val, test = mnist_splits()
+    records = []
+    for split in (train, val, test):
+        pixels = (split.tensors[0] * MNIST_STD + MNIST_MEAN).mul(255).round().clamp(0, 255).to(torch.uint8)
+        records.append(torch.cat([split.tensors[1].to(torch.uint8)[:, None], pixels.flatten(1)], dim=1))
+    (tmp_path / "digits.u8").write_bytes(torch.cat(records).numpy().tobytes())
+    monkeypatch.chdir(tmp_path)
+    task = load_task(f"{tmp_path / 'my_stream.py'}:task", cache_dir=tmp_path)
+    assert all(isinstance(split, Stream) for split in (task.train, task.val, task.test))
+    assert task.input_shape == (1, 28, 28) and task.num_classes == 10
+    assert evaluate(task.model, task.test) > 0.85  # trained by the tool, streaming the records
