@@ -49,8 +49,9 @@ from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
 from methods.examples import random_batch, zeros_batch
 from methods.kind_pruning import build_graph, channel_units, own_pruning_types
-from methods.layer_kinds import Channels, CompressibleWeight, kind_of, weight_of
+from methods.layer_kinds import kind_of
 from methods.objective import task_loss
+from methods.structured_check import ChannelPruningError, prune_checked
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +63,6 @@ TRIAL_KEEP = 0.5
 """Keep ratio of the trial pruning with which :func:`channel_groups` tests each group."""
 CHECK_BATCH = 2
 """Samples of the random input on which every pruning step is checked."""
-CHECK_TOLERANCE = 1e-4
-"""Relative tolerance of that check (float sums in another order differ by about 1e-7)."""
-DISABLE_HINT = "keep that group at 1.0 or disable channel pruning (space: channel_pruning: false)"
-"""How a user gets around a group that cannot be pruned."""
-
-
-class ChannelPruningError(UsageError):
-    """Pruning one channel group breaks the model (a pattern the dependency graph mis-tracks)."""
-
-    def __init__(self, leader: str, problem: str) -> None:
-        super().__init__(f"channel pruning of the group led by {leader!r} {problem}; {DISABLE_HINT}")
-        self.leader = leader
-        """Leader of the group whose pruning failed."""
-        self.problem = problem
-        """What went wrong, as a verb phrase (e.g. "left a model that no longer runs (...)")."""
 
 
 @dataclass(frozen=True)
@@ -124,17 +110,13 @@ def _refusal(graph: tp.DependencyGraph, module: nn.Module) -> str | None:
     return kind.channel_refusal(module)
 
 
-def _kept_whole(model: nn.Module, graph: tp.DependencyGraph) -> dict[nn.Module, str]:
-    """Layers whose output channels are never pruned, with why: those that produce the network's output, and
-    those their layer kind keeps whole (:meth:`~methods.layer_kinds.LayerKind.channel_refusal`)."""
+def _kept_whole(model: nn.Module, graph: tp.DependencyGraph) -> tuple[list[nn.Module], dict[nn.Module, str]]:
+    """Layers whose output channels are never pruned: those that produce the network's output, and those their
+    layer kind keeps whole (:meth:`~methods.layer_kinds.LayerKind.channel_refusal`), with why."""
     layers = [m for m in model.modules() if kind_of(m) is not None and m in graph.module2node]
     outputs = [m for m in layers if not graph.module2node[m].outputs] or layers[-1:]
-    kept = {m: "it produces the model's output" for m in outputs}
-    for module in layers:
-        reason = None if module in kept else _refusal(graph, module)
-        if reason is not None:
-            kept[module] = reason
-    return kept
+    refused = {m: _refusal(graph, m) for m in layers if m not in outputs}
+    return outputs, {m: reason for m, reason in refused.items() if reason is not None}
 
 
 @dataclass(frozen=True)
@@ -151,15 +133,15 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph, warn: bool = False) -> 
     whose units do not fit."""
     names = graph._module2name  # noqa: SLF001 - Torch-Pruning exposes no public accessor
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    kept = _kept_whole(model, graph)
+    outputs, refused = _kept_whole(model, graph)
     roots = (nn.modules.conv._ConvNd, nn.Linear, *own_pruning_types(model))
     found = []
     try:
-        all_groups = list(graph.get_all_groups(ignored_layers=list(kept), root_module_types=roots))
+        all_groups = list(graph.get_all_groups(ignored_layers=outputs + list(refused), root_module_types=roots))
     except Exception as exc:  # noqa: BLE001 - grouping a user's model can fail in many ways
         raise UsageError(f"cannot group the model's channels ({exc}); disable channel pruning") from exc
-    for module, reason in kept.items() if warn else ():
-        if kind_of(module).channel_pruning and "model's output" not in reason:
+    for module, reason in refused.items() if warn else ():
+        if kind_of(module).channel_pruning:  # not for kinds that never prune (embeddings)
             logger.warning("keeping every output channel of %r (and of the layers tied to it): %s",
                            names[module], reason)
     for group in all_groups:
@@ -289,99 +271,6 @@ def _gradients(model: nn.Module, data: CalibrationData | None) -> Iterator[None]
             param.grad = None
 
 
-def _input_weights(module: nn.Module) -> list[tuple[torch.Tensor, CompressibleWeight, Channels]]:
-    """The weights through which ``module`` reads its input channels, with their channel dims.
-
-    Compressible layers tell through their kind; Torch-Pruning's other convolutions (transposed, 1-d, 3-d)
-    read through ``weight``, ``(in, out / groups, ...)`` when transposed, else ``(out, in / groups, ...)``.
-    """
-    kind = kind_of(module)
-    if kind is not None:
-        channels = kind.channels(module)
-        return [(weight_of(module, w.name).data, w, channels) for w in kind.weights(module) if w.in_dim is not None]
-    if isinstance(module, nn.modules.conv._ConvNd):
-        dims = CompressibleWeight("weight", out_dim=1, in_dim=0) if module.transposed else CompressibleWeight("weight")
-        return [(module.weight.data, dims, Channels(module.in_channels, module.out_channels, module.groups))]
-    return []
-
-
-def _zero_inputs(weight: torch.Tensor, dims: CompressibleWeight, channels: Channels, idxs: list[int]) -> None:
-    """Zeroes, in place, the part of ``weight`` that reads input channels ``idxs``."""
-    if weight.shape[dims.in_dim] == channels.in_channels:  # every input channel has its own slice
-        weight.index_fill_(dims.in_dim, torch.tensor(idxs), 0)
-        return
-    per_group, out_per_group = channels.in_channels // channels.groups, channels.out_channels // channels.groups
-    for idx in idxs:  # input channel i reaches only the outputs of group i // (in / groups)
-        first = idx // per_group * out_per_group
-        index: list[slice | int] = [slice(None)] * weight.dim()
-        index[dims.out_dim] = slice(first, first + out_per_group)
-        index[dims.in_dim] = idx % per_group
-        weight[tuple(index)] = 0
-
-
-def _zero_consumers(graph: tp.DependencyGraph, graph_group: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Zeroes, in place, the weights with which the group's consumers read its dropped channels, and those through
-    which the layers that remove their own channels compute their kept outputs from the dropped ones.
-
-    Returns ``(weight, original copy)`` pairs to restore them.
-    """
-    saved = []
-    for item in graph_group:
-        module, idxs = item.dep.target.module, [int(i) for i in item.idxs]
-        kind = kind_of(module) if isinstance(module, nn.Module) else None
-        if not idxs:
-            continue
-        if graph.is_out_channel_pruning_fn(item.dep.handler):
-            if kind is not None and kind.own_pruning:
-                saved += [(p.data, p.data.clone()) for p in module.parameters()]
-                kind.mask_outputs(module, idxs)
-            continue
-        for weight, dims, channels in _input_weights(module):
-            saved.append((weight, weight.clone()))
-            _zero_inputs(weight, dims, channels, idxs)
-    return saved
-
-
-def _reference(graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    """What the model computes when later layers ignore the channels ``graph_group`` drops."""
-    saved = _zero_consumers(graph, graph_group)
-    try:
-        out = model(example)
-    except Exception as exc:  # noqa: BLE001 - a user's model can fail in many ways
-        raise UsageError(f"the model fails on a random batch of shape {tuple(example.shape)} ({exc})") from exc
-    finally:
-        for weight, original in saved:
-            weight.copy_(original)
-    if not isinstance(out, torch.Tensor):
-        raise UsageError(f"channel pruning needs a model that returns a tensor, not {type(out).__name__}")
-    return out
-
-
-def _prune_checked(
-    graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor, leader: str
-) -> None:
-    """Prunes one group, then checks the model's output equals :func:`_reference`'s."""
-    reference = _reference(graph, graph_group, model, example)
-    try:
-        graph_group.prune()
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on patterns it mis-tracks
-        raise ChannelPruningError(leader, f"failed inside Torch-Pruning ({type(exc).__name__}: {exc})") from exc
-    try:
-        pruned = model(example)
-    except Exception as exc:  # noqa: BLE001 - a mis-pruned model fails in many ways
-        raise ChannelPruningError(leader, f"left a model that no longer runs ({type(exc).__name__}: {exc})") from exc
-    if pruned.shape != reference.shape:
-        raise ChannelPruningError(leader, f"changed the model's output shape to {tuple(pruned.shape)}")
-    error = float((pruned - reference).abs().max()) / (float(reference.abs().max()) + 1e-12)
-    if not error <= CHECK_TOLERANCE:
-        raise ChannelPruningError(
-            leader,
-            f"changed what the kept channels compute (relative error {error:.2g}): the dependency graph "
-            "mis-tracks how this model mixes channels (e.g. torch.roll, flip, a channel shuffle, a shared weight, "
-            "a grouped conv) or a layer normalises across channels (GroupNorm, LayerNorm)",
-        )
-
-
 def _select(graph: tp.DependencyGraph, found: _Found, n_keep: int, scorer: tp.importance.Importance) -> Any:
     """The Torch-Pruning group that drops the least important units (mean channel score) down to ``n_keep``
     channels."""
@@ -445,7 +334,7 @@ def prune_channels(
             group = found.group
             n_keep = group.kept(keep.get(group.leader, 1.0), multiple)
             if n_keep < group.channels:
-                _prune_checked(graph, _select(graph, found, n_keep, scorer), model, example, group.leader)
+                prune_checked(graph, _select(graph, found, n_keep, scorer), model, example, group.leader)
     return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
 
 
