@@ -253,9 +253,18 @@ class InputAttention(nn.Module):
         return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(dim=1))
 
 
+class OneHead(AttentionNet):
+    """The attention model with a single head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 1, batch_first=True)
+
+
 @pytest.mark.parametrize(
     ("model", "shape", "reason"),
-    [(CrossAttention(), (5, 4), "kdim, vdim"), (InputAttention(), (5, 8), "reads the model's input")],
+    [(CrossAttention(), (5, 4), "kdim, vdim"), (InputAttention(), (5, 8), "reads the model's input"),
+     (OneHead(), (5, 4), "single head")],
 )
 def test_attention_that_cannot_be_pruned_keeps_its_channels_with_a_reason(
     model: nn.Module, shape: tuple[int, ...], reason: str, caplog: pytest.LogCaptureFixture,
@@ -266,5 +275,5 @@ def test_attention_that_cannot_be_pruned_keeps_its_channels_with_a_reason(
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "'attn'" in warning and reason in warning
     embed = model.attn.embed_dim
-    assert prune_channels(model, shape, {"query": 0.5, "memory": 0.5, "attn": 0.5}) == []
+    assert prune_channels(model, shape, {"query": 0.5, "memory": 0.5, "embed": 0.5, "attn": 0.5}) == []
     assert model.attn.embed_dim == embed

@@ -18,9 +18,10 @@ the same channels). The layer then computes what the unpruned one does with thos
 heads' outputs zeroed (:meth:`AttentionKind.mask_outputs`). Torch-Pruning's own pruner is not used: it keeps
 ``num_heads`` and shrinks every head instead, which regroups the features into different heads (and rescales the
 scores by the new ``head_dim``), and with keys and values of their own sizes it leaves the query projection's
-inputs whole. A layer whose keys and values have sizes of their own (``kdim``/``vdim``), or that reads the model's
-input itself, keeps its channels (``methods.structured``); so does one in a group a LayerNorm normalises (a
-``nn.TransformerEncoderLayer``'s): the output check finds that removing features changes the normalisation.
+inputs whole. A layer whose keys and values have sizes of their own (``kdim``/``vdim``), of a single head, or that
+reads the model's input itself, keeps its channels (``methods.structured``); so does one in a group a LayerNorm
+normalises (a ``nn.TransformerEncoderLayer``'s): the output check finds that removing features changes the
+normalisation.
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ class AttentionKind(LayerKind):
         return Channels(int(module.embed_dim), int(module.embed_dim))
 
     def channel_refusal(self, module: nn.Module) -> str | None:
-        """Keys and values of sizes of their own are not the layer's channels."""
+        """Keys and values of sizes of their own are not the layer's channels; a single head cannot go."""
         if not module._qkv_same_embed_dim:  # noqa: SLF001 - how the module itself tells
             return "its keys and values have sizes of their own (kdim, vdim), which its heads cannot share"
+        if module.num_heads < 2:
+            return "it has a single head, which pruning would remove whole"
         return None
 
     def channel_units(self, module: nn.Module) -> tuple[tuple[int, ...], ...]:
