@@ -87,9 +87,9 @@ def _tensors(value: Any) -> list[torch.Tensor] | None:
         return [value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return []
-    if type(value) in (tuple, list) or isinstance(value, dict):
+    if type(value) in (tuple, list, dict):
         found: list[torch.Tensor] = []
-        for item in value.values() if isinstance(value, dict) else value:
+        for item in value.values() if type(value) is dict else value:
             inner = _tensors(item)
             if inner is None:
                 return None
@@ -104,6 +104,8 @@ def _rebuild(value: Any, tensors: Iterator[torch.Tensor]) -> Any:
         return next(tensors)
     if type(value) in (tuple, list):
         return type(value)(_rebuild(item, tensors) for item in value)
+    if type(value) is dict:
+        return {key: _rebuild(item, tensors) for key, item in value.items()}
     return value
 
 
