@@ -16,7 +16,7 @@ from core.errors import UsageError
 from core.policy import FP32_BITS, LayerChoice, Policy
 from core.spec import SampleShape, as_shape
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune, recalibrate_batchnorm
-from methods.layer_kinds import weight_keys, weight_of
+from methods.layer_kinds import kind_of, weight_keys, weight_of
 from methods.lowrank import factor_names, factorisable, factorise_layers, full_rank, replay_factorisation
 from methods.packing import RUNTIME_KEY, WeightEncoding, pack_model, unpack, verify_packed
 from methods.pruning import apply_mask, lowest_mask
@@ -296,6 +296,19 @@ def _checked_input_shape(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def _history_size(module: nn.Module | None, out: bool) -> int | None:
+    """Output (``out``) or input channels of a layer a history entry names: as its kind counts them (a recurrent
+    or attention layer has no ``weight``), else from its ``weight``; ``None`` when it has neither."""
+    kind = kind_of(module) if module is not None else None
+    if kind is not None and kind.own_pruning:
+        channels = kind.channels(module)
+        return channels.out_channels if out else channels.in_channels
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return None
+    return weight.shape[0] if out else weight.shape[1] * getattr(module, "groups", 1)
+
+
 def _check_history(model: nn.Module, history: Any) -> None:
     """Every entry names a layer with weights and removes distinct channels it has."""
     modules = dict(model.named_modules())
@@ -304,10 +317,9 @@ def _check_history(model: nn.Module, history: Any) -> None:
     for number, entry in enumerate(history):
         name, out, indices = entry if isinstance(entry, list) and len(entry) == 3 else (None, None, None)
         module = modules.get(name) if isinstance(name, str) and name else None
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or type(out) is not bool:
+        size = _history_size(module, out) if type(out) is bool else None
+        if size is None:
             raise _unfit(f"pruning history entry {number} ({str(entry)[:80]}) names no layer of the model it can prune")
-        size = weight.shape[0] if out else weight.shape[1] * getattr(module, "groups", 1)
         in_range = isinstance(indices, list) and all(type(i) is int and 0 <= i < size for i in indices)
         if not in_range or len(set(indices)) != len(indices):
             raise _unfit(f"pruning history entry {number} removes channels {name!r} does not have (it has {size})")

@@ -13,6 +13,13 @@ to score (``bn`` without an affine BatchNorm) the group falls back to ``l1``. Cr
 calibration data given by the caller. Group members are the layers of a registered layer kind
 (:mod:`methods.layer_kinds`) whose output channels the group removes.
 
+Recurrent layers (hidden units) and attention layers (whole heads, with the input and output features
+``nn.MultiheadAttention`` ties to them) remove their own channels (:mod:`methods.kind_pruning`): a group
+with them removes whole *units* (a head's features, a unit of both directions), scored by the mean of
+their channels' importance, and keeps whole units (:attr:`ChannelGroup.unit`). A kind may keep a
+layer's channels whole (an attention layer whose keys and values have sizes of their own); a warning
+names the layer.
+
 Torch-Pruning's graph does not understand every way a forward pass can mix channels
 (``torch.roll`` or ``flip`` over channels, channel shuffles, a gate with one channel
 broadcast over many, ``chunk``, ``repeat``, weights used through ``F.conv2d``, grouped
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,8 +48,10 @@ from torch import nn
 from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
 from methods.examples import random_batch, zeros_batch
-from methods.layer_kinds import Channels, CompressibleWeight, kind_of, weight_of
+from methods.kind_pruning import build_graph, channel_units, own_pruning_types
+from methods.layer_kinds import kind_of
 from methods.objective import task_loss
+from methods.structured_check import ChannelPruningError, prune_checked
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +63,6 @@ TRIAL_KEEP = 0.5
 """Keep ratio of the trial pruning with which :func:`channel_groups` tests each group."""
 CHECK_BATCH = 2
 """Samples of the random input on which every pruning step is checked."""
-CHECK_TOLERANCE = 1e-4
-"""Relative tolerance of that check (float sums in another order differ by about 1e-7)."""
-DISABLE_HINT = "keep that group at 1.0 or disable channel pruning (space: channel_pruning: false)"
-"""How a user gets around a group that cannot be pruned."""
-
-
-class ChannelPruningError(UsageError):
-    """Pruning one channel group breaks the model (a pattern the dependency graph mis-tracks)."""
-
-    def __init__(self, leader: str, problem: str) -> None:
-        super().__init__(f"channel pruning of the group led by {leader!r} {problem}; {DISABLE_HINT}")
-        self.leader = leader
-        """Leader of the group whose pruning failed."""
-        self.problem = problem
-        """What went wrong, as a verb phrase (e.g. "left a model that no longer runs (...)")."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +75,13 @@ class ChannelGroup:
     """All compressible layers (see :mod:`methods.layer_kinds`) whose output channels the group removes."""
     channels: int
     """Channels in the group before pruning."""
+    unit: int = 1
+    """Channels removed together (an attention head's features, a recurrent unit's two directions): the group keeps
+    whole units (:meth:`kept`)."""
+
+    def kept(self, keep: float, multiple: int = 1) -> int:
+        """Channels left when keeping ``keep`` of the group, rounded to ``multiple`` and to whole units."""
+        return kept_channels(self.channels, keep, multiple, self.unit)
 
 
 def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
@@ -92,29 +94,56 @@ def _graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
     try:
         with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # layers it cannot prune
-            return tp.DependencyGraph().build_dependency(model, example_inputs=zeros_batch(input_shape))
+            return build_graph(model, zeros_batch(input_shape))
     except Exception as exc:  # noqa: BLE001 - tracing a user's model can fail in many ways
         raise UsageError(f"cannot trace the model's channel dependencies ({exc}); disable channel pruning") from exc
     finally:
         model.train(was_training)
 
 
-def _kept_whole(model: nn.Module, graph: tp.DependencyGraph) -> list[nn.Module]:
-    """Layers whose output channels are never pruned: those that produce the network's output, and those
-    whose layer kind forbids channel pruning."""
+def _refusal(graph: tp.DependencyGraph, module: nn.Module) -> str | None:
+    """Why ``module``'s output channels are kept whole, or ``None``: its kind's reason, or, for a kind whose inputs
+    are its outputs, reading the model's input (whose channels stay)."""
+    kind = kind_of(module)
+    if kind.tied_channels and not graph.module2node[module].inputs:
+        return "it reads the model's input, whose channels are its own"
+    return kind.channel_refusal(module)
+
+
+def _kept_whole(model: nn.Module, graph: tp.DependencyGraph) -> tuple[list[nn.Module], dict[nn.Module, str]]:
+    """Layers whose output channels are never pruned: those that produce the network's output, and those their
+    layer kind keeps whole (:meth:`~methods.layer_kinds.LayerKind.channel_refusal`), with why."""
     layers = [m for m in model.modules() if kind_of(m) is not None and m in graph.module2node]
-    outputs = [m for m in layers if not graph.module2node[m].outputs]
-    return (outputs or layers[-1:]) + [m for m in layers if not kind_of(m).channel_pruning and m not in outputs]
+    outputs = [m for m in layers if not graph.module2node[m].outputs] or layers[-1:]
+    refused = {m: _refusal(graph, m) for m in layers if m not in outputs}
+    return outputs, {m: reason for m, reason in refused.items() if reason is not None}
 
 
-def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module, ChannelGroup]]:
+@dataclass(frozen=True)
+class _Found:
+    """A channel group with its root module in the graph and its units (root channel numbers)."""
+
+    root: nn.Module
+    group: ChannelGroup
+    units: list[list[int]]
+
+
+def _groups(model: nn.Module, graph: tp.DependencyGraph, warn: bool = False) -> list[_Found]:
+    """The model's channel groups; with ``warn``, a warning for each layer a kind refuses to prune and each group
+    whose units do not fit."""
     names = graph._module2name  # noqa: SLF001 - Torch-Pruning exposes no public accessor
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    outputs, refused = _kept_whole(model, graph)
+    roots = (nn.modules.conv._ConvNd, nn.Linear, *own_pruning_types(model))
     found = []
     try:
-        all_groups = list(graph.get_all_groups(ignored_layers=_kept_whole(model, graph)))
+        all_groups = list(graph.get_all_groups(ignored_layers=outputs + list(refused), root_module_types=roots))
     except Exception as exc:  # noqa: BLE001 - grouping a user's model can fail in many ways
         raise UsageError(f"cannot group the model's channels ({exc}); disable channel pruning") from exc
+    for module, reason in refused.items() if warn else ():
+        if kind_of(module).channel_pruning:  # not for kinds that never prune (embeddings)
+            logger.warning("keeping every output channel of %r (and of the layers tied to it): %s",
+                           names[module], reason)
     for group in all_groups:
         root = group[0].dep.target.module
         members = []
@@ -126,8 +155,14 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph) -> list[tuple[nn.Module
         if not members or channels is None or channels < 2:  # e.g. led by a ConvTranspose2d
             continue
         members.sort(key=order.__getitem__)
-        found.append((root, ChannelGroup(leader=members[0], members=tuple(members), channels=int(channels))))
-    return sorted(found, key=lambda pair: order[pair[1].leader])
+        units = channel_units(graph, group, int(channels))
+        if isinstance(units, str) or len(units) < 2:
+            if warn and isinstance(units, str):
+                logger.warning("leaving channel group %r unpruned: %s", members[0], units)
+            continue
+        group_of = ChannelGroup(members[0], tuple(members), int(channels), unit=len(units[0]))
+        found.append(_Found(root, group_of, units))
+    return sorted(found, key=lambda f: order[f.group.leader])
 
 
 def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
@@ -140,7 +175,7 @@ def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[Channel
     and the rest of the compression applies.
     """
     try:
-        found = [group for _, group in _groups(model, _graph(model, input_shape))]
+        found = [f.group for f in _groups(model, _graph(model, input_shape), warn=True)]
     except UsageError as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         logger.warning("every channel is kept: Torch-Pruning cannot trace or group this model's channels (%s: %s)",
@@ -167,17 +202,21 @@ def _unprunable(model: nn.Module, input_shape: Sequence[int], groups: Sequence[C
     return broken
 
 
-def kept_channels(channels: int, keep: float, multiple: int = 1) -> int:
-    """Channels left when keeping ``keep`` of ``channels``, rounded to ``multiple``, at least one."""
-    multiple = max(1, int(multiple))
+def kept_channels(channels: int, keep: float, multiple: int = 1, unit: int = 1) -> int:
+    """Channels left when keeping ``keep`` of ``channels``, rounded to ``multiple`` and to whole units of ``unit``
+    channels (to their least common multiple), at least one (unit)."""
+    multiple = math.lcm(max(1, int(multiple)), max(1, int(unit)))
     kept = int(round(channels * keep / multiple)) * multiple
     return int(min(channels, max(kept, min(multiple, channels), 1)))
 
 
-def _scores(graph_group: Any, scorer: tp.importance.Importance) -> torch.Tensor:
-    """Per-channel importance of a full group; the ``FALLBACK`` criterion's when ``scorer`` finds nothing to score."""
+def _scores(graph_group: Any, scorer: tp.importance.Importance, channels: int) -> torch.Tensor:
+    """Per-channel importance of a full group; the ``FALLBACK`` criterion's when ``scorer`` finds nothing to score,
+    and equal scores (the last channels go) when neither does (a group of recurrent and attention layers only)."""
     scores = scorer(graph_group)
-    return check_channel_importance(FALLBACK).scorer()(graph_group) if scores is None else scores
+    if scores is None:
+        scores = check_channel_importance(FALLBACK).scorer()(graph_group)
+    return torch.zeros(channels) if scores is None else scores.flatten().cpu()
 
 
 def _check_arguments(importance: str, data: CalibrationData | None) -> ChannelImportance:
@@ -232,101 +271,16 @@ def _gradients(model: nn.Module, data: CalibrationData | None) -> Iterator[None]
             param.grad = None
 
 
-def _input_weights(module: nn.Module) -> list[tuple[torch.Tensor, CompressibleWeight, Channels]]:
-    """The weights through which ``module`` reads its input channels, with their channel dims.
-
-    Compressible layers tell through their kind; Torch-Pruning's other convolutions (transposed, 1-d, 3-d)
-    read through ``weight``, ``(in, out / groups, ...)`` when transposed, else ``(out, in / groups, ...)``.
-    """
-    kind = kind_of(module)
-    if kind is not None:
-        channels = kind.channels(module)
-        return [(weight_of(module, w.name).data, w, channels) for w in kind.weights(module) if w.in_dim is not None]
-    if isinstance(module, nn.modules.conv._ConvNd):
-        dims = CompressibleWeight("weight", out_dim=1, in_dim=0) if module.transposed else CompressibleWeight("weight")
-        return [(module.weight.data, dims, Channels(module.in_channels, module.out_channels, module.groups))]
-    return []
-
-
-def _zero_inputs(weight: torch.Tensor, dims: CompressibleWeight, channels: Channels, idxs: list[int]) -> None:
-    """Zeroes, in place, the part of ``weight`` that reads input channels ``idxs``."""
-    if weight.shape[dims.in_dim] == channels.in_channels:  # every input channel has its own slice
-        weight.index_fill_(dims.in_dim, torch.tensor(idxs), 0)
-        return
-    per_group, out_per_group = channels.in_channels // channels.groups, channels.out_channels // channels.groups
-    for idx in idxs:  # input channel i reaches only the outputs of group i // (in / groups)
-        first = idx // per_group * out_per_group
-        index: list[slice | int] = [slice(None)] * weight.dim()
-        index[dims.out_dim] = slice(first, first + out_per_group)
-        index[dims.in_dim] = idx % per_group
-        weight[tuple(index)] = 0
-
-
-def _zero_consumers(graph: tp.DependencyGraph, graph_group: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Zeroes the weights with which the group's consumers read its dropped channels, in place.
-
-    Returns ``(weight, original copy)`` pairs to restore them.
-    """
-    saved = []
-    for item in graph_group:
-        module, idxs = item.dep.target.module, [int(i) for i in item.idxs]
-        if not idxs or graph.is_out_channel_pruning_fn(item.dep.handler):
-            continue
-        for weight, dims, channels in _input_weights(module):
-            saved.append((weight, weight.clone()))
-            _zero_inputs(weight, dims, channels, idxs)
-    return saved
-
-
-def _reference(graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor) -> torch.Tensor:
-    """What the model computes when later layers ignore the channels ``graph_group`` drops."""
-    saved = _zero_consumers(graph, graph_group)
-    try:
-        out = model(example)
-    except Exception as exc:  # noqa: BLE001 - a user's model can fail in many ways
-        raise UsageError(f"the model fails on a random batch of shape {tuple(example.shape)} ({exc})") from exc
-    finally:
-        for weight, original in saved:
-            weight.copy_(original)
-    if not isinstance(out, torch.Tensor):
-        raise UsageError(f"channel pruning needs a model that returns a tensor, not {type(out).__name__}")
-    return out
-
-
-def _prune_checked(
-    graph: tp.DependencyGraph, graph_group: Any, model: nn.Module, example: torch.Tensor, leader: str
-) -> None:
-    """Prunes one group, then checks the model's output equals :func:`_reference`'s."""
-    reference = _reference(graph, graph_group, model, example)
-    try:
-        graph_group.prune()
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on patterns it mis-tracks
-        raise ChannelPruningError(leader, f"failed inside Torch-Pruning ({type(exc).__name__}: {exc})") from exc
-    try:
-        pruned = model(example)
-    except Exception as exc:  # noqa: BLE001 - a mis-pruned model fails in many ways
-        raise ChannelPruningError(leader, f"left a model that no longer runs ({type(exc).__name__}: {exc})") from exc
-    if pruned.shape != reference.shape:
-        raise ChannelPruningError(leader, f"changed the model's output shape to {tuple(pruned.shape)}")
-    error = float((pruned - reference).abs().max()) / (float(reference.abs().max()) + 1e-12)
-    if not error <= CHECK_TOLERANCE:
-        raise ChannelPruningError(
-            leader,
-            f"changed what the kept channels compute (relative error {error:.2g}): the dependency graph "
-            "mis-tracks how this model mixes channels (e.g. torch.roll, flip, a channel shuffle, a shared weight, "
-            "a grouped conv) or a layer normalises across channels (GroupNorm, LayerNorm)",
-        )
-
-
-def _select(
-    graph: tp.DependencyGraph, root: nn.Module, group: ChannelGroup, n_keep: int, scorer: tp.importance.Importance
-) -> Any:
-    """The Torch-Pruning group that drops the ``channels - n_keep`` least important channels."""
+def _select(graph: tp.DependencyGraph, found: _Found, n_keep: int, scorer: tp.importance.Importance) -> Any:
+    """The Torch-Pruning group that drops the least important units (mean channel score) down to ``n_keep``
+    channels."""
+    root, group = found.root, found.group
     pruner = graph.get_pruner_of_module(root)
     try:
         full = graph.get_pruning_group(root, pruner.prune_out_channels, list(range(group.channels)))
-        order = torch.argsort(_scores(full, scorer), stable=True)
-        drop = sorted(int(i) for i in order[: group.channels - n_keep])
+        scores = _scores(full, scorer, group.channels)
+        order = torch.argsort(torch.stack([scores[unit].mean() for unit in found.units]), stable=True)
+        drop = sorted(i for u in order[: (group.channels - n_keep) // group.unit] for i in found.units[int(u)])
         return graph.get_pruning_group(root, pruner.prune_out_channels, drop)
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning fails in many ways on patterns it mis-tracks
         raise ChannelPruningError(group.leader, f"failed inside Torch-Pruning ({type(exc).__name__}: {exc})") from exc
@@ -356,7 +310,7 @@ def prune_channels(
             ``taylor`` clears every ``.grad``.
         input_shape: one sample's shape, for tracing.
         keep: kept fraction per group leader; leaders not listed keep everything.
-        multiple: kept channel counts are rounded to this multiple.
+        multiple: kept channel counts are rounded to this multiple (and to whole units, see :class:`ChannelGroup`).
         importance: channel criterion, a name in :data:`methods.channel_importance.CHANNEL_IMPORTANCES`.
         data: ``(inputs, labels)`` calibration batch; required by criteria that need data (``taylor``),
             unused otherwise.
@@ -376,10 +330,11 @@ def prune_channels(
     scorer = criterion.scorer()
     with _kept_flags(model), _gradients(model, data if criterion.needs_data else None), torch.no_grad():
         model.eval()
-        for root, group in _groups(model, graph):
-            n_keep = kept_channels(group.channels, keep.get(group.leader, 1.0), multiple)
+        for found in _groups(model, graph):
+            group = found.group
+            n_keep = group.kept(keep.get(group.leader, 1.0), multiple)
             if n_keep < group.channels:
-                _prune_checked(graph, _select(graph, root, group, n_keep, scorer), model, example, group.leader)
+                prune_checked(graph, _select(graph, found, n_keep, scorer), model, example, group.leader)
     return [[str(name), bool(out), [int(i) for i in idxs]] for name, out, idxs in graph.pruning_history()]
 
 

@@ -3,13 +3,15 @@
 Each kind's own ``example()`` layer, called through the kind (``run``) in a tiny host model, is discovered with the
 MACs that PyTorch's FLOP counter measures (or a hand count where the counter misses the kernel), its compressible
 weights have the channel dims it states, its stand-alone copy computes what it does on the kind's timing inputs,
-and its low-rank factors at full rank reproduce it. A kind for a module type of this file, registered here
+and its low-rank factors at full rank reproduce it; a kind that removes its own channels prunes its example exactly
+(between two linear layers) and replays. A kind for a module type of this file, registered here
 (nothing else changed), passes the same checks and goes through ``methods.pipeline.compress``; so does a model of
 the built-in Conv1d kind.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -27,7 +29,7 @@ from methods.discovery import discover_layers
 from methods.layer_kinds import LAYER_KINDS, Channels, LayerKind, kind_of, weight_of
 from methods.lowrank import factorise, full_rank
 from methods.pipeline import compress, decode
-from methods.structured import channel_groups
+from methods.structured import channel_groups, prune_channels, replay_pruning
 
 
 class Affine(nn.Module):
@@ -228,6 +230,52 @@ def test_the_latency_model_times_every_kind(name: str, kind: LayerKind) -> None:
     with torch.no_grad():
         out = kind.output_tensor(timed(_input(kind, layer, calls[0].input_shape, batch=3)))
     assert out.shape[0] == 3 and out[0].numel() == calls[0].activations
+
+
+class Sandwich(nn.Module):
+    """A sequence layer between two linear layers: ``pre`` feeds its input channels, ``post`` reads its output
+    channels averaged over the sequence."""
+
+    def __init__(self, kind: LayerKind, layer: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.pre = nn.Linear(shape[-1], shape[-1])
+        self.layer = layer
+        self.post = nn.Linear(kind.channels(layer).out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.kind.output_tensor(self.kind.run(self.layer, self.pre(x)))
+        return self.post(out.mean(dim=tuple(range(1, out.dim() - 1))))
+
+
+@pytest.mark.parametrize(("name", "kind"), KINDS, ids=[name for name, _ in KINDS])
+def test_a_kind_that_removes_its_own_channels_prunes_its_example_exactly(name: str, kind: LayerKind) -> None:
+    """Its units partition its output channels; pruning its group at 0.5 passes the output check (the pruned model
+    computes what the unpruned one does under the kind's own mask), shrinks the layer to whole units, replays bit for
+    bit, and the pruned layer's stand-alone (timing) copy computes what it does."""
+    torch.manual_seed(0)
+    layer, shape = kind.example()
+    if not kind.own_pruning:
+        return
+    channels = kind.channels(layer).out_channels
+    units = kind.channel_units(layer)
+    assert sorted(i for unit in units for i in unit) == list(range(channels))
+    host = Sandwich(kind, layer, shape).eval()
+    (group,) = [g for g in channel_groups(host, shape) if "layer" in g.members]
+    assert group.channels == channels and group.unit == len(units[0])
+    pruned = copy.deepcopy(host)
+    history = prune_channels(pruned, shape, {group.leader: 0.5})
+    kept = kind.channels(pruned.layer)
+    assert kept.out_channels == group.kept(0.5) < channels and kept.out_channels % group.unit == 0
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(1))
+    rebuilt = copy.deepcopy(host)
+    replay_pruning(rebuilt, shape, history)
+    rebuilt.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), pruned(x))
+        inputs = pruned.pre(x)
+        expected = kind.output_tensor(kind.run(pruned.layer, inputs))
+        assert torch.allclose(kind.output_tensor(kind.standalone(pruned.layer)(inputs)), expected, atol=1e-6)
 
 
 def test_hand_counted_macs_of_the_built_in_kinds() -> None:

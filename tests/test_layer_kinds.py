@@ -221,10 +221,11 @@ def test_a_gru_after_a_conv1d() -> None:
 def test_the_channels_a_conv_feeds_an_lstm_are_pruned_from_its_input_matrix_only() -> None:
     torch.manual_seed(0)
     model = ConvRecurrent(nn.LSTM).eval()
-    (group,) = channel_groups(model, (2, 10))
-    assert group.members == ("conv",)  # the LSTM's own outputs stay whole
+    conv, rnn = channel_groups(model, (2, 10))
+    assert conv.members == ("conv",) and rnn.members == ("rnn",)  # the LSTM's hidden units are a group of their own
     prune_channels(model, (2, 10), {"conv": 0.5})
     assert model.rnn.weight_ih_l0.shape == (24, 4) and model.rnn.weight_hh_l0.shape == (24, 6)
+    assert model.rnn.input_size == 4
 
 
 def test_recurrent_layouts_weights_and_copies() -> None:
@@ -368,13 +369,51 @@ def test_every_weight_of_recurrent_and_attention_layers_is_pruned_coded_fine_tun
         assert torch.equal(rebuilt(x), compressed.model(x))
 
 
+class CellGRU(nn.Module):
+    """A Conv1d over the rows, then a ``GRUCell`` unrolled in Python over time (its gates are separate ops to the
+    dependency graph, which cannot group them), then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(28, 32, 3, padding=1)
+        self.cell = nn.GRUCell(32, 40)
+        self.fc = nn.Linear(40, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.relu(self.conv(x.squeeze(1))).transpose(1, 2)
+        hidden = torch.zeros(steps.shape[0], 40)
+        for t in range(steps.shape[1]):
+            hidden = self.cell(steps[:, t], hidden)
+        return self.fc(hidden)
+
+
 def test_a_model_torch_pruning_cannot_group_keeps_its_channels_and_is_still_compressed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A Conv1d + GRU model: Torch-Pruning cannot group its channels, so every channel is kept (one warning) and
-    its Conv1d, GRU and Linear weights are pruned and coded all the same."""
-    import importlib.util
+    """A Conv1d + unrolled GRU cell model: Torch-Pruning cannot group its channels, so every channel is kept (one
+    warning) and its Conv1d and Linear weights are pruned and coded all the same."""
     import logging
+
+    torch.manual_seed(0)
+    model = CellGRU().eval()
+    with caplog.at_level(logging.WARNING):
+        assert channel_groups(model, (1, 28, 28)) == []
+    assert sum("every channel is kept" in r.getMessage() for r in caplog.records) == 1
+    layers = [spec.name for spec in discover_layers(model, (1, 28, 28))]
+    assert layers == ["conv", "fc"]
+    policy = Policy.from_choices({name: LayerChoice(sparsity=0.6, bits=4) for name in layers})
+    compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": "test"})
+    for key in ("conv.weight", "fc.weight"):
+        assert abs(float((compressed.model.get_parameter(key) == 0).float().mean()) - 0.6) < 0.01, key
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(decode(compressed.blob, CellGRU())(x), compressed.model(x))
+
+
+def test_a_conv1d_and_gru_model_prunes_its_channels_and_hidden_units_and_is_compressed() -> None:
+    """The Conv1d + GRU fixture (classifying from the GRU's final state): the conv's channels and the GRU's hidden
+    units are pruned, its Conv1d, GRU and Linear weights are pruned and coded, and the file replays exactly."""
+    import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parent / "fixtures" / "sequence_models.py"
@@ -383,15 +422,19 @@ def test_a_model_torch_pruning_cannot_group_keeps_its_channels_and_is_still_comp
     spec.loader.exec_module(module)
     torch.manual_seed(0)
     model = module.conv_gru().eval()
-    with caplog.at_level(logging.WARNING):
-        assert channel_groups(model, (1, 28, 28)) == []
-    assert any("every channel is kept" in r.getMessage() for r in caplog.records)
+    assert [(g.leader, g.members, g.channels) for g in channel_groups(model, (1, 28, 28))] == [
+        ("conv", ("conv",), 32), ("gru", ("gru",), 40)]
     layers = [spec.name for spec in discover_layers(model, (1, 28, 28))]
     assert layers == ["conv", "gru", "fc"]
-    policy = Policy.from_choices({name: LayerChoice(sparsity=0.6, bits=4) for name in layers})
+    policy = Policy.from_choices({
+        "conv": LayerChoice(sparsity=0.6, bits=4, keep=0.5), "gru": LayerChoice(sparsity=0.6, bits=4, keep=0.5),
+        "fc": LayerChoice(sparsity=0.6, bits=4)})
     compressed = compress(model, policy, input_shape=(1, 28, 28), source={"model": "test"})
+    pruned = compressed.model
+    assert (pruned.conv.out_channels, pruned.gru.input_size, pruned.gru.hidden_size, pruned.fc.in_features) == (
+        16, 16, 20, 20)
     for key in ("conv.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "fc.weight"):
-        assert abs(float((compressed.model.get_parameter(key) == 0).float().mean()) - 0.6) < 0.01, key
+        assert abs(float((pruned.get_parameter(key) == 0).float().mean()) - 0.6) < 0.01, key
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
-        assert torch.equal(decode(compressed.blob, module.conv_gru())(x), compressed.model(x))
+        assert torch.equal(decode(compressed.blob, module.conv_gru(), replay=True)(x), pruned(x))

@@ -1,6 +1,6 @@
 """User models with recurrent and attention layers go through search, export and ``load_model``.
 
-(The Conv1d + GRU model, whose channels Torch-Pruning cannot group, is checked without a search in
+(The Conv1d + GRU model, whose conv channels and GRU hidden units are pruned, is checked without a search in
 ``tests/test_layer_kinds.py``.)
 
 Each model's recurrent, attention and 1-d conv weights are compressed (the policy names them and their

@@ -9,16 +9,30 @@ called as a module, so it is not a layer of its own.
 ``LayerSpec.in_channels`` and ``out_channels`` are ``embed_dim``, ``input_hw`` and ``output_hw`` the sequence
 length ``L``. MACs count self-attention (keys as long as queries, plus ``bias_k`` and the zero position when the
 layer adds them: ``S`` keys): ``L x`` the projection weights, plus ``L x S x embed_dim`` for the scores ``Q K^T``
-and as many for the weighted sum of the values. Structured pruning leaves ``embed_dim`` whole.
+and as many for the weighted sum of the values.
+
+Structured pruning removes whole heads. ``nn.MultiheadAttention`` has one ``embed_dim`` for its queries, its heads
+together and its output, so a removed head's ``head_dim`` features are also removed from the layer's inputs and
+outputs (its channels are tied: the producers of its queries, keys and values and the consumers of its output lose
+the same channels). The layer then computes what the unpruned one does with those input features unread and those
+heads' outputs zeroed (:meth:`AttentionKind.mask_outputs`). Torch-Pruning's own pruner is not used: it keeps
+``num_heads`` and shrinks every head instead, which regroups the features into different heads (and rescales the
+scores by the new ``head_dim``), and with keys and values of their own sizes it leaves the query projection's
+inputs whole. A layer whose keys and values have sizes of their own (``kdim``/``vdim``), of a single head, or that
+reads the model's input itself, keeps its channels (``methods.structured``); so does one in a group a LayerNorm
+normalises (a ``nn.TransformerEncoderLayer``'s): the output check finds that removing features changes the
+normalisation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from core.spec import LayerSpec
-from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind
+from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind, keep_entries, zero_entries
 from methods.layer_kinds.recurrent import sequence_sample_shape
 
 
@@ -40,10 +54,11 @@ def _attention(module: nn.Module) -> nn.Module:
 
 
 class AttentionKind(LayerKind):
-    """Multi-head attention; not factorisable."""
+    """Multi-head attention; not factorisable; heads are pruned with the input and output features they share."""
 
     module_type = nn.MultiheadAttention
-    channel_pruning = False
+    own_pruning = True
+    tied_channels = True
 
     def weights(self, module: nn.Module) -> tuple[CompressibleWeight, ...]:
         """The input projection(s), reading the input channels in dim 1, then the output projection."""
@@ -61,6 +76,48 @@ class AttentionKind(LayerKind):
     def channels(self, module: nn.Module) -> Channels:
         """``embed_dim`` in and out."""
         return Channels(int(module.embed_dim), int(module.embed_dim))
+
+    def channel_refusal(self, module: nn.Module) -> str | None:
+        """Keys and values of sizes of their own are not the layer's channels; a single head cannot go."""
+        if not module._qkv_same_embed_dim:  # noqa: SLF001 - how the module itself tells
+            return "its keys and values have sizes of their own (kdim, vdim), which its heads cannot share"
+        if module.num_heads < 2:
+            return "it has a single head, which pruning would remove whole"
+        return None
+
+    def channel_units(self, module: nn.Module) -> tuple[tuple[int, ...], ...]:
+        """The heads: ``num_heads`` blocks of ``head_dim`` consecutive features."""
+        width = int(module.head_dim)
+        return tuple(tuple(range(h * width, (h + 1) * width)) for h in range(int(module.num_heads)))
+
+    def remove_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Removes the heads made of features ``idxs``, and those input and output features."""
+        drop, width = set(idxs), int(module.head_dim)
+        heads = {i // width for i in drop}
+        if drop != {h * width + j for h in heads for j in range(width)}:
+            raise ValueError(f"attention features {sorted(drop)} are not whole heads of {width}")
+        embed = int(module.embed_dim)
+        keep = [i for i in range(embed) if i not in drop]
+        projected = [p * embed + i for p in range(3) for i in keep]  # queries, keys, values
+        keep_entries(module, "in_proj_weight", projected, 0)
+        keep_entries(module, "in_proj_weight", keep, 1)
+        keep_entries(module, "in_proj_bias", projected, 0)
+        for name in ("bias_k", "bias_v"):
+            keep_entries(module, name, keep, 2)
+        for dim in (0, 1):
+            keep_entries(module, "out_proj.weight", keep, dim)
+        keep_entries(module, "out_proj.bias", keep, 0)
+        module.out_proj.in_features = module.out_proj.out_features = len(keep)
+        module.embed_dim = module.kdim = module.vdim = len(keep)
+        module.num_heads -= len(heads)
+
+    remove_inputs = remove_outputs
+
+    def mask_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Zeroes the input projection's columns that read features ``idxs`` and the output projection's columns
+        that read those heads."""
+        zero_entries(module, "in_proj_weight", idxs, 1)
+        zero_entries(module, "out_proj.weight", idxs, 1)
 
     def sample_shape(self, module: nn.Module, inputs: torch.Tensor) -> tuple[int, ...]:
         """``(sequence, embed_dim)`` of the queries, whatever ``batch_first`` is."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +29,33 @@ class CompressibleWeight:
     pruning removes when it prunes the layer's producer; ``None`` when the tensor reads none of them: an embedding
     table, a recurrent layer's hidden-state and projection matrices and its deeper layers' input matrices, an
     attention layer's output projection."""
+
+
+def keep_entries(module: nn.Module, name: str, keep: Sequence[int], dim: int) -> None:
+    """Keeps only the entries ``keep`` of dim ``dim`` of parameter ``name`` (a dotted path into a submodule) and of
+    its ``.grad``, in place; a parameter that is ``None`` (no bias) is left so."""
+    path, _, attr = name.rpartition(".")
+    owner = module.get_submodule(path)
+    old = getattr(owner, attr)
+    if old is None:
+        return
+    index = torch.tensor(list(keep), dtype=torch.long, device=old.device)
+    new = nn.Parameter(old.data.index_select(dim, index), requires_grad=old.requires_grad)
+    if old.grad is not None:
+        new.grad = old.grad.index_select(dim, index)
+    setattr(owner, attr, new)
+
+
+def zero_entries(module: nn.Module, name: str, idxs: Sequence[int], dim: int) -> None:
+    """Zeroes the entries ``idxs`` of dim ``dim`` of parameter ``name`` (a dotted path) in place, if it exists."""
+    weight = module.get_parameter(name) if _has(module, name) else None
+    if weight is not None and len(idxs):
+        weight.data.index_fill_(dim, torch.tensor(list(idxs), dtype=torch.long, device=weight.device), 0)
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    path, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(path), attr, None) is not None
 
 
 @dataclass(frozen=True)
@@ -57,11 +85,42 @@ class LayerKind(ABC):
     module_type: ClassVar[type[nn.Module]]
     """Modules of this type (subclasses included) are of this kind, unless :meth:`matches` says otherwise."""
     channel_pruning: ClassVar[bool] = True
-    """Whether structured pruning may remove the layer's output channels (else they are kept whole)."""
+    """Whether structured pruning may remove the layer's output channels (else they are kept whole; a kind may also
+    refuse single modules, see :meth:`channel_refusal`)."""
+    own_pruning: ClassVar[bool] = False
+    """Whether the kind removes its layers' channels itself (:meth:`remove_outputs`, :meth:`remove_inputs`,
+    :meth:`mask_outputs`, :meth:`channel_units`) instead of Torch-Pruning's pruner of the module type. Structured
+    pruning then traces each such layer as one step from its tensor inputs to its outputs."""
+    tied_channels: ClassVar[bool] = False
+    """Whether the layer's input channels are its output channels (an attention layer's embedding): removing either
+    removes both, and the layer couples its producers' channels with its consumers'."""
 
     def matches(self, module: nn.Module) -> bool:
         """True when ``module`` is of this kind."""
         return isinstance(module, self.module_type)
+
+    def channel_refusal(self, module: nn.Module) -> str | None:
+        """Why structured pruning must keep this layer's output channels whole, or ``None`` when it may remove them."""
+        return None if self.channel_pruning else f"{type(module).__name__} layers keep their output channels"
+
+    def channel_units(self, module: nn.Module) -> tuple[tuple[int, ...], ...]:
+        """The output channels removed together, as a partition of ``range(out_channels)`` (by default each
+        channel alone; an attention layer's heads, the two directions of a recurrent unit)."""
+        return tuple((i,) for i in range(self.channels(module).out_channels))
+
+    def remove_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Removes output channels ``idxs`` (whole :meth:`channel_units`) in place (:attr:`own_pruning` kinds)."""
+        raise NotImplementedError(f"{type(self).__name__} leaves channel removal to Torch-Pruning")
+
+    def remove_inputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Removes input channels ``idxs`` in place (:attr:`own_pruning` kinds)."""
+        raise NotImplementedError(f"{type(self).__name__} leaves channel removal to Torch-Pruning")
+
+    def mask_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Zeroes, in place, the weights through which the layer's other outputs depend on output channels ``idxs``
+        (and, with :attr:`tied_channels`, read those input channels), so that it computes what
+        :meth:`remove_outputs` leaves; by default nothing (a convolution's output channels are independent)."""
+        return None
 
     def weights(self, module: nn.Module) -> tuple[CompressibleWeight, ...]:
         """The module's compressible weight tensors (by default its ``weight``: ``(out, in, ...)``)."""

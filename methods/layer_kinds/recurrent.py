@@ -6,16 +6,47 @@ input channels for ``weight_ih_l0`` only (the others read the hidden state or th
 ``LayerSpec.in_channels`` is ``input_size``, ``out_channels`` the features the layer writes per step
 (``num_directions x (proj_size or hidden_size)``); ``input_hw`` and ``output_hw`` are the sequence length. Each step
 multiplies every matrix once, so MACs are the sequence length times the weight elements (the gates' element-wise
-products are not counted). Torch-Pruning's RNN support is partial: the output features are never pruned.
+products are not counted).
+
+Structured pruning removes output features itself (Torch-Pruning's own LSTM pruner slices the wrong dims of the
+gate matrices and handles one unidirectional layer only, and it has none for GRU and RNN): a removed feature is a
+hidden unit (or, with ``proj_size``, a projected feature) of every layer and direction, its rows in each gate of
+the input and recurrent matrices and biases, its column in the recurrent matrix and in the next layer's input
+matrix. Both directions lose the same units (feature ``j`` and ``hidden + j`` go together). This equals the layer
+with those units' reads zeroed (:meth:`RecurrentKind.mask_outputs`), which is what the output check compares with.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from core.spec import LayerSpec
-from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind
+from methods.layer_kinds.base import Channels, CompressibleWeight, LayerKind, keep_entries, zero_entries
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+"""Gate blocks of ``hidden_size`` rows in the input and recurrent matrices, by ``module.mode``."""
+
+
+def _suffixes(module: nn.Module) -> tuple[str, ...]:
+    """Parameter name suffix of each direction."""
+    return ("", "_reverse") if module.bidirectional else ("",)
+
+
+def _width(module: nn.Module) -> int:
+    """Output features of one direction: the projection size, else the hidden size."""
+    return int(module.proj_size or module.hidden_size)
+
+
+def _units(module: nn.Module, idxs: Sequence[int]) -> list[int]:
+    """The per-direction units behind output features ``idxs`` (every direction must lose the same ones)."""
+    width, directions = _width(module), len(_suffixes(module))
+    per = [sorted(i - d * width for i in idxs if d * width <= i < (d + 1) * width) for d in range(directions)]
+    if any(units != per[0] for units in per) or sum(map(len, per)) != len(set(idxs)):
+        raise ValueError(f"{type(module).__name__} features {list(idxs)} are not the same units of each direction")
+    return per[0]
 
 
 def sequence_sample_shape(inputs: torch.Tensor, batch_first: bool) -> tuple[int, ...]:
@@ -31,7 +62,7 @@ class RecurrentKind(LayerKind):
     """Recurrent layers of ``module_type`` (see the module's docstring); not factorisable."""
 
     module_type = nn.RNNBase
-    channel_pruning = False
+    own_pruning = True
 
     def weights(self, module: nn.Module) -> tuple[CompressibleWeight, ...]:
         """Every weight matrix, layer by layer and direction by direction, in the module's own order; only the first
@@ -46,6 +77,57 @@ class RecurrentKind(LayerKind):
         """Input features in, output features (both directions, projected when ``proj_size``) out."""
         directions = 2 if module.bidirectional else 1
         return Channels(int(module.input_size), directions * int(module.proj_size or module.hidden_size))
+
+    def channel_units(self, module: nn.Module) -> tuple[tuple[int, ...], ...]:
+        """Each feature alone; with two directions, feature ``j`` with ``width + j`` (one size for both)."""
+        if not module.bidirectional:
+            return super().channel_units(module)
+        width = _width(module)
+        return tuple((j, width + j) for j in range(width))
+
+    def remove_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Removes the units behind features ``idxs`` from every layer and direction (see the module's docstring)."""
+        units = set(_units(module, idxs))
+        width, suffixes = _width(module), _suffixes(module)
+        keep = [j for j in range(width) if j not in units]
+        below = [d * width + j for d in range(len(suffixes)) for j in keep]  # the next layer's input features
+        hidden = int(module.hidden_size)
+        rows = [g * hidden + j for g in range(GATES[module.mode]) for j in keep]
+        for layer in range(module.num_layers):
+            for suffix in suffixes:
+                if module.proj_size:
+                    keep_entries(module, f"weight_hr_l{layer}{suffix}", keep, 0)
+                else:
+                    for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                        if hasattr(module, f"{part}_l{layer}{suffix}"):
+                            keep_entries(module, f"{part}_l{layer}{suffix}", rows, 0)
+                keep_entries(module, f"weight_hh_l{layer}{suffix}", keep, 1)
+                if layer > 0:
+                    keep_entries(module, f"weight_ih_l{layer}{suffix}", below, 1)
+        if module.proj_size:
+            module.proj_size = len(keep)
+        else:
+            module.hidden_size = len(keep)
+        module._init_flat_weights()  # noqa: SLF001 - the module's own refresh of its weight list
+
+    def remove_inputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Removes input features ``idxs`` from the first layer's input matrices."""
+        keep = [i for i in range(int(module.input_size)) if i not in set(idxs)]
+        for suffix in _suffixes(module):
+            keep_entries(module, f"weight_ih_l0{suffix}", keep, 1)
+        module.input_size = len(keep)
+        module._init_flat_weights()  # noqa: SLF001 - the module's own refresh of its weight list
+
+    def mask_outputs(self, module: nn.Module, idxs: Sequence[int]) -> None:
+        """Zeroes the recurrent matrices' columns of the removed units and the next layers' input columns."""
+        units = _units(module, idxs)
+        width, suffixes = _width(module), _suffixes(module)
+        below = [d * width + j for d in range(len(suffixes)) for j in units]
+        for layer in range(module.num_layers):
+            for suffix in suffixes:
+                zero_entries(module, f"weight_hh_l{layer}{suffix}", units, 1)
+                if layer > 0:
+                    zero_entries(module, f"weight_ih_l{layer}{suffix}", below, 1)
 
     def sample_shape(self, module: nn.Module, inputs: torch.Tensor) -> tuple[int, ...]:
         """``(sequence, features)``, whatever ``batch_first`` is."""

@@ -192,6 +192,8 @@ class CostModel:
     """Latency prediction (``None``: latency not modelled, reported as 0)."""
     latencies: tuple[tuple[str, LatencyCurve], ...] = ()
     """Latency prediction of each runtime, when the runtime is searched (``latency`` is then the first's)."""
+    group_units: tuple[int, ...] = ()
+    """Channels each group removes together (:attr:`methods.structured.ChannelGroup.unit`); empty: one each."""
 
     def on(self, runtime: str) -> CostModel:
         """This model predicting latency on ``runtime`` (itself when it has no per-runtime curves).
@@ -205,8 +207,9 @@ class CostModel:
 
     def costs(self, choices: Sequence[LayerChoice]) -> Costs:
         """Modelled costs of one choice per layer (episode order)."""
-        removed = [c - kept_channels(c, choices[leader].keep, self.channel_multiple)
-                   for c, leader in zip(self.group_channels, self.group_leaders, strict=True)]
+        units = self.group_units or (1,) * len(self.group_channels)
+        removed = [c - kept_channels(c, choices[leader].keep, self.channel_multiple, unit)
+                   for c, leader, unit in zip(self.group_channels, self.group_leaders, units, strict=True)]
         size, macs = self.rest_bytes, 0
         if self.raw_coupling:
             size -= math.floor(sum(b * r for b, r in zip(self.raw_coupling, removed, strict=True)) + 1e-9)

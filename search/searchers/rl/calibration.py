@@ -23,7 +23,7 @@ from methods.layer_kinds import layer_weights, weight_keys
 from methods.packed_size import Payload
 from methods.packing import PREFIX_BYTES, header_bytes
 from methods.pipeline import CompressedModel, Refinement
-from methods.structured import ChannelGroup, kept_channels, prune_channels
+from methods.structured import ChannelGroup, prune_channels
 from search.searchers.rl.budget_wall import CostModel, LatencyCurve, LayerShape
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def _coupling(
     inn = [[0.0] * len(evaluator.groups) for _ in specs]
     raw = [0.0] * len(evaluator.groups)
     for g, group in enumerate(evaluator.groups):
-        removed = group.channels - kept_channels(group.channels, probe_keep, multiple)
+        removed = group.channels - group.kept(probe_keep, multiple)
         if removed == 0:
             continue
         model = copy.deepcopy(task.model)
@@ -159,6 +159,7 @@ def calibrate(
         rest_bytes=PREFIX_BYTES + allowance + raw,
         group_channels=tuple(g.channels for g in evaluator.groups) if coupled else (),
         group_leaders=tuple(index_of[g.leader] for g in evaluator.groups) if coupled else (),
+        group_units=tuple(g.unit for g in evaluator.groups) if coupled else (),
         out_coupling=tuple(tuple(row) for row in out),
         in_coupling=tuple(tuple(row) for row in inn),
         raw_coupling=tuple(raw_coupling),
