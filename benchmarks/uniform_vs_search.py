@@ -26,6 +26,7 @@ post-training quantization of this LeNet-5 at 1/8 of the fp32 bytes, chose 8/4/4
 0.964 test accuracy with no retraining.
 
     python benchmarks/uniform_vs_search.py [--task lenet5] [--budgets 4,8,16] [--trials 60] [--seeds 0] [--epochs 2]
+        [--prune-rounds 1] [--schedule constant]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -83,8 +85,14 @@ def _row(seed: int, divisor: int, budget: int, method: str, policy: Policy | Non
             "policy": policy_text(policy) if policy is not None else "nothing within budget"}
 
 
+def export_settings(args: argparse.Namespace) -> ExportSettings:
+    """The final fine-tune of both sides: ``--epochs``, ``--prune-rounds`` and ``--schedule`` on the defaults."""
+    finetune = replace(ExportSettings().finetune, prune_rounds=args.prune_rounds, lr_schedule=args.schedule)
+    return ExportSettings(finetune_epochs=args.epochs, finetune=finetune)
+
+
 def uniform_rows(evaluators: dict[str, Evaluator], candidates: list[Policy], seed: int, divisor: int, budget: int,
-                 epochs: float) -> list[dict[str, object]]:
+                 export: ExportSettings) -> list[dict[str, object]]:
     """Best uniform policy with no fine-tune and with the screening fine-tune, and the latter after the final one."""
     rows = []
     screened = evaluators["screening"]
@@ -100,7 +108,7 @@ def uniform_rows(evaluators: dict[str, Evaluator], candidates: list[Policy], see
         rows.append(_row(seed, divisor, budget, method, policy, val, evaluator.test_accuracy(compressed),
                          compressed.size_bytes, metric))
         if evaluator is screened:
-            final = ExportSettings(finetune_epochs=epochs).final_finetune(screened, seed)
+            final = export.final_finetune(screened, seed)
             compressed = screened.compress(policy, screened.refinement(final))
             result = screened.measure(compressed)
             rows.append(_row(seed, divisor, budget, "uniform (screened best) after final fine-tune", policy,
@@ -116,7 +124,7 @@ def searched_rows(screened: Evaluator, seed: int, divisor: int, budget: int, arg
     # ExportSettings, not a mapping: a partial ``export`` mapping resets the fine-tune to FinetuneSettings' lr 1e-4
     outcome = run_search(task=args.task, out=runs / f"budget{divisor}-seed{seed}", searcher=SEARCHER,
                          trials=args.trials, seed=seed, budget_mb=f"{budget}B",
-                         export=ExportSettings(finetune_epochs=args.epochs))
+                         export=export_settings(args))
     print(f"  search 1/{divisor} seed {seed}: {time.perf_counter() - start:.0f}s", file=sys.stderr)
     feasible = [trial for trial in outcome.trials if trial.feasible]
     method = f"{SEARCHER}, {args.trials} trials: best by val before final fine-tune"
@@ -159,6 +167,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60, help="trials of each search")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (search and final fine-tune)")
     parser.add_argument("--epochs", type=float, default=2.0, help="final fine-tune epochs, uniform and searched")
+    parser.add_argument("--prune-rounds", type=int, default=1, help="final fine-tune: gradual pruning rounds")
+    parser.add_argument("--schedule", default="constant", help="final fine-tune learning-rate schedule")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -182,7 +192,7 @@ def main() -> None:
                 candidates = [policy for policy in policies if sizes[policy] <= budget]
                 print(f"budget 1/{divisor} ({budget} B), seed {seed}: {len(candidates)}/{len(policies)} uniform "
                       "policies fit", file=sys.stderr)
-                rows += uniform_rows(evaluators, candidates, seed, divisor, budget, args.epochs)
+                rows += uniform_rows(evaluators, candidates, seed, divisor, budget, export_settings(args))
                 rows += searched_rows(screened, seed, divisor, budget, args, runs)
                 print(pd.DataFrame(rows[-5:]).to_string(), file=sys.stderr)
     finally:
@@ -195,7 +205,8 @@ def main() -> None:
         f"default space's grids (bits {', '.join(map(str, SpaceSettings().bits))}; quantizers "
         f"{', '.join(SpaceSettings().quantizers)}; sparsity 0-{SpaceSettings().sparsity_max:g}). Screening = the "
         "search's per-candidate evaluation (8 fine-tune steps); final fine-tune = the export stage's "
-        f"({args.epochs:g} epochs). Test {task.metric_spec.name} of the policy chosen on val.", "",
+        f"({args.epochs:g} epochs, {args.prune_rounds} pruning round(s), {args.schedule} rate). "
+        f"Test {task.metric_spec.name} of the policy chosen on val.", "",
         markdown_table(frame), "", *goal_lines(frame, task.metric_spec), "",
         *(["Reference (not run): MCT 2.6.1 mixed-precision PTQ of LeNet-5 at 1/8 of the fp32 bytes: 8/4/4/4 bits, "
            "0.964, no retraining."] if args.task == "lenet5" else []),
