@@ -104,13 +104,14 @@ def test_materialize_casts_and_rejects_bad_datasets() -> None:
 
 
 def test_builtin_architectures() -> None:
-    assert DEFAULT_TASK == "resnet" and set(TASK_NAMES) == {"lenet300", "lenet5", "resnet", "mobilenet", "charlstm"}
+    assert DEFAULT_TASK == "resnet" and set(TASK_NAMES) == {
+        "lenet300", "lenet5", "resnet", "mobilenet", "charlstm", "mobilenet96", "chartransformer"}
     assert count_parameters(build_architecture({"task": "lenet300"})) == 266_610
     assert count_parameters(build_architecture({"task": "lenet5"})) == 431_080
     resnet = build_architecture({"task": "resnet"})
     assert 6e6 <= 4 * count_parameters(resnet) <= 9e6
     assert any(isinstance(m, nn.BatchNorm2d) for m in resnet.modules())
-    for name in set(TASK_NAMES) - {"charlstm"}:  # the image classifiers
+    for name in set(TASK_NAMES) - {"charlstm", "chartransformer", "mobilenet96"}:  # the 28x28 image classifiers
         out = build_architecture({"task": name}).eval()(torch.zeros(2, 1, 28, 28))
         assert tuple(out.shape) == (2, 10)
     text = build_architecture({"task": "charlstm"}).eval()(torch.zeros(2, 64, dtype=torch.int64))

@@ -20,9 +20,10 @@ from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
-from envs.tasks import charlstm, mobilenet, models
+from envs.tasks import charlstm, chartransformer, mobilenet, mobilenet96, models
 from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, probe, sample_shape
 from envs.tasks.definition import Loss, checked_definition
+from envs.tasks.mnist96 import mnist96_splits
 from envs.tasks.text import text_splits
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
@@ -89,6 +90,21 @@ TASKS: dict[str, TaskSpec] = {
         TrainRecipe(epochs=8, lr=3e-3, batch_size=64, schedule="cosine"),
         "character-level LSTM language model (embedding 32, LSTM 256) on Python standard-library text, "
         "scored in bits per character",
+        data=text_splits,
+        metric="bpc",
+    ),
+    "mobilenet96": TaskSpec(
+        mobilenet96.MobileNetV2At96,
+        TrainRecipe(epochs=5, lr=2e-3, batch_size=32, schedule="cosine"),
+        "MobileNetV2 (stride-2 stem, inverted residuals, 216,266 params, ~0.87 MB fp32, 23.6M MACs per image) on "
+        "MNIST-5k upsampled to 3x96x96",
+        data=mnist96_splits,
+    ),
+    "chartransformer": TaskSpec(
+        chartransformer.CharTransformer,
+        TrainRecipe(epochs=6, lr=3e-3, batch_size=64, schedule="cosine"),
+        "causal character-level transformer (width 96, 2 pre-norm layers of 4-head attention, 248,930 params) on "
+        "Python standard-library text, scored in bits per character",
         data=text_splits,
         metric="bpc",
     ),
