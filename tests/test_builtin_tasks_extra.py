@@ -164,8 +164,9 @@ def _loss(model: nn.Module, data: TensorDataset) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "bound"), [("mobilenet96", 0.97), ("chartransformer", 2.6)])
-def test_the_full_recipes_reach_their_metric(name: str, bound: float) -> None:
-    task = load_task(name)  # trains the real recipe, or reuses the session cache's weights
-    value = evaluate(task.model, task.test, task.metric)
-    assert value >= bound if task.metric_spec.higher_is_better else value <= bound
+def test_the_chartransformer_recipe_beats_a_unigram_model_clearly() -> None:
+    """Trains the full recipe in about 100 s on one thread of a 2-core AMD EPYC (mobilenet96's takes about 3 minutes
+    and is left out)."""
+    task = load_task("chartransformer")  # or the session cache's weights
+    assert task.recipe.epochs > 1
+    assert evaluate(task.model, task.test, "bpc") < 2.6  # 2.22 trained; a unigram model: 4.44
