@@ -15,7 +15,7 @@ from envs.device import load_device
 from envs.evaluator import Evaluator, EvaluatorSettings
 from envs.tasks import load_task
 from envs.tasks.data import as_split
-from envs.tasks.training import TrainRecipe, evaluate, train_model
+from envs.tasks.training import TrainRecipe, eval_batch_size, evaluate, train_model
 from methods.finetune import CodeSpec, FinetuneSettings, masked_finetune
 from methods.streams import Stream, head, sample_count, subset
 from search.cli import main
@@ -140,3 +140,9 @@ def test_bad_streamed_data_gets_one_line_and_exit_2(
 def test_a_stream_that_is_not_data_is_refused() -> None:
     with pytest.raises(UsageError, match="give a torch DataLoader"):
         Stream(42, where="x")
+
+
+def test_large_inputs_and_streams_are_evaluated_in_smaller_batches() -> None:
+    assert eval_batch_size(TensorDataset(torch.zeros(5, 1, 28, 28), torch.zeros(5))) == 1000
+    assert eval_batch_size(TensorDataset(torch.zeros(5, 3, 96, 96), torch.zeros(5))) == 151
+    assert eval_batch_size(Stream(GeneratedSamples(0, 10))) == 256

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -350,3 +352,13 @@ def test_builtin_recipes_reach_accuracy(name: str, minimum: float) -> None:
     task = load_task(name)  # the session's cache: weights other tests trained with the same recipe are reused
     assert task.recipe.epochs > 1  # the real recipe, not the shortened one
     assert evaluate_accuracy(task.model, task.test) >= minimum
+
+
+def test_a_built_in_subclass_weight_cache_follows_its_base_class_file() -> None:
+    from envs.tasks import mobilenet, mobilenet96
+
+    files = [Path(mobilenet96.__file__), Path(mobilenet.__file__)]
+    expected = hashlib.sha256(b"".join(path.read_bytes() for path in files)).hexdigest()[:16]
+    assert registry.builtin_code_fingerprint(mobilenet96.MobileNetV2At96) == expected
+    lenet = Path(inspect.getfile(build_architecture({"task": "lenet5"}).__class__)).read_bytes()
+    assert registry.builtin_code_fingerprint(registry.TASKS["lenet5"].factory) == hashlib.sha256(lenet).hexdigest()[:16]

@@ -187,6 +187,20 @@ def build_architecture(source: dict[str, str]) -> nn.Module:
     return build_user_model(parse_factory(str(source["model"]), "model"))
 
 
+def builtin_code_fingerprint(factory: Callable[[], nn.Module]) -> str:
+    """SHA-256 prefix of the file defining a built-in architecture and of the files of its base classes in this
+    package (a subclass's cached weights go stale when its base class changes)."""
+    files = [inspect.getfile(factory)]
+    if isinstance(factory, type):
+        package = Path(__file__).resolve().parent
+        files += [inspect.getfile(base) for base in factory.__mro__[1:] if base.__module__.startswith(__package__)
+                  and Path(inspect.getfile(base)).resolve().parent == package]
+    digest = hashlib.sha256()
+    for path in dict.fromkeys(files):  # the defining file first, as the key always had it
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_path(
     cache_dir: Path,
     name: str,
@@ -303,7 +317,7 @@ def load_task(
         recipe, builtin_data = _builtin(name).recipe, _builtin(name).data
         metric = metric or _builtin(name).metric
         source = {"task": name}
-        code = hashlib.sha256(Path(inspect.getfile(_builtin(name).factory)).read_bytes()).hexdigest()[:16]
+        code = builtin_code_fingerprint(_builtin(name).factory)
     else:
         ref = parse_factory(model, "model")
         name, recipe, source = f"user:{ref.display}", USER_RECIPE, {"model": ref.source}

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from core.errors import UsageError
 from methods.objective import METRICS, Metric, task_loss
-from methods.streams import Data, Stream, epoch_batches, sample_count
+from methods.streams import EVAL_BATCH, Data, Stream, epoch_batches, sample_count
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 """Learning-rate schedules understood by ``train_model``."""
@@ -140,7 +140,21 @@ def train_model(
     return model.to("cpu").eval()
 
 
-def evaluate_accuracy(model: nn.Module, data: Data, batch_size: int = 1000) -> float:
+EVAL_INPUT_ELEMENTS = 2**22
+"""Input elements per evaluation batch at most (a thousand 28x28 images, 151 images of 3x96x96): a model's
+activations grow with its input, so large inputs are evaluated in smaller batches."""
+
+
+def eval_batch_size(data: Data, largest: int = 1000) -> int:
+    """Samples per evaluation batch: ``largest``, fewer for large samples (:data:`EVAL_INPUT_ELEMENTS`), at most
+    :data:`methods.streams.EVAL_BATCH` for a streamed split."""
+    if not isinstance(data, TensorDataset):
+        return min(largest, EVAL_BATCH)
+    per_sample = max(1, data.tensors[0][:1].numel())
+    return max(1, min(largest, EVAL_INPUT_ELEMENTS // per_sample))
+
+
+def evaluate_accuracy(model: nn.Module, data: Data, batch_size: int | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (see :func:`evaluate`)."""
     return evaluate(model, data, "accuracy", batch_size)
 
@@ -149,7 +163,7 @@ def evaluate(
     model: nn.Module,
     data: Data,
     metric: str | Metric = "accuracy",
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> float:
     """The value of ``metric`` for ``model`` on ``data``, in eval mode under ``torch.inference_mode``.
@@ -160,13 +174,14 @@ def evaluate(
         model: Module mapping a batch of inputs to outputs the metric reads (class scores in the last dim).
         data: (inputs, targets) samples, in memory or streamed in order (:mod:`methods.streams`).
         metric: A name in :data:`methods.objective.METRICS`, or a :class:`methods.objective.Metric`.
-        batch_size: Samples per forward pass (does not change the result).
+        batch_size: Samples per forward pass (does not change the result); default :func:`eval_batch_size`.
         device: where the forward passes run; the model is back on the CPU afterwards.
 
     Returns:
         The metric's value over every sample (accuracy in [0, 1], bits per character, ...).
     """
     scorer = metric if isinstance(metric, Metric) else METRICS[metric]
+    batch_size = eval_batch_size(data) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = model.training
