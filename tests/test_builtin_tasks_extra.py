@@ -161,12 +161,3 @@ def _loss(model: nn.Module, data: TensorDataset) -> float:
     model.train()
     with torch.no_grad():
         return float(F.cross_entropy(model(data.tensors[0]), data.tensors[1]))
-
-
-@pytest.mark.slow
-def test_the_chartransformer_recipe_beats_a_unigram_model_clearly() -> None:
-    """Trains the full recipe in about 100 s on one thread of a 2-core AMD EPYC (mobilenet96's takes about 3 minutes
-    and is left out)."""
-    task = load_task("chartransformer")  # or the session cache's weights
-    assert task.recipe.epochs > 1
-    assert evaluate(task.model, task.test, "bpc") < 2.6  # 2.22 trained; a unigram model: 4.44
