@@ -93,12 +93,18 @@ class Policy:
     runtime: str | None = None
     """Runtime the candidate is converted for and timed on (one for the whole network): a name in
     ``envs.runtimes.RUNTIMES`` that the device profile allows; ``None`` = the profile's default runtime."""
+    learned: str | None = None
+    """Learned-sparsity method whose penalised training the model gets before the per-layer choices apply (a name
+    in ``methods.learned.LEARNED``): the weights and channels it zeroes stay removed, so each layer's sparsity and
+    keep become floors; ``None`` = the task's trained weights as they are."""
 
     def __post_init__(self) -> None:
         check_criterion_name("saliency", self.saliency)
         check_criterion_name("channel_importance", self.channel_importance)
         if self.runtime is not None:
             check_criterion_name("runtime", self.runtime)
+        if self.learned is not None:
+            check_criterion_name("learned", self.learned)
         names = [name for name, _ in self.layers]
         if len(set(names)) != len(names):
             raise ValueError("a policy names each layer at most once")
@@ -111,9 +117,10 @@ class Policy:
         saliency: str = "magnitude",
         channel_importance: str = "l1",
         runtime: str | None = None,
+        learned: str | None = None,
     ) -> Policy:
         """Builds a policy from a ``{module name: LayerChoice}`` mapping."""
-        return cls(tuple(choices.items()), saliency, channel_importance, runtime)
+        return cls(tuple(choices.items()), saliency, channel_importance, runtime, learned)
 
     @classmethod
     def uniform(cls, names: list[str], choice: LayerChoice, saliency: str = "magnitude") -> Policy:
@@ -137,8 +144,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with a format version tag.
 
-        Fields at their default are left out when they were added after version 1 (``runtime`` when
-        ``None``), so digests of earlier policies stay valid.
+        Fields at their default are left out when they were added after version 1 (``runtime`` and ``learned``
+        when ``None``), so digests of earlier policies stay valid.
         """
         data: dict[str, Any] = {
             "version": POLICY_FORMAT_VERSION,
@@ -150,6 +157,8 @@ class Policy:
             data["channel_importance"] = self.channel_importance
         if self.runtime is not None:
             data["runtime"] = self.runtime
+        if self.learned is not None:
+            data["learned"] = self.learned
         return data
 
     @classmethod
@@ -167,7 +176,7 @@ class Policy:
             raise ValueError("policy 'layers' must be a mapping")
         choices = tuple((str(name), LayerChoice(**dict(c))) for name, c in layers.items())
         saliency, importance = data.get("saliency", "magnitude"), data.get("channel_importance", "l1")
-        return cls(choices, saliency, importance, data.get("runtime"))
+        return cls(choices, saliency, importance, data.get("runtime"), data.get("learned"))
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no whitespace."""

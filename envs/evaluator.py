@@ -16,6 +16,7 @@ from core.policy import LayerChoice, Policy
 from core.result import Result
 from core.spec import LayerSpec
 from envs.latency_model import LatencyPredictor, build_predictor
+from envs.learned_bases import LearnedBases
 from envs.profile import DeviceProfile
 from envs.runtimes import runnable_for
 from envs.runtimes.eager import TorchEager
@@ -179,6 +180,8 @@ class Evaluator:
         self._saliency_data = head(task.train, settings.saliency_images)
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
+        self.learned = LearnedBases(task, self.layer_names, self.leaders, self.compute)
+        """The task's model after each learned-sparsity method a policy names (trained once per method)."""
         self._cache: dict[str, Result] = {}
         self._compressed = 0
         """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
@@ -227,13 +230,18 @@ class Evaluator:
 
     def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:
         """Applies ``policy`` to a copy of the task's model and packs it (``verify``: decode the bytes in full
-        and check them against the measured model); the file's header records the policy's runtime.
+        and check them against the measured model); the file's header records the policy's runtime. A policy
+        naming a learned method starts from the model that method trained (:attr:`learned`), its zeroed channels
+        removed.
 
         Raises:
             ValueError: for a runtime the device profile does not allow.
         """
+        base = self.task.model
+        if policy.learned is not None:
+            base, policy = self.learned.base(policy.learned).model, self.learned.floored(policy)
         return compress(
-            self.task.model,
+            base,
             policy,
             input_shape=self.task.input_shape,
             source=self.task.source,

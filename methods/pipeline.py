@@ -82,23 +82,31 @@ def _masks(
     data: TensorDataset | None,
     fraction: float = 1.0,
     previous: Mapping[str, torch.Tensor] | None = None,
+    zeros_pruned: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Keep-masks at ``fraction`` of each weight's sparsity, lowest saliency first, within ``previous``.
 
     ``targets`` and the masks are keyed by parameter name (every compressible weight of a layer gets its choice).
+    With ``zeros_pruned`` (a model a learned method trained), the weights that are exactly zero are pruned first and
+    stay pruned: a layer's sparsity is at least its fraction of zeros.
     """
     scores = saliency_scores(model, list(targets), saliency, data)
-    masks = {
-        key: lowest_mask(scores[key], choice.sparsity * fraction, None if previous is None else previous[key])
-        for key, choice in targets.items()
-    }
+    masks = {}
+    for key, choice in targets.items():
+        sparsity, within = choice.sparsity * fraction, None if previous is None else previous[key]
+        if zeros_pruned:
+            nonzero = weight_of(model, key) != 0
+            within = nonzero if within is None else within & nonzero
+            zeros = (nonzero.numel() - int(nonzero.sum())) / nonzero.numel()
+            sparsity = max(sparsity, min(zeros, math.nextafter(1.0, 0.0)))
+        masks[key] = lowest_mask(scores[key], sparsity, within)
     for key, mask in masks.items():
         apply_mask(weight_of(model, key), mask)
     return masks
 
 
 def _iterative_pruning(
-    model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement
+    model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement, zeros_pruned: bool
 ) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings]:
     """Prune-then-retrain rounds before the last (see :func:`pruning_schedule`).
 
@@ -112,7 +120,7 @@ def _iterative_pruning(
     masks = None
     fp32 = {name: CodeSpec(FP32_BITS) for name in targets}
     for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
-        masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks)
+        masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks, zeros_pruned)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
         masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
                         loss=refinement.loss, device=refinement.compute)
@@ -161,6 +169,9 @@ def compress(
 ) -> CompressedModel:
     """Applies ``policy`` to a copy of ``base``: channels, then weights, then refinement, then packing.
 
+    A policy naming a learned method (``policy.learned``) expects ``base`` to be the model that method trained: its
+    exactly-zero weights count as pruned (each layer's sparsity is a floor, see :func:`_masks`).
+
     ``runtime`` (the device runtime the model is measured on) is recorded in the file's header
     (:attr:`methods.packing.Header.runtime`); the file itself always holds the fp32 model.
 
@@ -187,8 +198,9 @@ def compress(
     }
     if refinement.finetune.steps > 0 and refinement.train is None:
         raise ValueError("a fine-tune needs the training split")
-    previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement)
-    masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous)
+    learned = policy.learned is not None
+    previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement, learned)
+    masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous, zeros_pruned=learned)
     codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}
     with torch.no_grad():
         for name, choice in targets.items():

@@ -165,6 +165,31 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph, warn: bool = False) -> 
     return sorted(found, key=lambda f: order[f.group.leader])
 
 
+GroupItem = tuple[nn.Module, bool, list[int], list[int]]
+"""One layer of a channel group: the module, whether the group removes its outputs (else its inputs), the indices
+it removes and the group channel of each."""
+
+
+def traced_groups(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[ChannelGroup, list[GroupItem]]]:
+    """Each channel group (unchecked: see :func:`channel_groups`) with every layer it touches.
+
+    Raises:
+        UsageError: when Torch-Pruning cannot trace or group the model.
+    """
+    graph = _graph(model, input_shape)
+    traced = []
+    for found in _groups(model, graph):
+        pruner = graph.get_pruner_of_module(found.root)
+        full = graph.get_pruning_group(found.root, pruner.prune_out_channels, list(range(found.group.channels)))
+        items = [
+            (item.dep.target.module, graph.is_out_channel_pruning_fn(item.dep.handler),
+             [int(i) for i in item.idxs], [int(r) for r in item.root_idxs])
+            for item in full
+        ]
+        traced.append((found.group, items))
+    return traced
+
+
 def channel_groups(model: nn.Module, input_shape: Sequence[int]) -> list[ChannelGroup]:
     """Lists the model's prunable channel groups (the classifier output is excluded).
 

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cuda:N or mps; latency stays on --device")
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
+    parser.add_argument("--learned", metavar="METHOD", help="learned sparsity before export: variational_dropout, "
+                        "group_lasso or l0_gates (trained once from the model; sets export.learned)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
@@ -68,6 +70,11 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         if args.device is not None:
             raise UsageError("give either --device or --devices, not both")
         values["devices"] = [name.strip() for name in args.devices.split(",")]
+    if args.learned is not None:
+        export = values.get("export") or {}
+        if not isinstance(export, dict):
+            raise UsageError("config section 'export' must be a mapping")
+        values["export"] = {**export, "learned": args.learned}
     if args.recipe is not None:
         values.update(searcher="recipe", searcher_options={"name": args.recipe})
         values.setdefault("trials", 1)

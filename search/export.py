@@ -16,6 +16,7 @@ from core.policy import Policy
 from envs.evaluator import Evaluator, FinetuneKeys, check_exposed
 from envs.timing import Latency
 from methods.finetune import FinetuneSettings
+from methods.learned import LearnedSettings, check_learned
 from methods.onnx_runtime import OnnxConversionError, OnnxRuntimeModel, export_onnx
 from methods.packing import write_packed
 from methods.pipeline import CompressedModel
@@ -76,11 +77,36 @@ class ExportSettings:
     onnx: bool = False
     """Also write each exported model as an ONNX file (``models/*.onnx``): the int8 graph for an ONNX Runtime
     int8 model, else the fp32 graph with the pruned shapes and the stored (decoded) weights."""
+    learned: str | None = None
+    """A learned-sparsity method (``methods/learned/``: ``variational_dropout``, ``group_lasso``, ``l0_gates``)
+    whose penalised training every exported candidate starts from (trained once, from the task's model): what it
+    zeroes stays removed and each candidate's per-layer choices apply on top. ``None``: the candidates as searched.
+    A policy that names its own method (a recipe's) keeps it."""
+    learned_epochs: float = 10.0
+    """Epochs of that training."""
+    learned_lr: float = 1e-3
+    """Its Adam learning rate."""
+    learned_strength: float = 1.0
+    """Multiplier of the method's penalty (higher: more removed, lower accuracy)."""
 
     def __post_init__(self) -> None:
         if self.finetune_epochs < 0 or self.max_models < 1:
             raise ValueError("finetune_epochs >= 0 and max_models >= 1 are required")
         check_exposed(self.finetune, self.FINETUNE_KEYS, "export")
+        if self.learned is not None:
+            check_learned(self.learned)
+        self.learned_settings(0)  # checks the learned_* values
+
+    def learned_settings(self, seed: int) -> LearnedSettings:
+        """The learned method's training (``learned_*``), seeded with the run's ``seed``."""
+        return LearnedSettings(epochs=self.learned_epochs, lr=self.learned_lr, strength=self.learned_strength,
+                               seed=seed)
+
+    def exported_policy(self, policy: Policy) -> Policy:
+        """The policy a candidate is exported with: with :attr:`learned` unless it names a method of its own."""
+        if self.learned is None or policy.learned is not None:
+            return policy
+        return replace(policy, learned=self.learned)
 
     def final_finetune(self, evaluator: Evaluator, seed: int) -> FinetuneSettings:
         """The fine-tune of every exported model: :attr:`finetune` for ``finetune_epochs``, seeded with ``seed``."""
@@ -215,6 +241,7 @@ def export_front(
     queue, spare = list(chosen), list(spares)
     while queue:
         trial = queue.pop(0)
+        trial = replace(trial, policy=settings.exported_policy(trial.policy))
         compressed = evaluator.compress(trial.policy, refinement)
         fresh = evaluator.fresh_latency(compressed.model, trial.policy.runtime)
         result = evaluator.measure(compressed, reuse_latency=False)

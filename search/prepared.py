@@ -47,6 +47,7 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     if config.searcher == "rl":
         check_metric(task.metric_spec)  # before the run folder is written
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
+    evaluator.learned.settings = config.export.learned_settings(config.seed)
     try:
         evaluator.runnable(task.model)
     except RuntimeConversionError as exc:

@@ -12,6 +12,7 @@ from core.errors import UsageError
 from core.paths import CONFIG_DIR
 from core.policy import LayerChoice, Policy
 from methods.channel_importance import check_channel_importance
+from methods.learned import check_learned
 from methods.saliency import check_saliency
 
 RECIPES_DIR = CONFIG_DIR / "recipes"
@@ -32,7 +33,8 @@ def _choice(layer: str, data: Any, path: Path) -> LayerChoice:
 
 
 def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path = RECIPES_DIR) -> Policy:
-    """The recipe's policy for ``task``: its per-task table, else its ``default`` choice for every layer.
+    """The recipe's policy for ``task``: its per-task table, else its ``default`` choice for every layer; with the
+    recipe's ``learned`` method, if it names one.
 
     Raises:
         UsageError: for an unknown recipe, a recipe without an entry for this task, or a table that
@@ -47,9 +49,12 @@ def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path
         raise UsageError(f"recipe {path} is not valid YAML") from exc
     saliency = data.get("saliency", "magnitude")
     importance = data.get("channel_importance", "l1")
+    learned = data.get("learned")
     try:
         check_saliency(saliency)
         check_channel_importance(importance)
+        if learned is not None:
+            check_learned(learned)
     except (TypeError, ValueError) as exc:  # TypeError: an unhashable YAML value
         raise UsageError(f"recipe {path}: {exc}") from exc
     table = (data.get("tasks") or {}).get(task)
@@ -58,10 +63,10 @@ def recipe_policy(name: str, task: str, layers: Sequence[str], recipes_dir: Path
         if unknown:
             raise UsageError(f"recipe {name!r} names layers that {task!r} lacks: {', '.join(unknown)}")
         return Policy.from_choices(
-            {layer: _choice(layer, table[layer], path) for layer in table}, saliency, importance
+            {layer: _choice(layer, table[layer], path) for layer in table}, saliency, importance, learned=learned
         )
     if "default" in data:
         default = _choice("default", data["default"], path)
-        return Policy(tuple((layer, default) for layer in layers), saliency, importance)
+        return Policy(tuple((layer, default) for layer in layers), saliency, importance, learned=learned)
     tasks = ", ".join(sorted(data.get("tasks") or {}))
     raise UsageError(f"recipe {name!r} has no table for task {task!r} (it covers: {tasks or 'none'})")

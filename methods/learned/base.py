@@ -1,0 +1,151 @@
+"""What a learned-sparsity method is: a penalised (re)training of the user's model that decides what to remove.
+
+Unlike a saliency, which ranks a trained network's weights once, these methods learn what to remove while they
+train (Louizos et al., Molchanov et al., Wen et al., Ullrich et al.). Each one starts from the task's trained
+weights and leaves the model with exactly the same modules and parameters, the removed weights (or whole
+channels) set to exactly zero. The pipeline then treats those zeros as already pruned (a policy's sparsity and
+channel keep become floors, :mod:`methods.pipeline`) and codes the rest as usual.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from methods.coupled_channels import CoupledChannels
+from methods.objective import task_loss
+from methods.streams import Data, epoch_batches, sample_count
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """The penalised training every learned method runs (config ``export.learned_*``)."""
+
+    epochs: float = 10.0
+    """Passes over the training split."""
+    lr: float = 1e-3
+    """Adam learning rate (of the weights and of the method's own parameters)."""
+    strength: float = 1.0
+    """Multiplier of the method's default penalty strength (higher: more removed)."""
+    batch_size: int = 64
+    """Training batch size."""
+    seed: int = 0
+    """Seed of the batch order and of the method's noise."""
+
+    def __post_init__(self) -> None:
+        if not self.epochs > 0 or not self.lr > 0 or not self.strength >= 0 or self.batch_size < 1:
+            raise ValueError("learned training needs epochs > 0, lr > 0, strength >= 0 and batch_size >= 1")
+
+
+@dataclass
+class Learned:
+    """What a learned method left: the model (changed in place) and what it measured."""
+
+    seconds: float
+    """Wall time of the training."""
+    statistics: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The method's own per-weight or per-channel quantity (log-alpha, gate value, group norm), by weight key or
+    group leader."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a learned method trains on and where."""
+
+    keys: Sequence[str]
+    """Parameter names of the compressible weights (``fc1.weight``, ``rnn.weight_hh_l0``)."""
+    groups: Sequence[CoupledChannels]
+    """The channel groups the structured methods may penalise, gate and remove."""
+    train: Data
+    """Training split (in memory or streamed)."""
+    loss: Loss | None = None
+    """The task's loss (default :func:`methods.objective.task_loss`)."""
+    device: torch.device | str = "cpu"
+    """Where the training runs; the model is back on the CPU afterwards."""
+
+
+class LearnedMethod(ABC):
+    """One learned-sparsity method; register an instance in :data:`methods.learned.LEARNED`."""
+
+    structured: ClassVar[bool] = False
+    """True when the method removes whole channels (their removal then makes the model faster, too)."""
+    description: ClassVar[str] = ""
+    """One line naming the method and its paper."""
+
+    @abstractmethod
+    def fit(self, model: nn.Module, target: Target, settings: LearnedSettings) -> Learned:
+        """Trains ``model`` in place from its current weights; afterwards its removed weights are exactly zero and
+        it has the same modules, parameters and buffers as before (no hooks or parametrizations left)."""
+
+
+def training_steps(train: Data, settings: LearnedSettings) -> int:
+    """Optimizer steps of ``settings.epochs`` passes over ``train``."""
+    return max(1, int(math.ceil(settings.epochs * (sample_count(train) or 0) / settings.batch_size)))
+
+
+def penalised_training(
+    model: nn.Module,
+    target: Target,
+    settings: LearnedSettings,
+    penalty: Callable[[float], torch.Tensor | float],
+    extra: Sequence[torch.Tensor] = (),
+    extra_lr: float | None = None,
+    before_step: Callable[[], None] | None = None,
+    after_step: Callable[[float], None] | None = None,
+) -> float:
+    """Trains ``model`` (already on ``target.device``) on the task loss plus ``penalty(progress)``, returns seconds.
+
+    Args:
+        model: the network, trained in place, left in eval mode.
+        target: training split, loss and device.
+        settings: epochs, learning rate, batch size and seed.
+        penalty: the method's per-sample penalty at ``progress`` (0 to 1 over the steps).
+        extra: the method's own trainable tensors (trained with the weights).
+        extra_lr: their learning rate (default ``settings.lr``).
+        before_step: called before each forward pass (to draw the method's noise).
+        after_step: called after each optimizer step with its learning rate (a proximal step).
+    """
+    start = time.perf_counter()
+    steps = training_steps(target.train, settings)
+    loss = target.loss or task_loss
+    groups = [{"params": list(model.parameters())}]
+    if extra:
+        groups.append({"params": list(extra), "lr": settings.lr if extra_lr is None else extra_lr})
+    optimizer = torch.optim.Adam(groups, lr=settings.lr)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model.train()
+    step = 0
+    try:
+        while step < steps:
+            passed = step
+            for inputs, labels in epoch_batches(target.train, settings.batch_size, generator, target.device):
+                if before_step is not None:
+                    before_step()
+                optimizer.zero_grad(set_to_none=True)
+                value = loss(model(inputs), labels) + penalty(step / steps)
+                value.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step(settings.lr)
+                step += 1
+                if step >= steps:
+                    break
+            if step == passed:
+                raise ValueError("cannot train on an empty dataset")
+    finally:
+        model.eval()
+    return time.perf_counter() - start
+
+
+def parameters_of(model: nn.Module) -> Mapping[str, torch.Tensor]:
+    """The model's parameters by name."""
+    return dict(model.named_parameters())

@@ -1,0 +1,188 @@
+"""What each learned-sparsity paper says its method does, on a tiny network; and how the pipeline treats the result."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.errors import UsageError
+from core.policy import LayerChoice, Policy
+from methods.coupled_channels import coupled_channels, silence_dead_channels
+from methods.learned import LearnedSettings, Target, check_learned, learn
+from methods.learned.group_lasso import group_shrink
+from methods.learned.l0_gates import gate_sample, gate_value, open_probability
+from methods.learned.variational_dropout import THRESHOLD, _local_noise, negative_kl
+from methods.pipeline import compress
+from methods.structured import channel_groups, prune_channels
+from search.export import ExportSettings
+from search.recipes import recipe_policy
+from tests.fixtures.tiny_nets import INPUT_SHAPE, tiny_cnn, tiny_data
+
+KEYS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
+SOURCE = {"task": "test"}
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_cnn()
+
+
+def _groups(model: nn.Module) -> list:
+    return coupled_channels(model, INPUT_SHAPE, [g.leader for g in channel_groups(model, INPUT_SHAPE)])
+
+
+def _learned(model: nn.Module, name: str, strength: float) -> tuple[nn.Module, object, list]:
+    groups = _groups(model)
+    trained, outcome = learn(model, name, Target(KEYS, groups, tiny_data()),
+                             LearnedSettings(epochs=20, lr=1e-2, strength=strength, batch_size=32))
+    return trained, outcome, groups
+
+
+# sparse variational dropout
+
+
+def test_variational_dropout_prunes_exactly_the_weights_whose_log_alpha_exceeds_the_threshold(model: nn.Module) -> None:
+    trained, outcome, _ = _learned(model, "variational_dropout", 1.0)
+    pruned = 0
+    for key in KEYS:
+        log_alpha, weight = outcome.statistics[key], trained.get_parameter(key)
+        assert torch.equal(weight == 0, log_alpha > THRESHOLD), key
+        pruned += int((log_alpha > THRESHOLD).sum())
+    assert pruned > 0
+
+
+def test_variational_dropout_kl_rewards_noise() -> None:
+    log_alpha = torch.linspace(-8, 8, 33)
+    values = negative_kl(log_alpha)
+    assert torch.all(values[1:] > values[:-1])  # more noise, smaller KL: the prior pushes alpha up
+    assert abs(float(negative_kl(torch.tensor(30.0)))) < 1e-6 and float(values[0]) < -4
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(5, 3), nn.Conv2d(2, 3, 3, padding=1), nn.Conv1d(2, 3, 3)])
+def test_local_reparameterisation_gives_the_preactivation_variance(layer: nn.Module) -> None:
+    torch.manual_seed(0)
+    log_sigma2 = torch.log(torch.rand_like(layer.weight) * 0.5 + 0.05)
+    x = torch.randn(1, 5) if isinstance(layer, nn.Linear) else torch.randn(1, 2, *([6] * (layer.weight.dim() - 2)))
+    handle = _local_noise(layer, log_sigma2)
+    layer.train()
+    with torch.no_grad():
+        draws = torch.stack([layer(x) for _ in range(4000)])
+        layer.eval()
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear)
+                           else layer._conv_forward(x, layer.weight, layer.bias))  # noqa: SLF001 - no noise in eval
+    handle.remove()
+    expected = (F.linear(x.pow(2), log_sigma2.exp()) if isinstance(layer, nn.Linear)
+                else layer._conv_forward(x.pow(2), log_sigma2.exp(), None))  # noqa: SLF001
+    assert torch.allclose(draws.var(0), expected, rtol=0.15, atol=1e-3)
+    assert torch.allclose(draws.mean(0), layer(x).detach(), atol=0.1)
+
+
+# group lasso and L0 gates: zeroed channels, removed without changing the outputs
+
+
+def test_group_shrink_is_the_group_soft_threshold() -> None:
+    factors = group_shrink(torch.tensor([0.0, 0.5, 2.0, 4.0]), torch.tensor([1.0, 1.0, 1.0, 2.0]))
+    assert torch.equal(factors, torch.tensor([0.0, 0.0, 0.5, 0.5]))
+
+
+def test_hard_concrete_gates_reach_exact_zero_and_one() -> None:
+    draws = gate_sample(torch.zeros(20000), torch.Generator().manual_seed(0))
+    assert float(draws.min()) == 0.0 and float(draws.max()) == 1.0 and 0.2 < float(draws.mean()) < 0.8
+    assert float(gate_value(torch.tensor(-9.0))) == 0.0 and float(gate_value(torch.tensor(9.0))) == 1.0
+    probabilities = open_probability(torch.linspace(-6, 6, 13))
+    assert torch.all(probabilities[1:] > probabilities[:-1])
+
+
+@pytest.mark.parametrize(("name", "strength"), [("group_lasso", 2.0), ("l0_gates", 20.0)])
+def test_structured_methods_zero_whole_channels_whose_removal_keeps_the_outputs(
+    name: str, strength: float, model: nn.Module
+) -> None:
+    trained, _, groups = _learned(model, name, strength)
+    params = dict(trained.named_parameters())
+    dead = {g.leader: int(g.dead(params).sum()) for g in groups}
+    assert sum(dead.values()) > 0 and all(dead[g.leader] < g.channels for g in groups)
+    for group in groups:  # every slice of a dead channel is zero: outputs and inputs alike
+        squares = group.squares(params)
+        assert torch.equal(squares == 0, group.dead(params))
+    pruned = copy.deepcopy(trained)
+    keep = {g.leader: (g.channels - dead[g.leader]) / g.channels for g in groups}
+    prune_channels(pruned, INPUT_SHAPE, keep)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in trained.parameters())
+    inputs = tiny_data(64, seed=5).tensors[0]
+    with torch.no_grad():
+        assert torch.allclose(pruned(inputs), trained(inputs), atol=1e-5)
+
+
+def test_coupled_slices_cover_producers_norms_and_consumers(model: nn.Module) -> None:
+    groups = {g.leader: g for g in _groups(model)}
+    conv1 = {(p.name, p.dim, p.output) for p in groups["conv1"].slices}
+    assert conv1 == {("conv1.weight", 0, True), ("conv1.bias", 0, True), ("bn1.weight", 0, True),
+                     ("bn1.bias", 0, True), ("conv2.weight", 1, False)}
+    into_fc1 = next(p for p in groups["conv2"].slices if p.name == "fc1.weight")
+    assert len(into_fc1.positions) == 128 and torch.equal(into_fc1.channels.bincount(), torch.full((8,), 16))
+    assert float(groups["conv2"].sizes()[0]) == 6 * 9 + 1 + 16 * 16
+
+
+def test_silencing_a_dead_channel_changes_no_output(model: nn.Module) -> None:
+    dead = copy.deepcopy(model)
+    with torch.no_grad():
+        dead.conv2.weight[3] = 0
+        dead.conv2.bias[3] = 0
+    inputs = tiny_data(32).tensors[0]
+    before = dead(inputs)
+    assert silence_dead_channels(dead, _groups(dead))["conv2"] == 1
+    assert torch.equal(dead.fc1.weight.reshape(16, 8, 16)[:, 3], torch.zeros(16, 16))
+    assert torch.allclose(dead(inputs), before, atol=1e-6)
+
+
+# the pipeline: learned zeros are floors
+
+
+def test_a_learned_policy_keeps_every_learned_zero_pruned(model: nn.Module) -> None:
+    base = copy.deepcopy(model)
+    with torch.no_grad():
+        base.fc1.weight[:, :64] = 0  # half of fc1's weights, as a learned method might leave them
+    sizes = {}
+    for sparsity in (0.1, 0.75):
+        policy = Policy.from_choices({"fc1": LayerChoice(sparsity=sparsity, bits=32)}, learned="group_lasso")
+        compressed = compress(base, policy, input_shape=INPUT_SHAPE, source=SOURCE)
+        weight = compressed.model.fc1.weight
+        assert torch.count_nonzero(weight[:, :64]) == 0
+        assert float((weight == 0).float().mean()) == pytest.approx(max(sparsity, 0.5), abs=1e-3)
+        sizes[sparsity] = compressed.size_bytes
+    plain = Policy.from_choices({"fc1": LayerChoice(sparsity=0.1, bits=32)})
+    stored_zeros = compress(base, plain, input_shape=INPUT_SHAPE, source=SOURCE).size_bytes
+    assert sizes[0.75] < sizes[0.1] < 0.75 * stored_zeros  # without the method, 40% of fc1 is stored as zeros
+
+
+def test_policy_records_its_learned_method() -> None:
+    policy = Policy.from_choices({"fc1": LayerChoice(sparsity=0.5)}, learned="l0_gates")
+    assert Policy.from_json(policy.to_json()) == policy and policy.to_dict()["learned"] == "l0_gates"
+    plain = Policy.from_choices({"fc1": LayerChoice(sparsity=0.5)})
+    assert "learned" not in plain.to_dict() and plain.digest() != policy.digest()
+
+
+def test_learned_names_are_checked_everywhere(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown learned method 'lasso'; choose one of: variational_dropout"):
+        check_learned("lasso")
+    with pytest.raises(ValueError, match="unknown learned method"):
+        ExportSettings(learned="lasso")
+    with pytest.raises(ValueError, match="strength"):
+        ExportSettings(learned_strength=-1)
+    (tmp_path / "bad.yaml").write_text("learned: lasso\ndefault: {bits: 5}\n")
+    with pytest.raises(UsageError, match="unknown learned method"):
+        recipe_policy("bad", "lenet5", ["fc1"], recipes_dir=tmp_path)
+    for name in ("variational-dropout", "group-lasso", "l0-gates"):
+        assert recipe_policy(name, "any", ["a", "b"]).learned == name.replace("-", "_")
+
+
+def test_export_gives_candidates_the_configured_method_unless_they_name_their_own() -> None:
+    settings = ExportSettings(learned="variational_dropout", learned_epochs=3, learned_strength=0.5)
+    assert settings.exported_policy(Policy()).learned == "variational_dropout"
+    assert settings.exported_policy(Policy(learned="l0_gates")).learned == "l0_gates"
+    assert ExportSettings().exported_policy(Policy()) == Policy()
+    assert settings.learned_settings(7) == LearnedSettings(epochs=3, strength=0.5, seed=7)

@@ -1,0 +1,53 @@
+"""Every learned-sparsity method in the registry keeps the model's structure, is seeded, and removes nothing
+without a penalty and something with a strong one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from methods.coupled_channels import coupled_channels
+from methods.learned import LEARNED, LearnedSettings, Target, learn
+from methods.structured import channel_groups
+from tests.fixtures.tiny_nets import INPUT_SHAPE, tiny_cnn, tiny_data
+
+KEYS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_cnn()
+
+
+def _target(model: torch.nn.Module) -> Target:
+    groups = coupled_channels(model, INPUT_SHAPE, [g.leader for g in channel_groups(model, INPUT_SHAPE)])
+    return Target(KEYS, groups, tiny_data())
+
+
+def _zeros(model: torch.nn.Module) -> int:
+    return sum(int((model.get_parameter(key) == 0).sum()) for key in KEYS)
+
+
+@pytest.mark.parametrize("name", LEARNED.names())
+def test_learned_method_keeps_structure_and_is_seeded(name: str, model: torch.nn.Module) -> None:
+    settings = LearnedSettings(epochs=3, strength=1.0, batch_size=32, seed=3)
+    first, outcome = learn(model, name, _target(model), settings)
+    second, _ = learn(model, name, _target(model), settings)
+    assert outcome.seconds > 0 and LEARNED[name].description
+    before, after = model.state_dict(), first.state_dict()
+    assert list(before) == list(after) and all(before[k].shape == after[k].shape for k in before)
+    for module in first.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks  # noqa: SLF001
+        assert not parametrize.is_parametrized(module)
+    assert all(torch.equal(a, b) for a, b in zip(after.values(), second.state_dict().values(), strict=True))
+    assert not first.training and torch.isfinite(first(tiny_data().tensors[0])).all()
+    assert _zeros(model) == 0 and not torch.equal(before["conv1.weight"], after["conv1.weight"])  # trained a copy
+
+
+@pytest.mark.parametrize("name", LEARNED.names())
+def test_learned_method_removes_more_with_a_stronger_penalty(name: str, model: torch.nn.Module) -> None:
+    removed = [_zeros(learn(model, name, _target(model), LearnedSettings(epochs=20, lr=1e-2, strength=s, batch_size=32))[0])
+               for s in (0.0, 200.0)]
+    total = sum(model.get_parameter(key).numel() for key in KEYS)
+    assert removed[0] < 0.05 * total and removed[1] > 0.2 * total
