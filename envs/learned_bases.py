@@ -12,8 +12,8 @@ from torch import nn
 from core.policy import MIN_KEEP, LayerChoice, Policy
 from envs.tasks import Task
 from methods.coupled_channels import CoupledChannels, coupled_channels
-from methods.learned import Learned, LearnedSettings, Target, check_learned, learn
 from methods.layer_kinds import weight_keys
+from methods.learned import Learned, LearnedSettings, Target, check_learned, learn
 
 logger = logging.getLogger(__name__)
 

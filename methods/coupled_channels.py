@@ -22,6 +22,7 @@ from torch import nn
 from core.errors import UsageError
 from methods.structured import traced_groups
 
+
 @dataclass(frozen=True)
 class Slice:
     """Positions of one parameter along one dimension, each belonging to one channel of a group."""

@@ -17,6 +17,8 @@ from methods.streams import Data, epoch_batches
 
 LR_SCHEDULES = ("constant", "cosine")
 """Learning-rate schedules of a fine-tune."""
+REWINDS = ("lr", "weights")
+"""What each round of iterative pruning restarts from (:attr:`FinetuneSettings.rewind`)."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,15 @@ class FinetuneSettings:
 
     lr_schedule: str = "constant"
     """``constant``, or ``cosine``: the learning rate decays from ``lr`` to 0 over the steps (of each round)."""
+    rewind: str = "lr"
+    """With ``prune_rounds`` > 1, what each round after the first restarts from: ``lr``, the learning-rate schedule
+    only, on the weights the last round left (Renda et al. 2020's learning-rate rewinding); ``weights``, also the
+    kept weights, reset to their values when the fine-tune began (Frankle and Carbin 2019's iterative magnitude
+    pruning with rewinding: the masks come from the trained weights, the training restarts from the checkpoint)."""
 
     def __post_init__(self) -> None:
+        if self.rewind not in REWINDS:
+            raise ValueError(f"rewind must be one of {', '.join(REWINDS)}, got {self.rewind!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:

@@ -107,24 +107,39 @@ def _masks(
 
 def _iterative_pruning(
     model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement, zeros_pruned: bool
-) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings]:
+) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings, dict[str, torch.Tensor] | None]:
     """Prune-then-retrain rounds before the last (see :func:`pruning_schedule`).
 
     Returns:
-        The masks after the second-to-last round (``None`` with one round) and the fine-tune left
-        for the final, quantization-aware round.
+        The masks after the second-to-last round (``None`` with one round), the fine-tune left for the final,
+        quantization-aware round, and the state each round rewinds to (``None`` unless ``rewind`` is ``weights``
+        and there are several rounds).
     """
     settings = refinement.finetune
     rounds = settings.prune_rounds if settings.steps > 0 else 1
     steps = settings.steps // rounds
+    checkpoint = None
+    if rounds > 1 and settings.rewind == "weights":
+        checkpoint = {name: value.clone() for name, value in model.state_dict().items()}
     masks = None
     fp32 = {name: CodeSpec(FP32_BITS) for name in targets}
     for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
         masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks, zeros_pruned)
+        if number > 1:
+            _rewind(model, checkpoint, masks)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
         masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
                         loss=refinement.loss, device=refinement.compute)
-    return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
+    return masks, replace(settings, steps=settings.steps - steps * (rounds - 1)), checkpoint
+
+
+def _rewind(model: nn.Module, checkpoint: Mapping[str, torch.Tensor] | None, masks: Mapping[str, torch.Tensor]) -> None:
+    """Resets every weight and buffer to ``checkpoint`` (none: nothing changes), keeping the pruned ones at zero."""
+    if checkpoint is None:
+        return
+    model.load_state_dict(checkpoint)
+    for key, mask in masks.items():
+        apply_mask(weight_of(model, key), mask)
 
 
 def _restructure(
@@ -199,8 +214,9 @@ def compress(
     if refinement.finetune.steps > 0 and refinement.train is None:
         raise ValueError("a fine-tune needs the training split")
     learned = policy.learned is not None
-    previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement, learned)
+    previous, final_finetune, checkpoint = _iterative_pruning(model, targets, policy.saliency, refinement, learned)
     masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous, zeros_pruned=learned)
+    _rewind(model, checkpoint, masks)
     codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}
     with torch.no_grad():
         for name, choice in targets.items():

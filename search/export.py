@@ -62,6 +62,7 @@ class ExportSettings:
         ("distill_temperature", "distill_temperature"),
         ("prune_rounds", "prune_rounds"),
         ("finetune_schedule", "lr_schedule"),
+        ("rewind", "rewind"),
     )
     """config.yaml keys of :attr:`finetune`'s fields (the file keeps these flat keys)."""
 
@@ -71,7 +72,8 @@ class ExportSettings:
     """That fine-tune: Adam ``lr`` (``finetune_lr``) on a ``constant`` or ``cosine`` schedule
     (``finetune_schedule``), distillation from the original model (``distill_alpha``,
     0 = off; ``distill_temperature``) and iterative pruning (``prune_rounds``: prune-then-retrain rounds on a
-    cubic sparsity schedule). Its steps come from ``finetune_epochs`` and its seed from the run's."""
+    cubic sparsity schedule; ``rewind``: ``lr`` or ``weights``, what each round restarts from). Its steps come from
+    ``finetune_epochs`` and its seed from the run's."""
     max_models: int = 5
     """Most models exported (spread along the front, the most accurate always included)."""
     onnx: bool = False

@@ -58,7 +58,9 @@ def test_config_yaml_keeps_the_flat_keys_and_round_trips() -> None:
     added_since = {"timing": "worker", "paired_timing": True, "decode_check_every": 20,  # newer than that run
                    "promote_top": 0.2, "promote_steps": 30, "promote_lr": 0.001, "val_samples": 2000, "val_seed": 0}
     assert data["evaluator"] == {**yaml.safe_load(EARLIER_RUN)["evaluator"], **added_since}
-    assert data["export"] == {**yaml.safe_load(EARLIER_RUN)["export"], "finetune_schedule": "constant", "onnx": False}
+    assert data["export"] == {**yaml.safe_load(EARLIER_RUN)["export"], "finetune_schedule": "constant", "onnx": False,
+                              "rewind": "lr", "learned": None, "learned_epochs": 10.0, "learned_lr": 0.001,
+                              "learned_strength": 1.0}
     assert build_config(data) == config
 
 

@@ -186,3 +186,66 @@ def test_export_gives_candidates_the_configured_method_unless_they_name_their_ow
     assert settings.exported_policy(Policy(learned="l0_gates")).learned == "l0_gates"
     assert ExportSettings().exported_policy(Policy()) == Policy()
     assert settings.learned_settings(7) == LearnedSettings(epochs=3, strength=0.5, seed=7)
+
+
+def test_evaluator_trains_each_method_once_and_removes_its_dead_channels() -> None:
+    from envs.device import DeviceProfile
+    from envs.evaluator import Evaluator
+    from envs.tasks import load_task
+
+    evaluator = Evaluator(load_task("lenet300"), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3))
+    evaluator.learned.settings = LearnedSettings(epochs=3, strength=20.0)
+    policy = Policy.from_choices({name: LayerChoice(bits=32) for name in evaluator.layer_names}, learned="l0_gates")
+    base = evaluator.learned.base("l0_gates")
+    assert evaluator.learned.base("l0_gates") is base and base.outcome.seconds > 0
+    assert 0 < base.dead["fc1"] < 300 and base.kept_weights < 1.0
+    floored = evaluator.learned.floored(policy)
+    assert floored["fc1"].keep == pytest.approx((300 - base.dead["fc1"]) / 300, abs=1e-6)
+    compressed = evaluator.compress(policy)
+    assert compressed.model.fc1.out_features == 300 - base.dead["fc1"]
+    result = evaluator.evaluate(policy)
+    assert result.status == "ok" and result.params < sum(p.numel() for p in evaluator.task.model.parameters())
+    unchanged = evaluator.compress(Policy(learned="l0_gates"), evaluator.refinement())  # no fine-tune
+    inputs = evaluator.val_data.tensors[0][:64]
+    with torch.no_grad():  # removing the closed channels left the trained model's function as it was
+        assert torch.allclose(unchanged.model(inputs), base.model(inputs), atol=1e-4)
+
+
+# lottery tickets: rewinding between the rounds of iterative pruning
+
+
+@pytest.mark.parametrize("rewind", ["lr", "weights"])
+def test_weight_rewinding_restores_the_checkpoint_on_kept_weights(
+    rewind: str, model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from methods import pipeline
+    from methods.finetune import FinetuneSettings
+    from methods.pipeline import Refinement
+
+    seen = []
+
+    def fake_finetune(net: nn.Module, masks: dict, codes: dict, *args: object, **kwargs: object) -> None:
+        seen.append((net.fc1.weight.detach().clone(), masks["fc1.weight"].clone()))
+        with torch.no_grad():
+            net.fc1.weight.add_(0.5 * masks["fc1.weight"])  # stands for a round of training
+
+    monkeypatch.setattr(pipeline, "masked_finetune", fake_finetune)
+    settings = FinetuneSettings(steps=30, prune_rounds=3, rewind=rewind)
+    policy = Policy.from_choices({"fc1": LayerChoice(sparsity=0.6, bits=32)})
+    compress(model, policy, input_shape=INPUT_SHAPE, source=SOURCE,
+             refinement=Refinement(finetune=settings, train=tiny_data()))
+    assert len(seen) == 3
+    for number, (weight, mask) in enumerate(seen):
+        rewound = torch.equal(weight, model.fc1.weight * mask)
+        assert rewound == (number == 0 or rewind == "weights"), number
+        assert torch.count_nonzero(weight[~mask]) == 0
+    assert torch.all(seen[2][1] <= seen[1][1]) and seen[2][1].sum() < seen[1][1].sum()  # masks shrink
+
+
+def test_cli_refuses_an_unknown_learned_method_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from search.cli import main
+
+    assert main(["--task", "lenet300", "--learned", "lasso", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown learned method 'lasso'" in err and "group_lasso" in err
+    assert not (tmp_path / "run").exists()

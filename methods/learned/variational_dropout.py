@@ -94,7 +94,7 @@ class VariationalDropout(LearnedMethod):
             key: torch.full_like(w, INITIAL_LOG_SIGMA2, requires_grad=True) for key, w in weights.items()
         }
         handles, parametrized = [], []
-        for key, weight in weights.items():
+        for key in weights:
             owner, attr = owner_of(model, key)
             if attr == "weight" and isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
                 owner, nn.modules.conv._ConvTransposeNd
