@@ -80,7 +80,7 @@ class ExportSettings:
     """Also write each exported model as an ONNX file (``models/*.onnx``): the int8 graph for an ONNX Runtime
     int8 model, else the fp32 graph with the pruned shapes and the stored (decoded) weights."""
     learned: str | None = None
-    """A learned-sparsity method (``methods/learned/``: ``variational_dropout``, ``group_lasso``, ``l0_gates``)
+    """A learned-sparsity method (``methods/learned/``: ``variational_dropout``, ``group_lasso``, ``l0_gates``, ...)
     whose penalised training every exported candidate starts from (trained once, from the task's model): what it
     zeroes stays removed and each candidate's per-layer choices apply on top. ``None``: the candidates as searched.
     A policy that names its own method (a recipe's) keeps it."""

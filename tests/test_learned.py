@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ def test_learned_names_are_checked_everywhere(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("learned: lasso\ndefault: {bits: 5}\n")
     with pytest.raises(UsageError, match="unknown learned method"):
         recipe_policy("bad", "lenet5", ["fc1"], recipes_dir=tmp_path)
-    for name in ("variational-dropout", "group-lasso", "l0-gates"):
+    for name in ("variational-dropout", "group-lasso", "l0-gates", "soft-sharing"):
         assert recipe_policy(name, "any", ["a", "b"]).learned == name.replace("-", "_")
 
 
@@ -249,3 +250,34 @@ def test_cli_refuses_an_unknown_learned_method_in_one_line(capsys: pytest.Captur
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown learned method 'lasso'" in err and "group_lasso" in err
     assert not (tmp_path / "run").exists()
+
+
+# soft weight-sharing
+
+
+def test_soft_sharing_snaps_every_weight_to_a_component_mean_and_kmeans_stores_them_exactly(
+    model: nn.Module,
+) -> None:
+    trained, outcome, _ = _learned(model, "soft_sharing", 1.0)
+    means = outcome.statistics["means"]
+    assert float(means[0]) == 0.0 and len(means) == 17
+    values = torch.cat([trained.get_parameter(key).detach().reshape(-1) for key in KEYS])
+    assert bool(torch.isin(values, means).all())  # every weight is a mean: at most 16 non-zero values
+    assert 0 < int((values == 0).sum()) < len(values)
+    policy = Policy.from_choices({name: LayerChoice(bits=4, quantizer="kmeans") for name in ("fc1", "conv2")},
+                                 learned="soft_sharing")
+    stored = compress(trained, policy, input_shape=INPUT_SHAPE, source=SOURCE).model
+    for name in ("fc1", "conv2"):  # a layer's codebook holds exactly the means its weights use
+        assert torch.equal(stored.get_submodule(name).weight, trained.get_submodule(name).weight), name
+
+
+def test_mixture_snaps_to_the_most_responsible_component() -> None:
+    from methods.learned.soft_sharing import Mixture
+
+    mixture = Mixture([torch.tensor([-1.0, 1.0])], components=2)
+    with torch.no_grad():
+        mixture.means.copy_(torch.tensor([-1.0, 1.0]))
+        mixture.log_variances.fill_(math.log(0.01))
+        mixture.logits.zero_()
+    snapped = mixture.snapped(torch.tensor([-1.2, -0.6, -0.01, 0.02, 0.7, 1.3]))
+    assert torch.equal(snapped, torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]))

@@ -50,4 +50,4 @@ def test_learned_method_removes_more_with_a_stronger_penalty(name: str, model: t
     settings = [LearnedSettings(epochs=20, lr=1e-2, strength=s, batch_size=32) for s in (0.0, 200.0)]
     removed = [_zeros(learn(model, name, _target(model), setting)[0]) for setting in settings]
     total = sum(model.get_parameter(key).numel() for key in KEYS)
-    assert removed[0] < 0.05 * total and removed[1] > 0.2 * total
+    assert removed[1] > removed[0] and removed[1] > 0.2 * total

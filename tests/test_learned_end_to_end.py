@@ -31,7 +31,7 @@ def _pareto(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("recipe", ["variational-dropout", "group-lasso", "l0-gates"])
+@pytest.mark.parametrize("recipe", ["variational-dropout", "group-lasso", "l0-gates", "soft-sharing"])
 def test_learned_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("export:\n  learned_epochs: 20\n  learned_lr: 0.01\n  learned_strength: 5\n"
@@ -44,7 +44,7 @@ def test_learned_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recip
     assert len(rows) == 1 and json.loads(rows[0]["policy"])["learned"] == recipe.replace("-", "_")
     model = load_model(run / rows[0]["model_file"], trust_source=True)
     assert evaluate_accuracy(model, tiny_splits()[2]) == float(rows[0]["test_accuracy"])
-    if recipe == "variational-dropout":  # weights removed
+    if recipe in ("variational-dropout", "soft-sharing"):  # weights removed
         assert sum(int((p == 0).sum()) for n, p in model.named_parameters() if n.endswith("weight")) > 0
     else:  # whole channels removed
         assert int(rows[0]["params"]) < sum(p.numel() for p in TinyCNN().parameters())

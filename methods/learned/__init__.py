@@ -3,7 +3,9 @@
 * ``variational_dropout``: sparse variational dropout (Molchanov et al. 2017),
   :mod:`methods.learned.variational_dropout`;
 * ``group_lasso``: group lasso over channels (Wen et al. 2016), :mod:`methods.learned.group_lasso`;
-* ``l0_gates``: hard-concrete L0 gates on channels (Louizos et al. 2017), :mod:`methods.learned.l0_gates`.
+* ``l0_gates``: hard-concrete L0 gates on channels (Louizos et al. 2017), :mod:`methods.learned.l0_gates`;
+* ``soft_sharing``: soft weight-sharing with a learned mixture prior (Ullrich et al. 2017),
+  :mod:`methods.learned.soft_sharing`.
 
 A policy names one in its ``learned`` field; the evaluator trains the task's model with it once per run
 (:meth:`envs.evaluator.Evaluator.learned_model`) and every candidate with that field starts from the result. A new
@@ -22,6 +24,7 @@ from methods.coupled_channels import silence_dead_channels
 from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target
 from methods.learned.group_lasso import GroupLasso
 from methods.learned.l0_gates import L0Gates
+from methods.learned.soft_sharing import SoftWeightSharing
 from methods.learned.variational_dropout import VariationalDropout
 
 LEARNED: Registry[LearnedMethod] = Registry("learned method")
@@ -29,6 +32,7 @@ LEARNED: Registry[LearnedMethod] = Registry("learned method")
 LEARNED.register("variational_dropout", VariationalDropout())
 LEARNED.register("group_lasso", GroupLasso())
 LEARNED.register("l0_gates", L0Gates())
+LEARNED.register("soft_sharing", SoftWeightSharing())
 
 
 def check_learned(name: str) -> LearnedMethod:
