@@ -30,6 +30,8 @@ class LearnedBase:
     """Exactly-zero channels per group leader (structured pruning removes them)."""
     kept_weights: float
     """Fraction of the compressible weights left non-zero."""
+    bits: dict[str, int]
+    """Per layer, the bit width the method read from its posterior (``bayesian``; empty for the others)."""
 
 
 class LearnedBases:
@@ -38,7 +40,8 @@ class LearnedBases:
     def __init__(self, task: Task, layers: Sequence[str], leaders: Sequence[str],
                  compute: torch.device | str = "cpu") -> None:
         self.task = task
-        self.keys = tuple(key for name in layers for key in weight_keys(task.model, name))
+        self.layer_keys = {name: weight_keys(task.model, name) for name in layers}
+        self.keys = tuple(key for keys in self.layer_keys.values() for key in keys)
         self.leaders = tuple(leaders)
         self.compute = compute
         self.settings = LearnedSettings()
@@ -69,10 +72,19 @@ class LearnedBases:
             dead = {g.leader: int(g.dead(params).sum()) for g in groups}
             total = sum(params[k].numel() for k in self.keys)
             kept = sum(int(torch.count_nonzero(params[k])) for k in self.keys) / max(1, total)
-            self._bases[key] = LearnedBase(model, outcome, dead, kept)
+            self._bases[key] = LearnedBase(model, outcome, dead, kept, self._layer_bits(outcome))
             logger.info("learned %s: %.1f s, %.2f%% of the weights kept, %d channels removed", name,
                         outcome.seconds, 100 * kept, sum(dead.values()))
         return self._bases[key]
+
+    def _layer_bits(self, outcome: Learned) -> dict[str, int]:
+        """Each layer's bit width from the method's per-weight ``bits:KEY`` statistics (the widest of its weights)."""
+        bits: dict[str, int] = {}
+        for name, keys in self.layer_keys.items():
+            found = [int(outcome.statistics[f"bits:{k}"]) for k in keys if f"bits:{k}" in outcome.statistics]
+            if found:
+                bits[name] = max(found)
+        return bits
 
     @property
     def trained(self) -> dict[str, LearnedBase]:
@@ -80,11 +92,16 @@ class LearnedBases:
         return {name: base for (name, _), base in self._bases.items()}
 
     def floored(self, policy: Policy) -> Policy:
-        """``policy`` with each group leader's keep at most the fraction of its channels the method left alive."""
+        """``policy`` with each group leader's keep at most the fraction of its channels the method left alive, and
+        each layer it leaves at fp32 at the bit width the method read, if it reads one (linear codes)."""
         if policy.learned is None:
             return policy
         base, groups = self.base(policy.learned), {g.leader: g.channels for g in self.groups}
         choices = policy.choices
+        for name, bits in base.bits.items():
+            choice = choices.get(name, LayerChoice())
+            if not choice.quantized:
+                choices[name] = replace(choice, bits=bits, quantizer="linear")
         for leader, dead in base.dead.items():
             if dead:
                 alive = max(MIN_KEEP, (groups[leader] - dead) / groups[leader])

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--learned", metavar="METHOD", help="learned sparsity before export: variational_dropout, "
-                        "group_lasso, l0_gates or soft_sharing (trained once from the model; sets export.learned)")
+                        "group_lasso, l0_gates, soft_sharing or bayesian (trained once from the model; sets "
+                        "export.learned)")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")

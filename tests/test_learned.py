@@ -16,7 +16,7 @@ from methods.coupled_channels import coupled_channels, silence_dead_channels
 from methods.learned import LearnedSettings, Target, check_learned, learn
 from methods.learned.group_lasso import group_shrink
 from methods.learned.l0_gates import gate_sample, gate_value, open_probability
-from methods.learned.variational_dropout import THRESHOLD, _local_noise, negative_kl
+from methods.learned.variational_dropout import THRESHOLD, local_noise, negative_kl
 from methods.pipeline import compress
 from methods.structured import channel_groups, prune_channels
 from search.export import ExportSettings
@@ -68,7 +68,7 @@ def test_local_reparameterisation_gives_the_preactivation_variance(layer: nn.Mod
     torch.manual_seed(0)
     log_sigma2 = torch.log(torch.rand_like(layer.weight) * 0.5 + 0.05)
     x = torch.randn(1, 5) if isinstance(layer, nn.Linear) else torch.randn(1, 2, *([6] * (layer.weight.dim() - 2)))
-    handle = _local_noise(layer, log_sigma2)
+    handle = local_noise(layer, log_sigma2)
     layer.train()
     with torch.no_grad():
         draws = torch.stack([layer(x) for _ in range(4000)])
@@ -177,7 +177,7 @@ def test_learned_names_are_checked_everywhere(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("learned: lasso\ndefault: {bits: 5}\n")
     with pytest.raises(UsageError, match="unknown learned method"):
         recipe_policy("bad", "lenet5", ["fc1"], recipes_dir=tmp_path)
-    for name in ("variational-dropout", "group-lasso", "l0-gates", "soft-sharing"):
+    for name in ("variational-dropout", "group-lasso", "l0-gates", "soft-sharing", "bayesian"):
         assert recipe_policy(name, "any", ["a", "b"]).learned == name.replace("-", "_")
 
 
@@ -281,3 +281,31 @@ def test_mixture_snaps_to_the_most_responsible_component() -> None:
         mixture.logits.zero_()
     snapped = mixture.snapped(torch.tensor([-1.2, -0.6, -0.01, 0.02, 0.7, 1.3]))
     assert torch.equal(snapped, torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]))
+
+
+# Bayesian compression
+
+
+def test_posterior_bits_follow_the_posterior_spread() -> None:
+    from methods.learned.bayesian import posterior_bits
+
+    mean = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    assert posterior_bits(mean, torch.full((4,), 0.01)) == 4  # step 0.2 over a span of 2
+    assert posterior_bits(mean, torch.full((4,), 1e-12)) == 8 and posterior_bits(mean, torch.full((4,), 4.0)) == 1
+    assert posterior_bits(torch.zeros(3), torch.ones(3)) == 1
+
+
+def test_bayesian_bits_fill_the_layers_a_policy_leaves_at_fp32() -> None:
+    from envs.device import DeviceProfile
+    from envs.evaluator import Evaluator
+    from envs.tasks import load_task
+
+    evaluator = Evaluator(load_task("lenet300"), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3))
+    evaluator.learned.settings = LearnedSettings(epochs=1, strength=10.0)
+    base = evaluator.learned.base("bayesian")
+    assert set(base.bits) == {"fc1", "fc2", "fc3"} and all(1 <= b <= 8 for b in base.bits.values())
+    policy = Policy.from_choices({"fc1": LayerChoice(bits=3, quantizer="kmeans"), "fc2": LayerChoice()},
+                                 learned="bayesian")
+    floored = evaluator.learned.floored(policy)
+    assert floored["fc1"].bits == 3 and floored["fc1"].quantizer == "kmeans"
+    assert floored["fc2"].bits == base.bits["fc2"] and floored["fc3"].bits == base.bits["fc3"]

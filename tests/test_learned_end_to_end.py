@@ -31,7 +31,9 @@ def _pareto(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("recipe", ["variational-dropout", "group-lasso", "l0-gates", "soft-sharing"])
+@pytest.mark.parametrize(
+    "recipe", ["variational-dropout", "group-lasso", "l0-gates", "soft-sharing", "bayesian"]
+)
 def test_learned_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("export:\n  learned_epochs: 20\n  learned_lr: 0.01\n  learned_strength: 5\n"

@@ -5,7 +5,9 @@
 * ``group_lasso``: group lasso over channels (Wen et al. 2016), :mod:`methods.learned.group_lasso`;
 * ``l0_gates``: hard-concrete L0 gates on channels (Louizos et al. 2017), :mod:`methods.learned.l0_gates`;
 * ``soft_sharing``: soft weight-sharing with a learned mixture prior (Ullrich et al. 2017),
-  :mod:`methods.learned.soft_sharing`.
+  :mod:`methods.learned.soft_sharing`;
+* ``bayesian``: Bayesian compression with the group normal-Jeffreys prior (Louizos, Ullrich and Welling 2017),
+  :mod:`methods.learned.bayesian`.
 
 A policy names one in its ``learned`` field; the evaluator trains the task's model with it once per run
 (:meth:`envs.evaluator.Evaluator.learned_model`) and every candidate with that field starts from the result. A new
@@ -22,6 +24,7 @@ from torch import nn
 from core.registry import Registry
 from methods.coupled_channels import silence_dead_channels
 from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target
+from methods.learned.bayesian import BayesianCompression
 from methods.learned.group_lasso import GroupLasso
 from methods.learned.l0_gates import L0Gates
 from methods.learned.soft_sharing import SoftWeightSharing
@@ -33,6 +36,7 @@ LEARNED.register("variational_dropout", VariationalDropout())
 LEARNED.register("group_lasso", GroupLasso())
 LEARNED.register("l0_gates", L0Gates())
 LEARNED.register("soft_sharing", SoftWeightSharing())
+LEARNED.register("bayesian", BayesianCompression())
 
 
 def check_learned(name: str) -> LearnedMethod:

@@ -97,8 +97,7 @@ def penalised_training(
     target: Target,
     settings: LearnedSettings,
     penalty: Callable[[float], torch.Tensor | float],
-    extra: Sequence[torch.Tensor] = (),
-    extra_lr: float | None = None,
+    extra: Sequence[tuple[Sequence[torch.Tensor], float | None]] = (),
     before_step: Callable[[], None] | None = None,
     after_step: Callable[[float], None] | None = None,
 ) -> float:
@@ -109,8 +108,8 @@ def penalised_training(
         target: training split, loss and device.
         settings: epochs, learning rate, batch size and seed.
         penalty: the method's per-sample penalty at ``progress`` (0 to 1 over the steps).
-        extra: the method's own trainable tensors (trained with the weights).
-        extra_lr: their learning rate (default ``settings.lr``).
+        extra: the method's own trainable tensors (trained with the weights), in groups with their own learning rate
+            (``None``: ``settings.lr``).
         before_step: called before each forward pass (to draw the method's noise).
         after_step: called after each optimizer step with its learning rate (a proximal step).
     """
@@ -118,8 +117,7 @@ def penalised_training(
     steps = training_steps(target.train, settings)
     loss = target.loss or task_loss
     groups = [{"params": list(model.parameters())}]
-    if extra:
-        groups.append({"params": list(extra), "lr": settings.lr if extra_lr is None else extra_lr})
+    groups += [{"params": list(tensors), "lr": settings.lr if lr is None else lr} for tensors, lr in extra if tensors]
     optimizer = torch.optim.Adam(groups, lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     model.train()

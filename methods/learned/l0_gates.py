@@ -56,7 +56,7 @@ class _Gates(nn.Module):
         self.current = gate_value(self.log_alpha.detach())
 
 
-class _GatedRows(nn.Module):
+class GatedRows(nn.Module):
     """Parametrization multiplying the rows ``positions`` of a parameter by their channels' current gates."""
 
     def __init__(self, gates: _Gates, positions: torch.Tensor, channels: torch.Tensor, rows: int) -> None:
@@ -79,7 +79,7 @@ def _gate_outputs(model: nn.Module, group: CoupledChannels, gates: _Gates) -> li
         owner_name, _, attr = part.name.rpartition(".")
         owner = model.get_submodule(owner_name)
         rows = getattr(owner, attr).shape[0]
-        parametrize.register_parametrization(owner, attr, _GatedRows(gates, part.positions, part.channels, rows))
+        parametrize.register_parametrization(owner, attr, GatedRows(gates, part.positions, part.channels, rows))
         done.append((owner, attr))
     return done
 
@@ -110,9 +110,8 @@ class L0Gates(LearnedMethod):
         try:
             for group in target.groups:
                 registered += _gate_outputs(model, group, gates[group.leader])
-            extra = [g.log_alpha for g in gates.values()]
-            seconds = penalised_training(model, target, settings, penalty, extra=extra, extra_lr=GATE_LR,
-                                         before_step=draw)
+            extra = [([g.log_alpha for g in gates.values()], GATE_LR)]
+            seconds = penalised_training(model, target, settings, penalty, extra=extra, before_step=draw)
             with torch.no_grad():
                 for gate in gates.values():
                     gate.current = gate_value(gate.log_alpha)

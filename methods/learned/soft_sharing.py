@@ -91,7 +91,7 @@ class SoftWeightSharing(LearnedMethod):
             return settings.strength * TAU * mixture.negative_log_prior(flat) * (total / len(flat))
 
         try:
-            seconds = penalised_training(model, target, settings, penalty, extra=list(mixture.parameters()))
+            seconds = penalised_training(model, target, settings, penalty, extra=[(list(mixture.parameters()), None)])
             with torch.no_grad():
                 for weight in weights:
                     weight.copy_(mixture.snapped(weight))

@@ -49,7 +49,7 @@ def kept_mask(log_alpha: torch.Tensor, threshold: float = THRESHOLD) -> torch.Te
     return log_alpha <= threshold
 
 
-class _WeightNoise(nn.Module):
+class WeightNoise(nn.Module):
     """Parametrization ``w -> w + sigma * eps`` with fresh noise at every access in training mode."""
 
     def __init__(self, log_sigma2: torch.Tensor) -> None:
@@ -62,7 +62,7 @@ class _WeightNoise(nn.Module):
         return weight + torch.exp(0.5 * self.log_sigma2) * torch.randn_like(weight)
 
 
-def _local_noise(module: nn.Module, log_sigma2: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
+def local_noise(module: nn.Module, log_sigma2: torch.Tensor) -> torch.utils.hooks.RemovableHandle:
     """Adds the pre-activation noise of the local reparameterisation trick to a Linear or convolution layer."""
 
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -99,9 +99,9 @@ class VariationalDropout(LearnedMethod):
             if attr == "weight" and isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
                 owner, nn.modules.conv._ConvTransposeNd
             ):
-                handles.append(_local_noise(owner, log_sigma2[key]))
+                handles.append(local_noise(owner, log_sigma2[key]))
             else:
-                parametrize.register_parametrization(owner, attr, _WeightNoise(log_sigma2[key]))
+                parametrize.register_parametrization(owner, attr, WeightNoise(log_sigma2[key]))
                 parametrized.append((owner, attr))
         samples = sample_count(target.train) or 1
 
@@ -112,7 +112,7 @@ class VariationalDropout(LearnedMethod):
             return settings.strength * ramp * kl / samples
 
         try:
-            seconds = penalised_training(model, target, settings, penalty, extra=list(log_sigma2.values()))
+            seconds = penalised_training(model, target, settings, penalty, extra=[(list(log_sigma2.values()), None)])
         finally:
             for handle in handles:
                 handle.remove()
