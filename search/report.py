@@ -165,8 +165,10 @@ def write_report(
     export_seconds: float,
     latency_checks: Sequence[LatencyCheck] = (),
     latency_notes: Sequence[str] = (),
+    learned_notes: Sequence[str] = (),
 ) -> None:
-    """Writes report.md (``latency_notes``: lines on the target and the machine's timing noise)."""
+    """Writes report.md (``latency_notes``: lines on the target and the machine's timing noise; ``learned_notes``:
+    one line per learned-sparsity training)."""
     ok = sum(t.result.ok for t in trials)
     feasible = sum(t.feasible for t in trials)
     stopped = sum(t.result.status == STATUS_STOPPED for t in trials)
@@ -180,6 +182,7 @@ def write_report(
         f"{f', {stopped} stopped early by ASHA' if stopped else ''});"
         f" search {search_seconds:.1f} s, final fine-tune and export {export_seconds:.1f} s",
         *(f"- {note}" for note in latency_notes),
+        *(f"- {note}" for note in learned_notes),
         "",
         *_predictor_lines(latency_checks, models),
         "## Uncompressed baseline",

@@ -112,5 +112,11 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
         export_seconds=export_seconds,
         latency_checks=prepared.evaluator.latency_checks,
         latency_notes=latency_notes(prepared.latency_reach, config.budget.latency_ms),
+        learned_notes=[
+            f"Learned sparsity {name}: trained once in {base.outcome.seconds:.1f} s (within the times above), "
+            f"{100 * base.kept_weights:.2f}% of the compressible weights left, {sum(base.dead.values())} channels "
+            f"zeroed" + (f", bits read per layer: {base.bits}" if base.bits else "")
+            for name, base in prepared.evaluator.learned.trained.items()
+        ],
     )
     return RunOutcome(run_dir, trials, models, baseline, prepared.evaluator.latency_checks)

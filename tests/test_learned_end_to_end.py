@@ -62,6 +62,7 @@ def test_export_learned_on_a_built_in_task_removes_channels_and_reloads(tmp_path
     assert proc.returncode == 0, proc.stderr
     rows = _pareto(run)
     assert rows
+    assert "Learned sparsity group_lasso: trained once in" in (run / "report.md").read_text()
     task = load_task("lenet300")
     for row in rows:
         assert json.loads(row["policy"])["learned"] == "group_lasso"
