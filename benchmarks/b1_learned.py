@@ -1,0 +1,147 @@
+"""B1 extended: learned sparsity on the LeNets, alone and under the searched per-layer policy, over several seeds.
+
+For each net (LeNet-300-100 and the Caffe LeNet-5, 20-50-800-500) and seed, in one run, with the same data
+(MNIST-5k), the same final fine-tune and the same encoder, the rows are: the fp32 baseline, Deep Compression's
+recipe, iterative pruning of that recipe with weight rewinding (Frankle and Carbin's schedule, rewound to the
+trained weights), the searched policy (NSGA-II with a size budget of the recipe's bytes / 1.5), each learned method
+alone (its recipe in configs/recipes/) and each learned method under the searched policies (``export.learned``).
+A searched row reports the exported Pareto model with the best validation accuracy. Per-layer kept % is read from
+the exported file (what the learned method removed included), bits from its header. Medians and ranges over the
+seeds are in the summary table.
+
+    python benchmarks/b1_learned.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 150] [--epochs 8]
+        [--learned variational_dropout,group_lasso,l0_gates,soft_sharing,bayesian] [--learned-epochs 10]
+        [--learned-strength 1.0] [--combined variational_dropout,l0_gates] [--rows alone,combined,rewind,search]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
+from core.policy import Policy  # noqa: E402
+from envs.tasks import load_task  # noqa: E402
+from methods.discovery import discover_layers  # noqa: E402
+from methods.layer_kinds import weight_keys  # noqa: E402
+from methods.packing import unpack  # noqa: E402
+from search import load_model, run_search  # noqa: E402
+from search.runner import RunOutcome  # noqa: E402
+
+TARGET_FACTOR = 1.5
+RECIPES = {"variational_dropout": "variational-dropout", "group_lasso": "group-lasso", "l0_gates": "l0-gates",
+           "soft_sharing": "soft-sharing", "bayesian": "bayesian"}
+
+
+def layer_text(run_dir: Path, model_file: str, net: str) -> str:
+    """Per layer of the exported file: kept % of the original layer's weights (removed channels count as removed),
+    then its bits (``k`` = k-means) from the file's header."""
+    task = load_task(net)
+    original = {spec.name: spec for spec in discover_layers(task.model, task.input_shape)}
+    model = load_model(run_dir / model_file)
+    meta, _ = unpack((run_dir / model_file).read_bytes())
+    policy = Policy.from_dict(meta["policy"])
+    parts = []
+    for name in original:
+        total = sum(task.model.get_parameter(k).numel() for k in weight_keys(task.model, name))
+        kept = sum(int(torch.count_nonzero(model.get_parameter(k))) for k in weight_keys(model, name))
+        choice = policy[name]
+        code = "fp32" if not choice.quantized else f"{choice.bits}b{'k' if choice.quantizer == 'kmeans' else ''}"
+        parts.append(f"{name} {100 * kept / total:.1f}% {code}")
+    return " / ".join(parts)
+
+
+def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
+    """The row of one run: its most accurate (on validation) exported model."""
+    base = {"net": net, "seed": seed, "method": method, "seconds": round(seconds, 1)}
+    if not outcome.models:
+        return {**base, "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0, "layers": "no model"}
+    model = max(outcome.models, key=lambda m: m.val_accuracy)
+    return {**base, "test_accuracy": model.test_accuracy, "val_accuracy": model.val_accuracy,
+            "packed_bytes": model.size_bytes, "ratio": round(original / model.size_bytes, 1),
+            "layers": layer_text(outcome.run_dir, model.model_file, net)}
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per net and method: median test accuracy and ratio over the seeds, with their ranges, and the median time."""
+    rows = []
+    for (net, method), group in frame.groupby(["net", "method"], sort=False):
+        acc, ratio = group["test_accuracy"], group["ratio"]
+        rows.append({"net": net, "method": method, "seeds": len(group),
+                     "test acc (median)": round(float(acc.median()), 4),
+                     "test acc range": f"{acc.min():.3f}-{acc.max():.3f}",
+                     "ratio (median)": round(float(ratio.median()), 1),
+                     "ratio range": f"{ratio.min():.0f}-{ratio.max():.0f}",
+                     "seconds (median)": round(float(group["seconds"].median()), 1)})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default="lenet300,lenet5")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--trials", type=int, default=150, help="evaluations of each searched row")
+    parser.add_argument("--epochs", type=float, default=8.0, help="final fine-tune epochs, the same for every row")
+    parser.add_argument("--learned", default=",".join(RECIPES), help="learned methods run alone")
+    parser.add_argument("--combined", default=",".join(RECIPES), help="learned methods run under searched policies")
+    parser.add_argument("--learned-epochs", type=float, default=10.0)
+    parser.add_argument("--learned-strength", type=float, default=1.0)
+    parser.add_argument("--rows", default="rewind,search,alone,combined", help="which row families to run")
+    args = parser.parse_args()
+
+    runs = OUT_DIR / "b1_learned_runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    families = set(args.rows.split(","))
+    export = {"finetune_epochs": args.epochs, "max_models": 6, "learned_epochs": args.learned_epochs,
+              "learned_strength": args.learned_strength}
+    space = {"channel_pruning": False, "quantizers": ["linear", "kmeans"]}
+    rows: list[dict[str, object]] = []
+    for net in args.nets.split(","):
+        task = load_task(net)
+        original = 4 * sum(spec.params for spec in discover_layers(task.model, task.input_shape))
+        for seed in (int(s) for s in args.seeds.split(",")):
+            def go(name: str, net: str = net, seed: int = seed, export_extra: dict | None = None,
+                   **settings: object) -> tuple[RunOutcome, float]:
+                start = time.perf_counter()
+                outcome = run_search(task=net, out=runs / f"{net}-{seed}-{name}", seed=seed, space=space,
+                                     export={**export, **(export_extra or {})}, **settings)
+                return outcome, time.perf_counter() - start
+
+            recipe, seconds = go("recipe", searcher="recipe", searcher_options={"name": "deep-compression"}, trials=1)
+            baseline = recipe.baseline
+            rows.append({"net": net, "seed": seed, "method": "fp32 baseline", "test_accuracy": baseline.test_accuracy,
+                         "val_accuracy": baseline.val_accuracy, "packed_bytes": baseline.size_bytes,
+                         "ratio": round(original / baseline.size_bytes, 1), "layers": "fp32", "seconds": 0.0})
+            rows.append(row(net, seed, "Deep Compression recipe", recipe, seconds, original))
+            if "rewind" in families:
+                outcome, seconds = go("rewind", searcher="recipe", searcher_options={"name": "deep-compression"},
+                                      trials=1, export_extra={"prune_rounds": 3, "rewind": "weights"})
+                rows.append(row(net, seed, "DC recipe, 3 rounds of IMP with weight rewinding", outcome, seconds,
+                                original))
+            budget = f"{int(recipe.models[0].size_bytes / TARGET_FACTOR)}B"
+            if "search" in families:
+                outcome, seconds = go("nsga2", searcher="nsga2", trials=args.trials, budget_mb=budget)
+                rows.append(row(net, seed, f"searched (nsga2, {budget})", outcome, seconds, original))
+            for method in args.learned.split(",") if "alone" in families else ():
+                outcome, seconds = go(method, searcher="recipe", searcher_options={"name": RECIPES[method]}, trials=1)
+                rows.append(row(net, seed, f"{method} alone", outcome, seconds, original))
+            for method in args.combined.split(",") if "combined" in families else ():
+                outcome, seconds = go(f"nsga2-{method}", searcher="nsga2", trials=args.trials, budget_mb=budget,
+                                      export_extra={"learned": method})
+                rows.append(row(net, seed, f"{method} + searched (nsga2, {budget})", outcome, seconds, original))
+            print(pd.DataFrame(rows).to_string(), file=sys.stderr)
+    frame = pd.DataFrame(rows)
+    table = markdown_table(summary(frame)) + "\n\nPer seed:\n\n" + markdown_table(frame)
+    write_outputs("b1_learned", frame, table, args)
+
+
+if __name__ == "__main__":
+    main()
