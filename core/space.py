@@ -67,9 +67,12 @@ class SpaceSettings:
     """Every searcher first evaluates the uniform policies scaled to the budget (``search/seeds.py``): 8 and
     4 bits, the widest uniform width within the latency target, the least uniform sparsity within the size
     budget; so a search never returns less than a uniform policy would."""
+    learned_seed: bool = True
+    """With ``export.learned`` (and the uniform seeds), the searchers also start from what that method learned:
+    its per-layer sparsity, kept channels and bits, naming the method (``search/seeds.py``)."""
 
     def __post_init__(self) -> None:
-        for flag in ("uniform_seeds", "budget_repair"):
+        for flag in ("uniform_seeds", "budget_repair", "learned_seed"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         object.__setattr__(self, "ranks", tuple(sorted({round(float(r), 6) for r in self.ranks})))

@@ -9,16 +9,20 @@ width (8 and 4 bits where the space allows them), each with
 - the **least uniform fine-grained sparsity** whose real packed file fits the size budget (bisection over
   the sparsity grid on exact packed bytes, no fine-tune).
 
-A width at which no sparsity fits, or no width meets the target, gives no seed. The seeds of a run are
-written to its folder (``seeds.json``) the first time, and read back when it resumes, so a resumed search
+A width at which no sparsity fits, or no width meets the target, gives no seed. With a learned-sparsity method
+for the export (``export.learned``), the run also starts from what that method learned (:func:`learned_seed`):
+its per-layer sparsity, kept channels and, where it reads them, bits, on the space's grids. The seeds of a run
+are written to its folder (``seeds.json``) the first time, and read back when it resumes, so a resumed search
 replays exactly the same first proposals.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.budget import Budget
 from core.policy import FP32_BITS, LayerChoice, Policy
@@ -129,6 +133,40 @@ def uniform_seeds(evaluator: Evaluator, space: SearchSpace, budget: Budget) -> l
     return list(dict.fromkeys(seeds))
 
 
+def _down(value: float, low: float, high: float, step: float) -> float:
+    """``value`` rounded down to the grid ``low, low + step, ..., high`` (clamped to it)."""
+    snapped = low + step * math.floor((value - low) / step + 1e-9)
+    return round(min(high, max(low, snapped)), 6)
+
+
+def learned_seed(evaluator: Evaluator, space: SearchSpace, learned: str) -> Policy:
+    """The policy a learned-sparsity method points to, on the space's grids, naming the method: each layer's
+    sparsity is the fraction of its weights the method zeroed (rounded down), each group leader's keep the
+    fraction of its channels it left (rounded down, where the space searches keep), and its bits those the
+    method read (the nearest allowed width, else the space's widest coded width). Trains the method if needed."""
+    base = evaluator.learned.base(learned)
+    settings = space.settings
+    coded = [bits for bits in settings.bits if bits != FP32_BITS] or [FP32_BITS]
+    floored = evaluator.learned.floored(Policy(learned=learned))
+    choices = {}
+    for name in space.layers:
+        params = [base.model.get_parameter(key) for key in evaluator.learned.layer_keys[name]]
+        zeros = sum(int((p == 0).sum()) for p in params) / max(1, sum(p.numel() for p in params))
+        sparsity = _down(zeros, 0.0, settings.sparsity_max, settings.sparsity_step)
+        learned_bits = base.bits.get(name)
+        bits = min(coded, key=lambda b: abs(b - learned_bits)) if learned_bits else max(coded)
+        keep = 1.0
+        if space.searches_keep and name in space.leaders:
+            keep = _down(floored[name].keep, *space.keep_grid())
+        choices[name] = LayerChoice(sparsity=sparsity, bits=bits, keep=keep, quantizer=settings.quantizers[0])
+    return Policy.from_choices(choices, settings.saliencies[0], settings.channel_importances[0], learned=learned)
+
+
+def learned_seed_of(config: Any) -> str | None:
+    """The learned method a run's searchers start from: ``export.learned`` unless ``space.learned_seed`` is off."""
+    return config.export.learned if config.space.learned_seed else None
+
+
 SEED_SHARE = 0.2
 """Seeds take at most this share of a run's candidates (at least 2), the widest kept first."""
 
@@ -148,14 +186,17 @@ def widest_first(seeds: list[Policy], limit: int) -> list[Policy]:
 
 
 def run_seeds(run_dir: Path, evaluator: Evaluator, space: SearchSpace, budget: Budget,
-              trials: int | None = None) -> list[Policy]:
+              trials: int | None = None, learned: str | None = None) -> list[Policy]:
     """The seeds saved in ``run_dir``, or the run's seeds computed now and saved there (at most
-    :func:`seed_limit` of ``trials`` when given: with the runtime searched there is a seed per runtime and width)."""
+    :func:`seed_limit` of ``trials`` when given: with the runtime searched there is a seed per runtime and width),
+    the :func:`learned_seed` of ``learned`` first when given."""
     path = run_dir / SEEDS_FILE
     if path.is_file():
         return [Policy.from_dict(item) for item in json.loads(path.read_text())]
     seeds = uniform_seeds(evaluator, space, budget)
     if trials is not None:
-        seeds = widest_first(seeds, seed_limit(trials))
+        seeds = widest_first(seeds, seed_limit(trials) - (learned is not None))
+    if learned is not None:
+        seeds.insert(0, learned_seed(evaluator, space, learned))
     path.write_text(json.dumps([policy.to_dict() for policy in seeds], indent=1) + "\n")
     return seeds

@@ -12,6 +12,9 @@ from torch.nn import functional as F
 
 from core.errors import UsageError
 from core.policy import LayerChoice, Policy
+from envs.device import DeviceProfile
+from envs.evaluator import Evaluator
+from envs.tasks import load_task
 from methods.coupled_channels import coupled_channels, silence_dead_channels
 from methods.learned import LearnedSettings, Target, check_learned, learn
 from methods.learned.group_lasso import group_shrink
@@ -189,13 +192,15 @@ def test_export_gives_candidates_the_configured_method_unless_they_name_their_ow
     assert settings.learned_settings(7) == LearnedSettings(epochs=3, strength=0.5, seed=7)
 
 
-def test_evaluator_trains_each_method_once_and_removes_its_dead_channels() -> None:
-    from envs.device import DeviceProfile
-    from envs.evaluator import Evaluator
-    from envs.tasks import load_task
-
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    """A LeNet-300-100 evaluator whose learned methods train briefly."""
     evaluator = Evaluator(load_task("lenet300"), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3))
     evaluator.learned.settings = LearnedSettings(epochs=3, strength=20.0)
+    return evaluator
+
+
+def test_evaluator_trains_each_method_once_and_removes_its_dead_channels(evaluator: Evaluator) -> None:
     policy = Policy.from_choices({name: LayerChoice(bits=32) for name in evaluator.layer_names}, learned="l0_gates")
     base = evaluator.learned.base("l0_gates")
     assert evaluator.learned.base("l0_gates") is base and base.outcome.seconds > 0
@@ -295,13 +300,7 @@ def test_posterior_bits_follow_the_posterior_spread() -> None:
     assert posterior_bits(torch.zeros(3), torch.ones(3)) == 1
 
 
-def test_bayesian_bits_fill_the_layers_a_policy_leaves_at_fp32() -> None:
-    from envs.device import DeviceProfile
-    from envs.evaluator import Evaluator
-    from envs.tasks import load_task
-
-    evaluator = Evaluator(load_task("lenet300"), DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3))
-    evaluator.learned.settings = LearnedSettings(epochs=1, strength=10.0)
+def test_bayesian_bits_fill_the_layers_a_policy_leaves_at_fp32(evaluator: Evaluator) -> None:
     base = evaluator.learned.base("bayesian")
     assert set(base.bits) == {"fc1", "fc2", "fc3"} and all(1 <= b <= 8 for b in base.bits.values())
     policy = Policy.from_choices({"fc1": LayerChoice(bits=3, quantizer="kmeans"), "fc2": LayerChoice()},
@@ -309,3 +308,26 @@ def test_bayesian_bits_fill_the_layers_a_policy_leaves_at_fp32() -> None:
     floored = evaluator.learned.floored(policy)
     assert floored["fc1"].bits == 3 and floored["fc1"].quantizer == "kmeans"
     assert floored["fc2"].bits == base.bits["fc2"] and floored["fc3"].bits == base.bits["fc3"]
+
+
+# warm starts
+
+
+def test_learned_seed_starts_the_search_from_what_the_method_learned(evaluator: Evaluator, tmp_path) -> None:
+    from core.budget import Budget
+    from core.space import SearchSpace, SpaceSettings
+    from search.seeds import SEEDS_FILE, run_seeds
+
+    space = SearchSpace(tuple(evaluator.layer_names), tuple(evaluator.leaders), SpaceSettings(),
+                        tuple(evaluator.layers))
+    seeds = run_seeds(tmp_path, evaluator, space, Budget(size_bytes=60_000), trials=10, learned="l0_gates")
+    seed, base = seeds[0], evaluator.learned.base("l0_gates")
+    assert seed.learned == "l0_gates" and all(s.learned is None for s in seeds[1:]) and len(seeds) <= 2
+    for name in evaluator.layer_names:
+        weight = base.model.get_parameter(f"{name}.weight")
+        zeros = float((weight == 0).float().mean())
+        assert zeros - 0.05 < seed[name].sparsity <= zeros + 1e-6
+    alive = max((300 - base.dead["fc1"]) / 300, space.keep_grid()[0])  # on the keep grid, at least its smallest
+    assert alive - 0.125 < seed["fc1"].keep <= alive + 1e-6 and seed["fc1"].keep < 1
+    assert run_seeds(tmp_path, evaluator, space, Budget(size_bytes=60_000), trials=10) == seeds  # read back
+    assert (tmp_path / SEEDS_FILE).is_file()

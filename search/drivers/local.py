@@ -14,7 +14,7 @@ from search.drivers.base import Driver, PreparedRun
 from search.fidelity import Promotion
 from search.latency_fill import latency_fill
 from search.searchers import SEARCHERS, Finished
-from search.seeds import run_seeds
+from search.seeds import learned_seed_of, run_seeds
 
 
 def best_text(trials: list[Trial], metric: MetricSpec = ACCURACY) -> str:
@@ -54,7 +54,8 @@ class LocalDriver(Driver):
             options=config.searcher_settings,
         )
         if prepared.space.settings.uniform_seeds:
-            searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials))
+            searcher.start_from(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials,
+                                         learned_seed_of(config)))
         searcher.restore([Finished(t.policy, t.result) for t in archive.trials])
         fill = None if searcher.bounds_latency else latency_fill(prepared.evaluator, prepared.space, config.budget)
         repair = None

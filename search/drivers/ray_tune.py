@@ -15,7 +15,7 @@ from envs.evaluator import Evaluator
 from search.archive import Trial
 from search.distributed.options import RayOptions, parse_address
 from search.drivers.base import Driver, PreparedRun, RunSettings
-from search.seeds import run_seeds
+from search.seeds import learned_seed_of, run_seeds
 
 SEARCHER = "ray"
 """The ``--searcher`` name of the sweep."""
@@ -72,7 +72,8 @@ class RayTuneDriver(Driver):
         config = prepared.config
         seeds = ()
         if prepared.space.settings.uniform_seeds:
-            seeds = tuple(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials))
+            seeds = tuple(run_seeds(run_dir, prepared.evaluator, prepared.space, config.budget, config.trials,
+                                    learned_seed_of(config)))
         job = SweepJob(prepared.evaluator, prepared.space, config.budget, config.trials, config.seed,
                        config.workers, config.searcher_settings, seeds)
         return sweep(job, run_dir, progress)
