@@ -11,7 +11,8 @@ seeds are in the summary table.
 
     python benchmarks/b1_learned.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 150] [--epochs 8]
         [--learned variational_dropout,group_lasso,l0_gates,soft_sharing,bayesian] [--learned-epochs 10]
-        [--learned-strength 1.0] [--combined variational_dropout,l0_gates] [--rows alone,combined,rewind,search]
+        [--learned-strength 1.0] [--strengths l0_gates=3] [--combined variational_dropout,l0_gates]
+        [--rows alone,combined,rewind,search]
 """
 
 from __future__ import annotations
@@ -93,13 +94,15 @@ def main() -> None:
     parser.add_argument("--learned", default=",".join(RECIPES), help="learned methods run alone")
     parser.add_argument("--combined", default=",".join(RECIPES), help="learned methods run under searched policies")
     parser.add_argument("--learned-epochs", type=float, default=10.0)
-    parser.add_argument("--learned-strength", type=float, default=1.0)
+    parser.add_argument("--learned-strength", type=float, default=1.0, help="export.learned_strength of every method")
+    parser.add_argument("--strengths", default="", help="per-method overrides, e.g. l0_gates=3,variational_dropout=0.5")
     parser.add_argument("--rows", default="rewind,search,alone,combined", help="which row families to run")
     args = parser.parse_args()
 
     runs = OUT_DIR / "b1_learned_runs"
     shutil.rmtree(runs, ignore_errors=True)
     families = set(args.rows.split(","))
+    strengths = {name: float(value) for name, value in (item.split("=") for item in args.strengths.split(",") if item)}
     export = {"finetune_epochs": args.epochs, "max_models": 6, "learned_epochs": args.learned_epochs,
               "learned_strength": args.learned_strength}
     space = {"channel_pruning": False, "quantizers": ["linear", "kmeans"]}
@@ -131,11 +134,13 @@ def main() -> None:
                 outcome, seconds = go("nsga2", searcher="nsga2", trials=args.trials, budget_mb=budget)
                 rows.append(row(net, seed, f"searched (nsga2, {budget})", outcome, seconds, original))
             for method in args.learned.split(",") if "alone" in families else ():
-                outcome, seconds = go(method, searcher="recipe", searcher_options={"name": RECIPES[method]}, trials=1)
+                outcome, seconds = go(method, searcher="recipe", searcher_options={"name": RECIPES[method]}, trials=1,
+                                      export_extra={"learned_strength": strengths.get(method, args.learned_strength)})
                 rows.append(row(net, seed, f"{method} alone", outcome, seconds, original))
             for method in args.combined.split(",") if "combined" in families else ():
                 outcome, seconds = go(f"nsga2-{method}", searcher="nsga2", trials=args.trials, budget_mb=budget,
-                                      export_extra={"learned": method})
+                                      export_extra={"learned": method,
+                                                    "learned_strength": strengths.get(method, args.learned_strength)})
                 rows.append(row(net, seed, f"{method} + searched (nsga2, {budget})", outcome, seconds, original))
             print(pd.DataFrame(rows).to_string(), file=sys.stderr)
     frame = pd.DataFrame(rows)

@@ -149,7 +149,8 @@ class SearchSpace:
         for name in self.leaders:
             choice = policy[name]
             choices[name] = replace(choice, keep=self.snap_keep(min(1.0, choice.keep * alpha)))
-        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime)
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime,
+                                   policy.learned)
 
     def scaled_density(self, policy: Policy, beta: float) -> Policy:
         """``policy`` with every layer's kept fraction ``1 - sparsity`` multiplied by ``beta`` (< 1), the sparsity
@@ -161,7 +162,8 @@ class SearchSpace:
             wanted = 1.0 - (1.0 - choice.sparsity) * beta
             sparsity = min(high, low + math.ceil((wanted - low) / step - 1e-9) * step)
             choices[name] = replace(choice, sparsity=round(max(choice.sparsity, sparsity), 6))
-        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime)
+        return Policy.from_choices(choices, policy.saliency, policy.channel_importance, policy.runtime,
+                                   policy.learned)
 
     def keep_grid(self) -> tuple[float, float, float]:
         """Smallest keep ratio, largest (1) and step of the keep grid."""

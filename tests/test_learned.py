@@ -331,3 +331,12 @@ def test_learned_seed_starts_the_search_from_what_the_method_learned(evaluator: 
     assert alive - 0.125 < seed["fc1"].keep <= alive + 1e-6 and seed["fc1"].keep < 1
     assert run_seeds(tmp_path, evaluator, space, Budget(size_bytes=60_000), trials=10) == seeds  # read back
     assert (tmp_path / SEEDS_FILE).is_file()
+
+
+def test_moving_a_policy_to_the_budget_keeps_its_learned_method() -> None:
+    from core.space import SearchSpace, SpaceSettings
+
+    space = SearchSpace(("a", "b"), ("a",), SpaceSettings())
+    policy = Policy.from_choices({"a": LayerChoice(sparsity=0.5), "b": LayerChoice()}, learned="l0_gates")
+    assert space.scaled_keeps(policy, 0.5).learned == "l0_gates"
+    assert space.scaled_density(policy, 0.5).learned == "l0_gates"
