@@ -3,8 +3,10 @@
 For each net (LeNet-300-100 and the Caffe LeNet-5, 20-50-800-500) and seed, in one run, with the same data
 (MNIST-5k), the same final fine-tune and the same encoder, the rows are: the fp32 baseline, Deep Compression's
 recipe, iterative pruning of that recipe with weight rewinding (Frankle and Carbin's schedule, rewound to the
-trained weights), the searched policy (NSGA-II with a size budget of the recipe's bytes / 1.5), each learned method
-alone (its recipe in configs/recipes/) and each learned method under the searched policies (``export.learned``).
+trained weights), a lottery ticket (the same, rewound to the untrained weights, each round as long as the task's
+own training: Frankle and Carbin's schedule from scratch), the searched policy (NSGA-II with a size budget of the
+recipe's bytes / 1.5), each learned method alone (its recipe in configs/recipes/) and each learned method under the
+searched policies (``export.learned``).
 A searched row reports the exported Pareto model with the best validation accuracy. Per-layer kept % is read from
 the exported file (what the learned method removed included), bits from its header. Medians and ranges over the
 seeds are in the summary table.
@@ -12,7 +14,7 @@ seeds are in the summary table.
     python benchmarks/b1_learned.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 150] [--epochs 8]
         [--learned variational_dropout,group_lasso,l0_gates,soft_sharing,bayesian] [--learned-epochs 10]
         [--learned-strength 1.0] [--strengths l0_gates=3] [--combined variational_dropout,l0_gates]
-        [--rows alone,combined,rewind,search]
+        [--rows rewind,ticket,search,alone,combined]
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def main() -> None:
     parser.add_argument("--learned-epochs", type=float, default=10.0)
     parser.add_argument("--learned-strength", type=float, default=1.0, help="export.learned_strength of every method")
     parser.add_argument("--strengths", default="", help="per-method overrides, e.g. l0_gates=3,variational_dropout=0.5")
-    parser.add_argument("--rows", default="rewind,search,alone,combined", help="which row families to run")
+    parser.add_argument("--rows", default="rewind,ticket,search,alone,combined", help="which row families to run")
     args = parser.parse_args()
 
     runs = OUT_DIR / "b1_learned_runs"
@@ -129,6 +131,14 @@ def main() -> None:
                                       trials=1, export_extra={"prune_rounds": 3, "rewind": "weights"})
                 rows.append(row(net, seed, "DC recipe, 3 rounds of IMP with weight rewinding", outcome, seconds,
                                 original))
+            if "ticket" in families:  # from scratch: each round trains as long as the task's own training
+                recipe_of = task.recipe
+                outcome, seconds = go("ticket", searcher="recipe", searcher_options={"name": "deep-compression"},
+                                      trials=1, export_extra={"prune_rounds": 3, "rewind": "init",
+                                                              "finetune_epochs": 3 * recipe_of.epochs,
+                                                              "finetune_lr": recipe_of.lr})
+                rows.append(row(net, seed, "lottery ticket: DC table, 3 rounds of IMP rewound to initialisation",
+                                outcome, seconds, original))
             budget = f"{int(recipe.models[0].size_bytes / TARGET_FACTOR)}B"
             if "search" in families:
                 outcome, seconds = go("nsga2", searcher="nsga2", trials=args.trials, budget_mb=budget)

@@ -226,6 +226,7 @@ class Evaluator:
             loss=self.task.loss,
             compute=self.compute,
             saliency_data=self._saliency_data,
+            initial=self.task.initial,
         )
 
     def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:

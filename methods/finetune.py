@@ -17,7 +17,7 @@ from methods.streams import Data, epoch_batches
 
 LR_SCHEDULES = ("constant", "cosine")
 """Learning-rate schedules of a fine-tune."""
-REWINDS = ("lr", "weights")
+REWINDS = ("lr", "weights", "init")
 """What each round of iterative pruning restarts from (:attr:`FinetuneSettings.rewind`)."""
 
 
@@ -44,10 +44,11 @@ class FinetuneSettings:
     lr_schedule: str = "constant"
     """``constant``, or ``cosine``: the learning rate decays from ``lr`` to 0 over the steps (of each round)."""
     rewind: str = "lr"
-    """With ``prune_rounds`` > 1, what each round after the first restarts from: ``lr``, the learning-rate schedule
-    only, on the weights the last round left (Renda et al. 2020's learning-rate rewinding); ``weights``, also the
-    kept weights, reset to their values when the fine-tune began (Frankle and Carbin 2019's iterative magnitude
-    pruning with rewinding: the masks come from the trained weights, the training restarts from the checkpoint)."""
+    """What each round of pruning restarts from: ``lr``, the learning-rate schedule only, on the weights the last
+    round left (Renda et al. 2020's learning-rate rewinding); ``weights``, also the kept weights, reset to their
+    values when the fine-tune began; ``init``, the kept weights reset to the model's initial, untrained values
+    (Frankle and Carbin 2019's lottery tickets: iterative magnitude pruning with rewinding to initialisation; the
+    masks always come from the latest trained weights)."""
 
     def __post_init__(self) -> None:
         if self.rewind not in REWINDS:

@@ -65,6 +65,9 @@ class Refinement:
     """The fine-tune's loss (``None``: :func:`methods.objective.task_loss`)."""
     compute: torch.device | str = "cpu"
     """Where the fine-tune and the recalibration run (:mod:`methods.compute`); packing stays on the CPU."""
+    initial: Mapping[str, torch.Tensor] | None = None
+    """The model's untrained state, which ``finetune.rewind == "init"`` rewinds to (after the same structure
+    changes as the model)."""
 
 
 def pruning_schedule(rounds: int) -> list[float]:
@@ -106,31 +109,53 @@ def _masks(
 
 
 def _iterative_pruning(
-    model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement, zeros_pruned: bool
-) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings, dict[str, torch.Tensor] | None]:
-    """Prune-then-retrain rounds before the last (see :func:`pruning_schedule`).
+    model: nn.Module, targets: Mapping[str, LayerChoice], saliency: str, refinement: Refinement, zeros_pruned: bool,
+    checkpoint: Mapping[str, torch.Tensor] | None,
+) -> tuple[dict[str, torch.Tensor] | None, FinetuneSettings]:
+    """Prune-then-retrain rounds before the last (see :func:`pruning_schedule`), each restarting from
+    ``checkpoint`` when given.
 
     Returns:
-        The masks after the second-to-last round (``None`` with one round), the fine-tune left for the final,
-        quantization-aware round, and the state each round rewinds to (``None`` unless ``rewind`` is ``weights``
-        and there are several rounds).
+        The masks after the second-to-last round (``None`` with one round) and the fine-tune left for the final,
+        quantization-aware round.
     """
     settings = refinement.finetune
     rounds = settings.prune_rounds if settings.steps > 0 else 1
     steps = settings.steps // rounds
-    checkpoint = None
-    if rounds > 1 and settings.rewind == "weights":
-        checkpoint = {name: value.clone() for name, value in model.state_dict().items()}
     masks = None
     fp32 = {name: CodeSpec(FP32_BITS) for name in targets}
     for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
         masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks, zeros_pruned)
-        if number > 1:
-            _rewind(model, checkpoint, masks)
+        _rewind(model, checkpoint, masks)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
         masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
                         loss=refinement.loss, device=refinement.compute)
-    return masks, replace(settings, steps=settings.steps - steps * (rounds - 1)), checkpoint
+    return masks, replace(settings, steps=settings.steps - steps * (rounds - 1))
+
+
+def _checkpoint(
+    model: nn.Module, base: nn.Module, refinement: Refinement, input_shape: Sequence[int], history: History,
+    factorised: Mapping[str, int],
+) -> dict[str, torch.Tensor] | None:
+    """The state the rounds rewind to: ``None`` for learning-rate rewinding or without a fine-tune, the model's
+    current state for ``weights``, its initial state after the model's structure changes for ``init``.
+
+    Raises:
+        ValueError: for ``init`` without the initial state.
+    """
+    settings = refinement.finetune
+    if settings.steps == 0 or settings.rewind == "lr":
+        return None
+    if settings.rewind == "weights":
+        return {name: value.clone() for name, value in model.state_dict().items()}
+    if refinement.initial is None:
+        raise ValueError("rewinding to initialisation needs the model's initial weights: only a model this tool "
+                         "trained has them")
+    initial = copy.deepcopy(base)
+    initial.load_state_dict(refinement.initial)
+    replay_pruning(initial, input_shape, history)
+    replay_factorisation(initial, dict(factorised))
+    return {name: value.clone() for name, value in initial.state_dict().items()}
 
 
 def _rewind(model: nn.Module, checkpoint: Mapping[str, torch.Tensor] | None, masks: Mapping[str, torch.Tensor]) -> None:
@@ -214,7 +239,8 @@ def compress(
     if refinement.finetune.steps > 0 and refinement.train is None:
         raise ValueError("a fine-tune needs the training split")
     learned = policy.learned is not None
-    previous, final_finetune, checkpoint = _iterative_pruning(model, targets, policy.saliency, refinement, learned)
+    checkpoint = _checkpoint(model, base, refinement, input_shape, history, factorised)
+    previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement, learned, checkpoint)
     masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous, zeros_pruned=learned)
     _rewind(model, checkpoint, masks)
     codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}

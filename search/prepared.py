@@ -46,6 +46,9 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
                      metric=config.metric, compute=config.compute)
     if config.searcher == "rl":
         check_metric(task.metric_spec)  # before the run folder is written
+    if config.export.finetune.rewind == "init" and task.initial is None:
+        raise UsageError("export rewind: init needs the model's initial weights, which only a model this tool "
+                         "trains has; drop --weights or use rewind: weights")
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
     evaluator.learned.settings = config.export.learned_settings(config.seed)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from methods.pipeline import compress
 from methods.structured import channel_groups, prune_channels
 from search.export import ExportSettings
 from search.recipes import recipe_policy
-from tests.fixtures.tiny_nets import INPUT_SHAPE, tiny_cnn, tiny_data
+from tests.fixtures.tiny_nets import INPUT_SHAPE, TinyCNN, tiny_cnn, tiny_data
 
 KEYS = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
 SOURCE = {"task": "test"}
@@ -220,7 +221,7 @@ def test_evaluator_trains_each_method_once_and_removes_its_dead_channels(evaluat
 # lottery tickets: rewinding between the rounds of iterative pruning
 
 
-@pytest.mark.parametrize("rewind", ["lr", "weights"])
+@pytest.mark.parametrize("rewind", ["lr", "weights", "init"])
 def test_weight_rewinding_restores_the_checkpoint_on_kept_weights(
     rewind: str, model: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,12 +239,15 @@ def test_weight_rewinding_restores_the_checkpoint_on_kept_weights(
     monkeypatch.setattr(pipeline, "masked_finetune", fake_finetune)
     settings = FinetuneSettings(steps=30, prune_rounds=3, rewind=rewind)
     policy = Policy.from_choices({"fc1": LayerChoice(sparsity=0.6, bits=32)})
+    initial = TinyCNN().state_dict()
     compress(model, policy, input_shape=INPUT_SHAPE, source=SOURCE,
-             refinement=Refinement(finetune=settings, train=tiny_data()))
+             refinement=Refinement(finetune=settings, train=tiny_data(), initial=initial))
     assert len(seen) == 3
     for number, (weight, mask) in enumerate(seen):
-        rewound = torch.equal(weight, model.fc1.weight * mask)
-        assert rewound == (number == 0 or rewind == "weights"), number
+        if rewind == "init":  # every round restarts from the untrained weights
+            assert torch.equal(weight, initial["fc1.weight"] * mask), number
+        else:
+            assert torch.equal(weight, model.fc1.weight * mask) == (number == 0 or rewind == "weights"), number
         assert torch.count_nonzero(weight[~mask]) == 0
     assert torch.all(seen[2][1] <= seen[1][1]) and seen[2][1].sum() < seen[1][1].sum()  # masks shrink
 
@@ -340,3 +344,39 @@ def test_moving_a_policy_to_the_budget_keeps_its_learned_method() -> None:
     policy = Policy.from_choices({"a": LayerChoice(sparsity=0.5), "b": LayerChoice()}, learned="l0_gates")
     assert space.scaled_keeps(policy, 0.5).learned == "l0_gates"
     assert space.scaled_density(policy, 0.5).learned == "l0_gates"
+
+
+def test_rewinding_to_initialisation_follows_the_removed_channels_and_needs_the_initial_weights(
+    model: nn.Module,
+) -> None:
+    from methods.finetune import FinetuneSettings
+    from methods.pipeline import Refinement
+
+    settings = FinetuneSettings(steps=4, prune_rounds=2, rewind="init", batch_size=32)
+    policy = Policy.from_choices({"conv2": LayerChoice(keep=0.5, sparsity=0.3, bits=32)})
+    initial = TinyCNN().state_dict()
+    compressed = compress(model, policy, input_shape=INPUT_SHAPE, source=SOURCE,
+                          refinement=Refinement(finetune=settings, train=tiny_data(), initial=initial))
+    assert compressed.model.conv2.out_channels == 4
+    with pytest.raises(ValueError, match="initial weights"):
+        compress(model, policy, input_shape=INPUT_SHAPE, source=SOURCE,
+                 refinement=Refinement(finetune=settings, train=tiny_data()))
+
+
+def test_built_in_tasks_keep_their_initial_weights() -> None:
+    task = load_task("lenet300")
+    torch.manual_seed(task.recipe.seed)
+    assert task.initial is not None and torch.equal(task.initial["fc1.weight"], type(task.model)().fc1.weight)
+    assert not torch.equal(task.initial["fc1.weight"], task.model.fc1.weight)
+
+
+def test_rewinding_to_initialisation_refuses_given_weights(tmp_path) -> None:
+    from search import run_search
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_cnn().state_dict(), weights)
+    fixture = f"{Path(__file__).parent / 'fixtures' / 'tiny_nets.py'}"
+    with pytest.raises(UsageError, match="rewind: init needs the model's initial weights"):
+        run_search(model=f"{fixture}:TinyCNN", weights=str(weights), data=f"{fixture}:tiny_splits",
+                   export={"rewind": "init", "prune_rounds": 2}, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -147,6 +147,9 @@ class Task:
     """A task file's own metric (``None``: the registered one named ``metric``)."""
     loss: Loss | None = None
     """A task file's own training and fine-tuning loss (``None``: :func:`methods.objective.task_loss`)."""
+    initial: dict[str, torch.Tensor] | None = None
+    """The model's weights before its training, when this tool trained it (for rewinding to initialisation, the
+    lottery-ticket schedule); ``None`` for weights given to it."""
 
     @property
     def scorer(self) -> Metric:
@@ -331,11 +334,14 @@ def load_task(
     if weights is not None:
         load_weights(net, weights)
     num_classes = check_fit(net, splits)
+    initial = None
     if weights is None:
+        initial = _initial_state(net)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         _trained(net, name, source, recipe, splits, cache, code, progress, compute=compute)
     train, val, test = splits
     return Task(
+        initial=initial,
         name=name,
         model=net.eval(),
         train=train,
@@ -370,7 +376,9 @@ def _task_file(
     if weights is not None:
         load_weights(net, weights)
     num_classes = check_fit(net, splits)
+    initial = None
     if weights is None and not definition.trained:
+        initial = _initial_state(net)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         _trained(net, f"task:{ref.display}", source, recipe, splits, cache, code_fingerprint(ref), progress,
                  definition.loss, compute)
@@ -378,8 +386,13 @@ def _task_file(
     return Task(
         name=f"task:{ref.display}", model=net.eval(), train=train, val=val, test=test,
         input_shape=sample_shape(splits), num_classes=num_classes, source=source, recipe=recipe, metric=name,
-        custom_metric=custom, loss=definition.loss,
+        custom_metric=custom, loss=definition.loss, initial=initial,
     )
+
+
+def _initial_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's untrained state."""
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def _checked_metric(name: str, splits: Splits) -> str:
