@@ -89,6 +89,10 @@ class Stream:
         self.collate = collate or default_collate
         self.to_device = to_device or pair_to_device
         self.where = where
+        self._head: TensorDataset | None = None
+        """The longest head read so far (:func:`head`), so that checks and calibration read the split's start once."""
+        self._head_is_all = False
+        """True when that head ended with the split."""
 
     @property
     def size(self) -> int | None:
@@ -185,9 +189,19 @@ def epoch_batches(
 
 
 def head(data: Data, count: int) -> TensorDataset:
-    """The first ``count`` samples of ``data`` (fewer if it has fewer) in memory, on the CPU."""
+    """The first ``count`` samples of ``data`` (fewer if it has fewer) in memory, on the CPU; a stream's are read
+    once and kept (the longest head asked for), so a loader that shuffles gives the same first samples each time."""
     if isinstance(data, TensorDataset):
         return TensorDataset(*(t[:count] for t in data.tensors))
+    cached = data._head  # noqa: SLF001 - the stream's own cache
+    if cached is None or (len(cached) < count and not data._head_is_all):  # noqa: SLF001
+        cached, data._head_is_all = _read_head(data, count)  # noqa: SLF001
+        data._head = cached  # noqa: SLF001
+    return TensorDataset(*(t[:count] for t in cached.tensors))
+
+
+def _read_head(data: Stream, count: int) -> tuple[TensorDataset, bool]:
+    """The first ``count`` samples of a stream, and whether the stream ended before them."""
     taken: list[Batch] = []
     have = 0
     for inputs, targets in data.batches(min(count, EVAL_BATCH)):
@@ -197,7 +211,7 @@ def head(data: Data, count: int) -> TensorDataset:
             break
     if not taken:
         raise UsageError(f"{data.where} is empty; every split needs at least one sample")
-    return TensorDataset(torch.cat([x for x, _ in taken]), torch.cat([y for _, y in taken]))
+    return TensorDataset(torch.cat([x for x, _ in taken]), torch.cat([y for _, y in taken])), have < count
 
 
 def subset(data: Data, count: int, seed: int = 0) -> TensorDataset:

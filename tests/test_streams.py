@@ -146,3 +146,34 @@ def test_large_inputs_and_streams_are_evaluated_in_smaller_batches() -> None:
     assert eval_batch_size(TensorDataset(torch.zeros(5, 1, 28, 28), torch.zeros(5))) == 1000
     assert eval_batch_size(TensorDataset(torch.zeros(5, 3, 96, 96), torch.zeros(5))) == 151
     assert eval_batch_size(Stream(GeneratedSamples(0, 10))) == 256
+
+
+class _Counted(Dataset):
+    """1,000 samples of 4 features that count how often they are read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        return torch.full((4,), float(index)), index % 3
+
+
+def test_the_start_of_a_stream_is_read_once_for_every_check_and_calibration() -> None:
+    from envs.tasks.data import data_fingerprint, probe, sample_shape
+
+    source = _Counted()
+    stream = Stream(source)
+    splits = (stream, stream, stream)
+    first = probe(stream)
+    data_fingerprint(splits)
+    sample_shape(splits)
+    assert source.reads == len(first) == 256
+    calibration = head(stream, 500)
+    reads = source.reads
+    assert 256 + 500 <= reads <= 256 + 2 * 500 and torch.equal(calibration.tensors[0][:256], first.tensors[0])
+    assert torch.equal(head(stream, 256).tensors[1], first.tensors[1]) and source.reads == reads
+    assert len(head(Stream(TensorDataset(torch.zeros(3, 2), torch.zeros(3))), 10)) == 3
