@@ -120,23 +120,6 @@ def test_a_streamed_task_is_searched_exported_and_reloaded_with_its_test_metric(
         assert evaluate(model, task.test) == pytest.approx(float(row["test_accuracy"]), abs=1e-9)
 
 
-@pytest.mark.parametrize(
-    ("factory", "needle"),
-    [
-        ("unsized_train", "train split, has no length; give the IterableDataset __len__"),
-        ("dict_batches_without_to_device", "batch 0 cannot be used"),
-    ],
-)
-def test_bad_streamed_data_gets_one_line_and_exit_2(
-    factory: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = tmp_path / "run"
-    assert main(["--task", f"{TASKS}:{factory}", "--budget-mb", "1KB", "--out", str(run), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1 and needle in err, err
-    assert not run.exists()
-
-
 def test_a_stream_that_is_not_data_is_refused() -> None:
     with pytest.raises(UsageError, match="give a torch DataLoader"):
         Stream(42, where="x")

@@ -75,6 +75,8 @@ def test_a_task_file_is_searched_exported_and_reloaded_in_its_own_metric(tmp_pat
         ("metric_without_direction", "MetricSpec(name, higher_is_better)"),
         ("batches_that_do_not_fit", "the model cannot process the data"),
         ("missing", "'missing' is not defined"),
+        ("unsized_train", "train split, has no length; give the IterableDataset __len__"),  # streamed data
+        ("dict_batches_without_to_device", "batch 0 cannot be used"),
     ],
 )
 def test_a_bad_task_file_gets_one_line_and_exit_2(
