@@ -9,8 +9,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from core.errors import UsageError
 from core.policy import MIN_KEEP, LayerChoice, Policy
 from envs.tasks import Task
+from envs.tasks.user import one_line
 from methods.coupled_channels import CoupledChannels, coupled_channels
 from methods.layer_kinds import weight_keys
 from methods.learned import Learned, LearnedSettings, Target, check_learned, learn
@@ -46,6 +48,8 @@ class LearnedBases:
         self.compute = compute
         self.settings = LearnedSettings()
         """The training every method runs (a run sets it from ``export.learned_*`` and its seed)."""
+        self.progress = False
+        """Show a progress bar while a method trains."""
         self._groups: list[CoupledChannels] | None = None
         self._bases: dict[tuple[str, LearnedSettings], LearnedBase] = {}
 
@@ -61,13 +65,21 @@ class LearnedBases:
 
         Raises:
             ValueError: for an unknown method (``UnknownEntryError``).
+            UsageError: when the method's training fails on this model.
         """
         check_learned(name)
         key = (name, self.settings)
         if key not in self._bases:
             groups = self.groups
-            target = Target(self.keys, groups, self.task.train, self.task.loss, self.compute)
-            model, outcome = learn(self.task.model, name, target, self.settings)
+            label = f"learned {name}" if self.progress else ""
+            target = Target(self.keys, groups, self.task.train, self.task.loss, self.compute, label)
+            try:
+                model, outcome = learn(self.task.model, name, target, self.settings)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a user's model can fail a method's training in many ways
+                raise UsageError(f"learned method {name!r} cannot train this model ({one_line(exc)}); "
+                                 "choose another method") from exc
             params = dict(model.named_parameters())
             dead = {g.leader: int(g.dead(params).sum()) for g in groups}
             total = sum(params[k].numel() for k in self.keys)

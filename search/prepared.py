@@ -51,6 +51,9 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
                          "trains has; drop --weights or use rewind: weights")
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
     evaluator.learned.settings = config.export.learned_settings(config.seed)
+    evaluator.learned.progress = progress
+    if config.export.learned is not None:  # trained now: a model the method cannot train fails before any output
+        evaluator.learned.base(config.export.learned)
     try:
         evaluator.runnable(task.model)
     except RuntimeConversionError as exc:

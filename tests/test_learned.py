@@ -380,3 +380,20 @@ def test_rewinding_to_initialisation_refuses_given_weights(tmp_path) -> None:
         run_search(model=f"{fixture}:TinyCNN", weights=str(weights), data=f"{fixture}:tiny_splits",
                    export={"rewind": "init", "prune_rounds": 2}, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_method_that_cannot_train_the_model_fails_before_any_output(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from methods.learned import LEARNED, LearnedMethod
+    from search import run_search
+
+    class Failing(LearnedMethod):
+        def fit(self, model: nn.Module, target: Target, settings: LearnedSettings) -> object:
+            raise RuntimeError("this layer cannot carry noise\nsecond line")
+
+    monkeypatch.setitem(LEARNED._entries, "failing", Failing())  # noqa: SLF001 - a method that fails, for this test
+    with pytest.raises(UsageError, match=r"learned method 'failing' cannot train this model \(RuntimeError: this "
+                                         r"layer cannot carry noise\); choose another method$"):
+        run_search(task="lenet300", export={"learned": "failing"}, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ channel keep become floors, :mod:`methods.pipeline`) and codes the rest as usual
 from __future__ import annotations
 
 import math
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -71,6 +72,8 @@ class Target:
     """The task's loss (default :func:`methods.objective.task_loss`)."""
     device: torch.device | str = "cpu"
     """Where the training runs; the model is back on the CPU afterwards."""
+    progress: str = ""
+    """A progress bar's label on stderr (empty: no bar)."""
 
 
 class LearnedMethod(ABC):
@@ -113,8 +116,12 @@ def penalised_training(
         before_step: called before each forward pass (to draw the method's noise).
         after_step: called after each optimizer step with its learning rate (a proximal step).
     """
+    from tqdm import tqdm
+
     start = time.perf_counter()
     steps = training_steps(target.train, settings)
+    bar = tqdm(total=steps, desc=target.progress, disable=not target.progress, file=sys.stderr, unit="step",
+               dynamic_ncols=True)
     loss = target.loss or task_loss
     groups = [{"params": list(model.parameters())}]
     groups += [{"params": list(tensors), "lr": settings.lr if lr is None else lr} for tensors, lr in extra if tensors]
@@ -129,17 +136,22 @@ def penalised_training(
                 if before_step is not None:
                     before_step()
                 optimizer.zero_grad(set_to_none=True)
-                value = loss(model(inputs), labels) + penalty(step / steps)
+                task_value = loss(model(inputs), labels)
+                value = task_value + penalty(step / steps)
                 value.backward()
                 optimizer.step()
                 if after_step is not None:
                     after_step(settings.lr)
                 step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(task_value):.3f}", penalty=f"{float(value - task_value):.3f}",
+                                refresh=False)
                 if step >= steps:
                     break
             if step == passed:
                 raise ValueError("cannot train on an empty dataset")
     finally:
+        bar.close()
         model.eval()
     return time.perf_counter() - start
 
