@@ -182,6 +182,8 @@ class Evaluator:
         self.groups = channel_groups(task.model, task.input_shape)
         self.learned = LearnedBases(task, self.layer_names, self.leaders, self.compute)
         """The task's model after each learned-sparsity method a policy names (trained once per method)."""
+        self.learned_default: str | None = None
+        """The learned method every candidate that names none starts from (a run's ``export.learned``)."""
         self._cache: dict[str, Result] = {}
         self._compressed = 0
         """Candidates compressed by :meth:`evaluate` so far (every ``decode_check_every``-th is decoded in full)."""
@@ -239,6 +241,7 @@ class Evaluator:
             ValueError: for a runtime the device profile does not allow.
         """
         base = self.task.model
+        policy = self.with_learned(policy)
         if policy.learned is not None:
             base, policy = self.learned.base(policy.learned).model, self.learned.floored(policy)
         return compress(
@@ -251,6 +254,12 @@ class Evaluator:
             verify=verify,
             runtime=self.device_for(policy.runtime).runtime,
         )
+
+    def with_learned(self, policy: Policy) -> Policy:
+        """``policy`` naming :attr:`learned_default` when it names no learned method of its own."""
+        if policy.learned is not None or self.learned_default is None:
+            return policy
+        return replace(policy, learned=self.learned_default)
 
     def device_for(self, runtime: str | None = None) -> DeviceProfile:
         """The profile that converts and times a candidate on ``runtime`` (``None``: the profile's default).
@@ -502,6 +511,7 @@ class Evaluator:
             finetune: the candidate's fine-tune (default: ``settings.finetune``, the screening fidelity).
         """
         finetune = self.settings.finetune if finetune is None else finetune
+        policy = self.with_learned(policy)
         key = policy.digest()
         if finetune != self.settings.finetune:
             key = f"{key}@{finetune.steps}:{finetune.lr}"

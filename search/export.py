@@ -81,9 +81,9 @@ class ExportSettings:
     int8 model, else the fp32 graph with the pruned shapes and the stored (decoded) weights."""
     learned: str | None = None
     """A learned-sparsity method (``methods/learned/``: ``variational_dropout``, ``group_lasso``, ``l0_gates``, ...)
-    whose penalised training every exported candidate starts from (trained once, from the task's model): what it
-    zeroes stays removed and each candidate's per-layer choices apply on top. ``None``: the candidates as searched.
-    A policy that names its own method (a recipe's) keeps it."""
+    whose penalised training every candidate, searched and exported, starts from (trained once, from the task's
+    model, before the search): what it zeroes stays removed and each candidate's per-layer choices apply on top.
+    ``None``: the task's weights as they are. A policy that names its own method (a recipe's) keeps it."""
     learned_epochs: float = 10.0
     """Epochs of that training."""
     learned_lr: float = 1e-3

@@ -54,6 +54,7 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     evaluator.learned.progress = progress
     if config.export.learned is not None:  # trained now: a model the method cannot train fails before any output
         evaluator.learned.base(config.export.learned)
+        evaluator.learned_default = config.export.learned  # every candidate starts from it, searched and exported
     try:
         evaluator.runnable(task.model)
     except RuntimeConversionError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,17 @@ def test_a_method_that_cannot_train_the_model_fails_before_any_output(
                                          r"layer cannot carry noise\); choose another method$"):
         run_search(task="lenet300", export={"learned": "failing"}, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_runs_learned_method_applies_to_every_candidate(evaluator: Evaluator) -> None:
+    policy = Policy.from_choices({name: LayerChoice(sparsity=0.5, bits=8) for name in evaluator.layer_names})
+    plain = evaluator.evaluate(policy)
+    evaluator.learned_default = "l0_gates"
+    try:
+        assert evaluator.with_learned(policy).learned == "l0_gates"
+        assert evaluator.with_learned(replace(policy, learned="bayesian")).learned == "bayesian"
+        learned = evaluator.evaluate(policy)
+        assert learned is evaluator.evaluate(replace(policy, learned="l0_gates"))  # one candidate, one cache entry
+        assert learned.params < plain.params  # the closed channels are gone
+    finally:
+        evaluator.learned_default = None

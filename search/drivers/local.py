@@ -72,7 +72,7 @@ class LocalDriver(Driver):
             for _ in range(remaining):
                 proposal = searcher.ask()
                 policy = proposal.policy if fill is None else fill(proposal.policy)
-                policy = policy if repair is None else repair(policy)
+                policy = prepared.evaluator.with_learned(policy if repair is None else repair(policy))
                 result = promotion(policy, prepared.evaluator.evaluate(policy))
                 if repair is not None:
                     repair.observe(policy, result)
