@@ -19,8 +19,10 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from methods.coupled_channels import CoupledChannels
+from methods.layer_kinds import owner_of
 from methods.objective import task_loss
 from methods.streams import Data, epoch_batches, sample_count
 
@@ -154,6 +156,14 @@ def penalised_training(
         bar.close()
         model.eval()
     return time.perf_counter() - start
+
+
+def unnoised(model: nn.Module, key: str) -> torch.Tensor:
+    """The weight ``key`` itself: a parametrized weight's original (its mean under the methods' weight noise)."""
+    owner, attr = owner_of(model, key)
+    if parametrize.is_parametrized(owner, attr):
+        return getattr(owner.parametrizations, attr).original
+    return model.get_parameter(key)
 
 
 def parameters_of(model: nn.Module) -> Mapping[str, torch.Tensor]:

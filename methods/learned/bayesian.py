@@ -23,10 +23,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.coupled_channels import CoupledChannels
-from methods.layer_kinds import owner_of
-from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target, parameters_of, penalised_training
+from methods.learned.base import (
+    Learned,
+    LearnedMethod,
+    LearnedSettings,
+    Target,
+    parameters_of,
+    penalised_training,
+    unnoised,
+)
 from methods.learned.l0_gates import GatedRows
-from methods.learned.variational_dropout import INITIAL_LOG_SIGMA2, KL_WARMUP, WeightNoise, local_noise, negative_kl
+from methods.learned.variational_dropout import INITIAL_LOG_SIGMA2, KL_WARMUP, add_weight_noise, negative_kl
 from methods.streams import sample_count
 
 THRESHOLD = 0.0
@@ -99,22 +106,15 @@ class BayesianCompression(LearnedMethod):
             ramp = min(1.0, progress / KL_WARMUP)
             kl = sum(-negative_kl(s.log_alpha().clamp(-8, 8)).sum() for s in scales.values())
             for key, log_var in log_sigma2.items():
-                mean = _mean(model, key, weights)
+                mean = unnoised(model, key)
                 kl = kl + (-0.5 * log_var + 0.5 * (log_var.exp() + mean.pow(2)) - 0.5).sum()
             return settings.strength * ramp * kl / samples
 
         try:
             for group in target.groups:
                 registered += _scale_outputs(model, group, scales[group.leader])
-            for key in weights:
-                owner, attr = owner_of(model, key)
-                if attr == "weight" and isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
-                    owner, nn.modules.conv._ConvTransposeNd
-                ):
-                    handles.append(local_noise(owner, log_sigma2[key]))
-                else:
-                    parametrize.register_parametrization(owner, attr, WeightNoise(log_sigma2[key]))
-                    registered.append((owner, attr))
+            handles, noised = add_weight_noise(model, log_sigma2)
+            registered += noised
             extra = [([p for s in scales.values() for p in s.parameters()], SCALE_LR),
                      (list(log_sigma2.values()), VARIANCE_LR)]
             seconds = penalised_training(model, target, settings, penalty, extra=extra, before_step=draw)
@@ -161,13 +161,6 @@ def _factor_out_scale(model: nn.Module, group: CoupledChannels) -> torch.Tensor:
         rms = torch.where(rms > 0, rms, torch.ones_like(rms))
         group.scale(params, 1.0 / rms, outputs_only=True)
     return rms
-
-
-def _mean(model: nn.Module, key: str, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    owner, attr = owner_of(model, key)
-    if parametrize.is_parametrized(owner, attr):
-        return getattr(owner.parametrizations, attr).original
-    return weights[key]
 
 
 def _scale_outputs(model: nn.Module, group: CoupledChannels, scales: _Scales) -> list[tuple[nn.Module, str]]:

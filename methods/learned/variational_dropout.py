@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from methods.layer_kinds import owner_of
-from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target, penalised_training
+from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target, penalised_training, unnoised
 from methods.streams import sample_count
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
@@ -79,6 +79,24 @@ def local_noise(module: nn.Module, log_sigma2: torch.Tensor) -> torch.utils.hook
     return module.register_forward_hook(hook)
 
 
+def add_weight_noise(
+    model: nn.Module, log_sigma2: dict[str, torch.Tensor]
+) -> tuple[list[torch.utils.hooks.RemovableHandle], list[tuple[nn.Module, str]]]:
+    """Gives each weight ``key`` its learned noise: pre-activation noise (local reparameterisation) on Linear and
+    convolution weights, weight noise otherwise; returns the hooks and the parametrized ``(module, name)`` pairs to
+    remove afterwards."""
+    handles, parametrized = [], []
+    for key, variance in log_sigma2.items():
+        owner, attr = owner_of(model, key)
+        local = isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd))
+        if attr == "weight" and local and not isinstance(owner, nn.modules.conv._ConvTransposeNd):
+            handles.append(local_noise(owner, variance))
+        else:
+            parametrize.register_parametrization(owner, attr, WeightNoise(variance))
+            parametrized.append((owner, attr))
+    return handles, parametrized
+
+
 class VariationalDropout(LearnedMethod):
     """Sparse variational dropout: per-weight learned noise, weights with ``log alpha > 3`` pruned."""
 
@@ -93,21 +111,12 @@ class VariationalDropout(LearnedMethod):
         log_sigma2 = {
             key: torch.full_like(w, INITIAL_LOG_SIGMA2, requires_grad=True) for key, w in weights.items()
         }
-        handles, parametrized = [], []
-        for key in weights:
-            owner, attr = owner_of(model, key)
-            if attr == "weight" and isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
-                owner, nn.modules.conv._ConvTransposeNd
-            ):
-                handles.append(local_noise(owner, log_sigma2[key]))
-            else:
-                parametrize.register_parametrization(owner, attr, WeightNoise(log_sigma2[key]))
-                parametrized.append((owner, attr))
+        handles, parametrized = add_weight_noise(model, log_sigma2)
         samples = sample_count(target.train) or 1
 
         def penalty(progress: float) -> torch.Tensor:
             ramp = min(1.0, progress / KL_WARMUP) if KL_WARMUP > 0 else 1.0
-            kl = sum(-negative_kl(log_alpha_of(_current(model, key, weights), s)).sum()
+            kl = sum(-negative_kl(log_alpha_of(unnoised(model, key), s)).sum()
                      for key, s in log_sigma2.items())
             return settings.strength * ramp * kl / samples
 
@@ -127,11 +136,3 @@ class VariationalDropout(LearnedMethod):
                 weight.mul_(kept_mask(log_alpha, self.threshold))
                 statistics[key] = log_alpha
         return Learned(seconds, statistics)
-
-
-def _current(model: nn.Module, key: str, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The weight's mean: the parameter itself (a parametrized weight's original)."""
-    owner, attr = owner_of(model, key)
-    if parametrize.is_parametrized(owner, attr):
-        return getattr(owner.parametrizations, attr).original
-    return weights[key]
