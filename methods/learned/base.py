@@ -146,8 +146,8 @@ def penalised_training(
                     after_step(settings.lr)
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(task_value):.3f}", penalty=f"{float(value - task_value):.3f}",
-                                refresh=False)
+                shown = float(task_value.detach())
+                bar.set_postfix(loss=f"{shown:.3f}", penalty=f"{float(value.detach()) - shown:.3f}", refresh=False)
                 if step >= steps:
                     break
             if step == passed:
