@@ -32,7 +32,7 @@ from methods.learned.base import (
     penalised_training,
     unnoised,
 )
-from methods.learned.l0_gates import GatedRows
+from methods.learned.l0_gates import gate_outputs
 from methods.learned.variational_dropout import INITIAL_LOG_SIGMA2, KL_WARMUP, add_weight_noise, negative_kl
 from methods.streams import sample_count
 
@@ -112,7 +112,7 @@ class BayesianCompression(LearnedMethod):
 
         try:
             for group in target.groups:
-                registered += _scale_outputs(model, group, scales[group.leader])
+                registered += gate_outputs(model, group, scales[group.leader])
             handles, noised = add_weight_noise(model, log_sigma2)
             registered += noised
             extra = [([p for s in scales.values() for p in s.parameters()], SCALE_LR),
@@ -161,16 +161,3 @@ def _factor_out_scale(model: nn.Module, group: CoupledChannels) -> torch.Tensor:
         rms = torch.where(rms > 0, rms, torch.ones_like(rms))
         group.scale(params, 1.0 / rms, outputs_only=True)
     return rms
-
-
-def _scale_outputs(model: nn.Module, group: CoupledChannels, scales: _Scales) -> list[tuple[nn.Module, str]]:
-    """Registers the scale parametrization on every output slice of ``group``."""
-    done = []
-    for part in group.slices:
-        if part.output:
-            owner_name, _, attr = part.name.rpartition(".")
-            owner = model.get_submodule(owner_name)
-            rows = getattr(owner, attr).shape[0]
-            parametrize.register_parametrization(owner, attr, GatedRows(scales, part.positions, part.channels, rows))
-            done.append((owner, attr))
-    return done

@@ -70,8 +70,9 @@ class GatedRows(nn.Module):
         return value * factor.reshape(-1, *([1] * (value.dim() - 1)))
 
 
-def _gate_outputs(model: nn.Module, group: CoupledChannels, gates: _Gates) -> list[tuple[nn.Module, str]]:
-    """Registers the gate parametrization on every output slice of ``group``."""
+def gate_outputs(model: nn.Module, group: CoupledChannels, gates: nn.Module) -> list[tuple[nn.Module, str]]:
+    """Registers :class:`GatedRows` on every output slice of ``group``: each row times its channel's entry of
+    ``gates.current`` (L0 gates, Bayesian compression's scales)."""
     done = []
     for part in group.slices:
         if not part.output:
@@ -109,7 +110,7 @@ class L0Gates(LearnedMethod):
 
         try:
             for group in target.groups:
-                registered += _gate_outputs(model, group, gates[group.leader])
+                registered += gate_outputs(model, group, gates[group.leader])
             extra = [([g.log_alpha for g in gates.values()], GATE_LR)]
             seconds = penalised_training(model, target, settings, penalty, extra=extra, before_step=draw)
             with torch.no_grad():
