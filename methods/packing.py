@@ -456,7 +456,8 @@ def _decode_weight(entry: Mapping[str, Any], parts: list[memoryview]) -> torch.T
     if quantizer is None:
         return _scatter(np.frombuffer(parts[1], dtype="<f4"), flat_mask, positions, shape)
     try:
-        codes = symbol_coding.decode_symbols(str(entry["codes_coding"]), parts[-1], bits, kept)
+        count = kept if quantizer.stores_codes else 0
+        codes = symbol_coding.decode_symbols(str(entry["codes_coding"]), parts[-1], bits, count)
     except symbol_coding.StreamError as error:
         raise PackFormatError(f"{_CORRUPT} ({error})") from error
     mask = torch.from_numpy(flat_mask).reshape(shape)

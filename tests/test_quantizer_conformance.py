@@ -61,10 +61,11 @@ def _case(shape: tuple[int, ...], kind: str, density: float, clustered: bool, se
 
 
 def _distinct_ok(quantizer: Quantizer, stored: torch.Tensor, mask: torch.Tensor, bits: int) -> bool:
-    """At most ``2**bits`` distinct kept values per sharing group (a channel or the whole tensor)."""
+    """At most ``max_distinct`` kept values per sharing group (a channel or the whole tensor)."""
     groups = zip(stored.reshape(stored.shape[0], -1), mask.reshape(mask.shape[0], -1), strict=True)
     pairs = groups if quantizer.per_channel else [(stored.reshape(-1), mask.reshape(-1))]
-    return all(len(torch.unique(values[kept])) <= 2**bits for values, kept in pairs)
+    return all(len(torch.unique(values[kept])) <= quantizer.max_distinct(int(kept.sum()), bits)
+               for values, kept in pairs)
 
 
 def _on_codes(quantizer: Quantizer, stored: torch.Tensor, mask: torch.Tensor, bits: int) -> None:

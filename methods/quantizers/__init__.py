@@ -15,15 +15,18 @@ from methods.quantizers.base import (
     parametrization,
     stored_weight,
 )
+from methods.quantizers.hashed import HashedQuantizer
 from methods.quantizers.kmeans import KMeansQuantizer
 from methods.quantizers.linear import LinearQuantizer
 
 QUANTIZERS.register("linear", LinearQuantizer())
 QUANTIZERS.register("kmeans", KMeansQuantizer())
+QUANTIZERS.register("hashed", HashedQuantizer())
 
 __all__ = [
     "QUANTIZERS",
     "Codes",
+    "HashedQuantizer",
     "KMeansQuantizer",
     "LinearQuantizer",
     "MaskedWeight",

@@ -51,6 +51,13 @@ class Quantizer(ABC):
 
     per_channel: bool = False
     """True when each output channel (dim 0) has its own ``2**bits`` values; else the whole tensor shares them."""
+    stores_codes: bool = True
+    """True when the file holds one ``bits``-bit code per kept weight; False when the tables alone determine the
+    weight (the codes segment is then empty)."""
+
+    def max_distinct(self, kept: int, bits: int) -> int:
+        """Most distinct kept values in one sharing group (a channel, or the tensor) of ``kept`` weights."""
+        return 2**bits
 
     @abstractmethod
     def quantize_dequantize(self, weight: torch.Tensor, mask: torch.Tensor, bits: int) -> torch.Tensor:
