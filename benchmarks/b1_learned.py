@@ -7,7 +7,8 @@ trained weights), a lottery ticket (the same, rewound to the untrained weights, 
 own training: Frankle and Carbin's schedule from scratch), the searched policy (NSGA-II with a size budget of the
 recipe's bytes / 1.5, and again at the goal's size: fp32 bytes / 150 for LeNet-5, / 64 for LeNet-300-100), each
 learned method alone (its recipe in configs/recipes/) and each learned method under the searched policies at the
-goal's size (``export.learned``: the search runs on the trained result); the goal rows may prune up to 99% of a
+goal's size (``export.learned``: the search runs on the trained result, warm-started with the method's own
+per-layer choices; the ``unseeded`` rows run the same without that warm start); the goal rows may prune up to 99% of a
 layer in steps of 1% (``space.sparsity_max``, ``sparsity_step``), the others up to the default 95% in steps of 5%.
 A searched row reports the exported Pareto model with the best validation accuracy. Per-layer kept % is read from
 the exported file (what the learned method removed included), bits from its header. Medians and ranges over the
@@ -16,7 +17,7 @@ seeds are in the summary table.
     python benchmarks/b1_learned.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 150] [--epochs 8]
         [--learned variational_dropout,group_lasso,l0_gates,soft_sharing,bayesian] [--learned-epochs 10]
         [--learned-strength 1.0] [--strengths l0_gates=3] [--combined variational_dropout,l0_gates]
-        [--rows rewind,ticket,search,alone,combined]
+        [--rows rewind,ticket,search,alone,combined,unseeded] [--out b1_learned]
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def main() -> None:
     parser.add_argument("--learned-epochs", type=float, default=10.0)
     parser.add_argument("--learned-strength", type=float, default=1.0, help="export.learned_strength of every method")
     parser.add_argument("--strengths", default="", help="per-method overrides, e.g. l0_gates=3,variational_dropout=0.5")
-    parser.add_argument("--rows", default="rewind,ticket,search,alone,combined", help="which row families to run")
+    parser.add_argument("--rows", default="rewind,ticket,search,alone,combined,unseeded",
+                        help="which row families to run (unseeded: the combined rows without the learned seed)")
+    parser.add_argument("--out", default="b1_learned", help="name of the written out/<name>.csv and .md")
     args = parser.parse_args()
 
     runs = OUT_DIR / "b1_learned_runs"
@@ -163,15 +166,18 @@ def main() -> None:
                 outcome, seconds = go(method, searcher="recipe", searcher_options={"name": RECIPES[method]}, trials=1,
                                       export_extra={"learned_strength": strengths.get(method, args.learned_strength)})
                 rows.append(row(net, seed, f"{method} alone", outcome, seconds, original))
-            for method in args.combined.split(",") if "combined" in families else ():
-                outcome, seconds = go(f"nsga2-{method}", searcher="nsga2", trials=args.trials, budget_mb=goal,
-                                      space=deep, export_extra={"learned": method,
+            combined = [(method, True) for method in args.combined.split(",") if "combined" in families]
+            combined += [(method, False) for method in args.combined.split(",") if "unseeded" in families]
+            for method, seeded in combined:
+                tag = "" if seeded else ", no learned seed"
+                outcome, seconds = go(f"nsga2-{method}{'' if seeded else '-unseeded'}", searcher="nsga2",
+                                      trials=args.trials, budget_mb=goal, space={**deep, "learned_seed": seeded},
+                                      export_extra={"learned": method,
                                                     "learned_strength": strengths.get(method, args.learned_strength)})
-                rows.append(row(net, seed, f"{method} + searched (nsga2, {goal})", outcome, seconds, original))
-            print(pd.DataFrame(rows).to_string(), file=sys.stderr)
-    frame = pd.DataFrame(rows)
-    table = markdown_table(summary(frame)) + "\n\nPer seed:\n\n" + markdown_table(frame)
-    write_outputs("b1_learned", frame, table, args)
+                rows.append(row(net, seed, f"{method} + searched (nsga2, {goal}{tag})", outcome, seconds, original))
+            frame = pd.DataFrame(rows)  # written after every seed, so a cut-off run keeps what it measured
+            write_outputs(args.out, frame, markdown_table(summary(frame)) + "\n\nPer seed:\n\n" +
+                          markdown_table(frame), args)
 
 
 if __name__ == "__main__":
