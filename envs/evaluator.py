@@ -30,6 +30,7 @@ from methods.finetune import FinetuneSettings, has_batchnorm
 from methods.layer_kinds import weight_keys
 from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, architecture, compress
+from methods.saliency import ScoreCache
 from methods.streams import Data, head, subset
 from methods.structured import channel_groups
 
@@ -178,6 +179,7 @@ class Evaluator:
         self.calibration_inputs: torch.Tensor = head(task.train, settings.calibration_images).tensors[0]
         """Training inputs for BatchNorm recalibration and int8 activation ranges (a bounded number)."""
         self._saliency_data = head(task.train, settings.saliency_images)
+        self._saliency_cache = ScoreCache()
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
         self.learned = LearnedBases(task, self.layer_names, self.leaders, self.compute)
@@ -228,6 +230,7 @@ class Evaluator:
             loss=self.task.loss,
             compute=self.compute,
             saliency_data=self._saliency_data,
+            saliency_cache=self._saliency_cache,
             initial=self.task.initial,
         )
 

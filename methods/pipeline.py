@@ -21,7 +21,7 @@ from methods.lowrank import factor_names, factorisable, factorise_layers, full_r
 from methods.packing import RUNTIME_KEY, WeightEncoding, pack_model, unpack, verify_packed
 from methods.pruning import apply_mask, lowest_mask
 from methods.quantizers import check_quantizer_names, stored_weight
-from methods.saliency import saliency_scores
+from methods.saliency import ScoreCache, saliency_refit, saliency_scores
 from methods.streams import Data
 from methods.structured import History, prune_channels, replay_pruning
 
@@ -60,7 +60,10 @@ class Refinement:
     teacher: nn.Module | None = None
     """Original model whose soft targets the fine-tune distils (with ``finetune.distill_alpha`` > 0)."""
     saliency_data: TensorDataset | None = None
-    """Training samples that score weights for the ``obd`` and ``taylor`` saliencies."""
+    """Training samples that score weights for the data-driven saliencies (``obd``, ``taylor``, ``net_trim``)."""
+    saliency_cache: ScoreCache | None = None
+    """Where data-driven saliency scores are kept between candidates cut from the same model (``None``: not
+    kept)."""
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     """The fine-tune's loss (``None``: :func:`methods.objective.task_loss`)."""
     compute: torch.device | str = "cpu"
@@ -82,7 +85,7 @@ def _masks(
     model: nn.Module,
     targets: Mapping[str, LayerChoice],
     saliency: str,
-    data: TensorDataset | None,
+    refinement: Refinement,
     fraction: float = 1.0,
     previous: Mapping[str, torch.Tensor] | None = None,
     zeros_pruned: bool = False,
@@ -91,9 +94,11 @@ def _masks(
 
     ``targets`` and the masks are keyed by parameter name (every compressible weight of a layer gets its choice).
     With ``zeros_pruned`` (a model a learned method trained), the weights that are exactly zero are pruned first and
-    stay pruned: a layer's sparsity is at least its fraction of zeros.
+    stay pruned: a layer's sparsity is at least its fraction of zeros. The criterion then sets the kept weights
+    where it has its own rule (Net-Trim's refit), and the pruned ones become zero.
     """
-    scores = saliency_scores(model, list(targets), saliency, data)
+    data = refinement.saliency_data
+    scores = saliency_scores(model, list(targets), saliency, data, cache=refinement.saliency_cache)
     masks = {}
     for key, choice in targets.items():
         sparsity, within = choice.sparsity * fraction, None if previous is None else previous[key]
@@ -103,6 +108,7 @@ def _masks(
             zeros = (nonzero.numel() - int(nonzero.sum())) / nonzero.numel()
             sparsity = max(sparsity, min(zeros, math.nextafter(1.0, 0.0)))
         masks[key] = lowest_mask(scores[key], sparsity, within)
+    saliency_refit(model, masks, saliency, data)
     for key, mask in masks.items():
         apply_mask(weight_of(model, key), mask)
     return masks
@@ -125,7 +131,7 @@ def _iterative_pruning(
     masks = None
     fp32 = {name: CodeSpec(FP32_BITS) for name in targets}
     for number, fraction in enumerate(pruning_schedule(rounds)[:-1], start=1):
-        masks = _masks(model, targets, saliency, refinement.saliency_data, fraction, masks, zeros_pruned)
+        masks = _masks(model, targets, saliency, refinement, fraction, masks, zeros_pruned)
         _rewind(model, checkpoint, masks)
         round_settings = replace(settings, steps=steps, seed=settings.seed + number)
         masked_finetune(model, masks, fp32, refinement.train, round_settings, teacher=refinement.teacher,
@@ -241,7 +247,7 @@ def compress(
     learned = policy.learned is not None
     checkpoint = _checkpoint(model, base, refinement, input_shape, history, factorised)
     previous, final_finetune = _iterative_pruning(model, targets, policy.saliency, refinement, learned, checkpoint)
-    masks = _masks(model, targets, policy.saliency, refinement.saliency_data, previous=previous, zeros_pruned=learned)
+    masks = _masks(model, targets, policy.saliency, refinement, previous=previous, zeros_pruned=learned)
     _rewind(model, checkpoint, masks)
     codes = {name: CodeSpec(choice.bits, choice.quantizer) for name, choice in targets.items()}
     with torch.no_grad():

@@ -39,3 +39,17 @@ class Saliency(ABC):
             data: ``(inputs, labels)`` calibration data; never ``None`` or empty when :attr:`needs_data`.
             batch_size: batch size of gradient passes.
         """
+
+    def refit(
+        self, model: nn.Module, masks: Mapping[str, torch.Tensor], data: TensorDataset | None, batch_size: int
+    ) -> None:
+        """Sets the kept weights of ``model`` once the masks are chosen (the masked ones to zero); by default
+        nothing: most criteria only choose which weights go.
+
+        Args:
+            model: the network, unpruned; changed in place.
+            masks: keep-mask per scored parameter name.
+            data: ``(inputs, labels)`` calibration data, as given to :meth:`scores`.
+            batch_size: batch size of forward passes.
+        """
+        return None
