@@ -52,7 +52,7 @@ RECIPES = {"variational_dropout": "variational-dropout", "group_lasso": "group-l
 
 def layer_text(run_dir: Path, model_file: str, net: str) -> str:
     """Per layer of the exported file: kept % of the original layer's weights (removed channels count as removed),
-    then its bits (``k`` = k-means) from the file's header."""
+    then its bits (``k`` = k-means, ``h`` = hashed) from the file's header."""
     task = load_task(net)
     original = {spec.name: spec for spec in discover_layers(task.model, task.input_shape)}
     model = load_model(run_dir / model_file)
@@ -63,7 +63,8 @@ def layer_text(run_dir: Path, model_file: str, net: str) -> str:
         total = sum(task.model.get_parameter(k).numel() for k in weight_keys(task.model, name))
         kept = sum(int(torch.count_nonzero(model.get_parameter(k))) for k in weight_keys(model, name))
         choice = policy[name]
-        code = "fp32" if not choice.quantized else f"{choice.bits}b{'k' if choice.quantizer == 'kmeans' else ''}"
+        mark = {"kmeans": "k", "hashed": "h"}.get(choice.quantizer, "")
+        code = "fp32" if not choice.quantized else f"{choice.bits}b{mark}"
         parts.append(f"{name} {100 * kept / total:.1f}% {code}")
     return " / ".join(parts)
 

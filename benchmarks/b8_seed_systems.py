@@ -1,0 +1,125 @@
+"""B8: the seed notes' systems side by side with the searched policy, on the same data, split and encoder.
+
+For each net and seed, in one run: the fp32 baseline, Deep Compression's recipe, the searched policy (NSGA-II at
+the recipe's bytes / 1.5, the default space with k-means added), HashedNets (Chen et al. 2015: every layer hashed
+into 1/8 as many shared values, its recipe), HashedNets searched (the same budget, ``hashed`` as the only code:
+the searchers pick each layer's sparsity and hashing factor), Net-Trim (Aghasi et al. 2016: Deep Compression's
+per-layer table with Net-Trim choosing and refitting the kept weights instead of magnitude, its recipe) and Net-Trim
+searched (the same budget, ``net_trim`` as the only criterion). Every row gets the same final fine-tune. A searched
+row reports its exported Pareto model with the best validation accuracy. Columns: test accuracy, packed bytes,
+ratio to fp32, the exported model's latency (median and spread over the timing repeats, batch 1 on this machine)
+and the row's wall time (search, export and fine-tune).
+
+    python benchmarks/b8_seed_systems.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 60] [--epochs 8]
+        [--rows recipe,search,hashed,hashed-search,net-trim,net-trim-search] [--out b8_seed_systems]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.b1_learned import layer_text  # noqa: E402
+from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
+from envs.tasks import load_task  # noqa: E402
+from methods.discovery import discover_layers  # noqa: E402
+from search import run_search  # noqa: E402
+from search.runner import RunOutcome  # noqa: E402
+
+TARGET_FACTOR = 1.5
+ROWS = ("recipe", "search", "hashed", "hashed-search", "net-trim", "net-trim-search")
+
+
+def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
+    """One run's row: its most accurate (on validation) exported model."""
+    base = {"net": net, "seed": seed, "method": method, "seconds": round(seconds, 1)}
+    if not outcome.models:
+        return {**base, "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0, "layers": "no model"}
+    model = max(outcome.models, key=lambda m: m.val_accuracy)
+    return {**base, "test_accuracy": model.test_accuracy, "packed_bytes": model.size_bytes,
+            "ratio": round(original / model.size_bytes, 1), "latency_ms": round(model.latency_ms, 3),
+            "latency_spread_ms": round(model.latency_spread_ms, 3),
+            "layers": layer_text(outcome.run_dir, model.model_file, net)}
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per net and method: medians over the seeds, with the accuracy's range."""
+    rows = []
+    for (net, method), group in frame.groupby(["net", "method"], sort=False):
+        acc, ratio = group["test_accuracy"], group["ratio"]
+        rows.append({"net": net, "method": method, "seeds": len(group),
+                     "test acc (median)": round(float(acc.median()), 4),
+                     "test acc range": f"{acc.min():.3f}-{acc.max():.3f}",
+                     "packed bytes (median)": int(group["packed_bytes"].median()),
+                     "ratio (median)": round(float(ratio.median()), 1),
+                     "latency ms (median)": round(float(group["latency_ms"].median()), 3),
+                     "seconds (median)": round(float(group["seconds"].median()), 1)})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default="lenet300,lenet5")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--trials", type=int, default=60, help="evaluations of each searched row")
+    parser.add_argument("--epochs", type=float, default=8.0, help="final fine-tune epochs, the same for every row")
+    parser.add_argument("--rows", default=",".join(ROWS), help="which rows to run besides fp32")
+    parser.add_argument("--out", default="b8_seed_systems", help="name of the written out/<name>.csv and .md")
+    args = parser.parse_args()
+
+    runs = OUT_DIR / "b8_runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    wanted = set(args.rows.split(","))
+    export = {"finetune_epochs": args.epochs, "max_models": 6}
+    space = {"channel_pruning": False, "quantizers": ["linear", "kmeans"]}
+    rows: list[dict[str, object]] = []
+    for net in args.nets.split(","):
+        task = load_task(net)
+        original = 4 * sum(spec.params for spec in discover_layers(task.model, task.input_shape))
+        for seed in (int(s) for s in args.seeds.split(",")):
+            def go(name: str, net: str = net, seed: int = seed, **settings: object) -> tuple[RunOutcome, float]:
+                start = time.perf_counter()
+                settings.setdefault("space", space)
+                outcome = run_search(task=net, out=runs / f"{net}-{seed}-{name}", seed=seed, export=export,
+                                     **settings)
+                return outcome, time.perf_counter() - start
+
+            recipe, seconds = go("recipe", searcher="recipe", searcher_options={"name": "deep-compression"}, trials=1)
+            baseline = recipe.baseline
+            rows.append({"net": net, "seed": seed, "method": "fp32 baseline", "test_accuracy": baseline.test_accuracy,
+                         "packed_bytes": baseline.size_bytes, "ratio": round(original / baseline.size_bytes, 1),
+                         "latency_ms": round(baseline.latency_ms, 3), "layers": "fp32", "seconds": 0.0})
+            rows.append(row(net, seed, "Deep Compression recipe", recipe, seconds, original))
+            budget = f"{int(recipe.models[0].size_bytes / TARGET_FACTOR)}B"
+            runs_wanted = [
+                ("search", f"searched (nsga2, {budget})", {"searcher": "nsga2", "trials": args.trials,
+                                                          "budget_mb": budget}),
+                ("hashed", "HashedNets recipe (1/8)", {"searcher": "recipe", "trials": 1,
+                                                        "searcher_options": {"name": "hashednets"}}),
+                ("hashed-search", f"HashedNets searched (nsga2, {budget})",
+                 {"searcher": "nsga2", "trials": args.trials, "budget_mb": budget,
+                  "space": {**space, "quantizers": ["hashed"]}}),
+                ("net-trim", "Net-Trim recipe (DC table)", {"searcher": "recipe", "trials": 1,
+                                                             "searcher_options": {"name": "net-trim"}}),
+                ("net-trim-search", f"Net-Trim searched (nsga2, {budget})",
+                 {"searcher": "nsga2", "trials": args.trials, "budget_mb": budget,
+                  "space": {**space, "saliencies": ["net_trim"]}}),
+            ]
+            for key, method, settings in runs_wanted:
+                if key in wanted:
+                    outcome, seconds = go(key, **settings)
+                    rows.append(row(net, seed, method, outcome, seconds, original))
+            frame = pd.DataFrame(rows)  # written after every seed, so a cut-off run keeps what it measured
+            write_outputs(args.out, frame, markdown_table(summary(frame)) + "\n\nPer seed:\n\n" +
+                          markdown_table(frame), args)
+
+
+if __name__ == "__main__":
+    main()
