@@ -72,7 +72,8 @@ class LearnedBases:
         if key not in self._bases:
             groups = self.groups
             label = f"learned {name}" if self.progress else ""
-            target = Target(self.keys, groups, self.task.train, self.task.loss, self.compute, label)
+            target = Target(self.keys, groups, self.task.train, self.task.loss, self.compute, label,
+                            initial=self.task.initial)
             try:
                 model, outcome = learn(self.task.model, name, target, self.settings)
             except UsageError:

@@ -18,7 +18,7 @@ from envs.device import DeviceProfile
 from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from methods.coupled_channels import coupled_channels, silence_dead_channels
-from methods.learned import LearnedSettings, Target, check_learned, learn
+from methods.learned import LEARNED, LearnedSettings, Target, check_learned, learn
 from methods.learned.group_lasso import group_shrink
 from methods.learned.l0_gates import gate_sample, gate_value, open_probability
 from methods.learned.variational_dropout import THRESHOLD, local_noise, negative_kl
@@ -103,7 +103,7 @@ def test_hard_concrete_gates_reach_exact_zero_and_one() -> None:
     assert torch.all(probabilities[1:] > probabilities[:-1])
 
 
-@pytest.mark.parametrize(("name", "strength"), [("group_lasso", 2.0), ("l0_gates", 20.0)])
+@pytest.mark.parametrize(("name", "strength"), [("group_lasso", 2.0), ("l0_gates", 20.0), ("early_bird", 1.0)])
 def test_structured_methods_zero_whole_channels_whose_removal_keeps_the_outputs(
     name: str, strength: float, model: nn.Module
 ) -> None:
@@ -182,8 +182,8 @@ def test_learned_names_are_checked_everywhere(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("learned: lasso\ndefault: {bits: 5}\n")
     with pytest.raises(UsageError, match="unknown learned method"):
         recipe_policy("bad", "lenet5", ["fc1"], recipes_dir=tmp_path)
-    for name in ("variational-dropout", "group-lasso", "l0-gates", "soft-sharing", "bayesian"):
-        assert recipe_policy(name, "any", ["a", "b"]).learned == name.replace("-", "_")
+    for name in LEARNED.names():  # every method has its recipe
+        assert recipe_policy(name.replace("_", "-"), "any", ["a", "b"]).learned == name
 
 
 def test_export_gives_candidates_the_configured_method_unless_they_name_their_own() -> None:

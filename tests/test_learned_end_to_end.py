@@ -32,7 +32,7 @@ def _pareto(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "recipe", ["variational-dropout", "group-lasso", "l0-gates", "soft-sharing", "bayesian"]
+    "recipe", ["variational-dropout", "group-lasso", "l0-gates", "soft-sharing", "bayesian", "early-bird"]
 )
 def test_learned_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"

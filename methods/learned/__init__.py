@@ -7,7 +7,9 @@
 * ``soft_sharing``: soft weight-sharing with a learned mixture prior (Ullrich et al. 2017),
   :mod:`methods.learned.soft_sharing`;
 * ``bayesian``: Bayesian compression with the group normal-Jeffreys prior (Louizos, Ullrich and Welling 2017),
-  :mod:`methods.learned.bayesian`.
+  :mod:`methods.learned.bayesian`;
+* ``early_bird``: early-bird tickets (You et al. 2020), network slimming until the channel mask converges, then the
+  ticket trained alone, :mod:`methods.learned.early_bird`.
 
 A policy names one in its ``learned`` field; the evaluator trains the task's model with it once per run
 (:meth:`envs.evaluator.Evaluator.learned_model`) and every candidate with that field starts from the result. A new
@@ -25,6 +27,7 @@ from core.registry import Registry
 from methods.coupled_channels import silence_dead_channels
 from methods.learned.base import Learned, LearnedMethod, LearnedSettings, Target
 from methods.learned.bayesian import BayesianCompression
+from methods.learned.early_bird import EarlyBird
 from methods.learned.group_lasso import GroupLasso
 from methods.learned.l0_gates import L0Gates
 from methods.learned.soft_sharing import SoftWeightSharing
@@ -37,6 +40,7 @@ LEARNED.register("group_lasso", GroupLasso())
 LEARNED.register("l0_gates", L0Gates())
 LEARNED.register("soft_sharing", SoftWeightSharing())
 LEARNED.register("bayesian", BayesianCompression())
+LEARNED.register("early_bird", EarlyBird())
 
 
 def check_learned(name: str) -> LearnedMethod:

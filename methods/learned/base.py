@@ -76,6 +76,9 @@ class Target:
     """Where the training runs; the model is back on the CPU afterwards."""
     progress: str = ""
     """A progress bar's label on stderr (empty: no bar)."""
+    initial: Mapping[str, torch.Tensor] | None = None
+    """The model's untrained state, when known (a task this tool trained): methods that train from scratch start
+    there."""
 
 
 class LearnedMethod(ABC):
@@ -105,6 +108,7 @@ def penalised_training(
     extra: Sequence[tuple[Sequence[torch.Tensor], float | None]] = (),
     before_step: Callable[[], None] | None = None,
     after_step: Callable[[float], None] | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> float:
     """Trains ``model`` (already on ``target.device``) on the task loss plus ``penalty(progress)``, returns seconds.
 
@@ -117,6 +121,7 @@ def penalised_training(
             (``None``: ``settings.lr``).
         before_step: called before each forward pass (to draw the method's noise).
         after_step: called after each optimizer step with its learning rate (a proximal step).
+        after_epoch: called after each full pass with the passes done; returning True ends the training there.
     """
     from tqdm import tqdm
 
@@ -130,7 +135,7 @@ def penalised_training(
     optimizer = torch.optim.Adam(groups, lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
     model.train()
-    step = 0
+    step = epoch = 0
     try:
         while step < steps:
             passed = step
@@ -152,6 +157,9 @@ def penalised_training(
                     break
             if step == passed:
                 raise ValueError("cannot train on an empty dataset")
+            epoch += 1
+            if after_epoch is not None and step < steps and after_epoch(epoch):
+                break
     finally:
         bar.close()
         model.eval()
