@@ -34,7 +34,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.parametrize(("recipe", "check"), [("hashednets", "hashed"), ("net-trim", "net_trim")])
 def test_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, check: str, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("export:\n  finetune_epochs: 1\n")
+    config.write_text("export:\n  finetune_epochs: 0.5\n")
     run = tmp_path / "run"
     proc = _search("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--recipe", recipe,
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
@@ -55,9 +55,9 @@ def test_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, 
 def test_hashed_codes_and_net_trim_are_searched_choices(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("space:\n  quantizers: [hashed]\n  saliencies: [net_trim, magnitude]\n"
-                      "  channel_pruning: false\nexport:\n  finetune_epochs: 0.5\n  max_models: 2\n")
+                      "  channel_pruning: false\nexport:\n  finetune_epochs: 0.25\n  max_models: 2\n")
     run = tmp_path / "run"
-    proc = _search("--task", "lenet300", "--searcher", "random", "--trials", "4", "--budget-mb", "0.5",
+    proc = _search("--task", "lenet300", "--searcher", "random", "--trials", "3", "--budget-mb", "0.5",
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     trials = [json.loads(t["policy"]) for t in _rows(run / "trials.csv")]

@@ -34,6 +34,9 @@ PATH_POINTS = 12
 """Points of the ``lambda`` path, each half the one before."""
 ADMM_STEPS = 20
 """ADMM iterations per path point (warm-started from the point before)."""
+BATCH_ROWS = 4096
+"""Most rows of ``X`` one calibration batch adds (evenly spaced output positions of a convolution's batch), which
+bounds the Gram matrix's cost on large feature maps."""
 RIDGE = 1e-6
 """Relative ridge added to the Gram matrix (times its mean diagonal), so that it is positive definite."""
 
@@ -83,7 +86,8 @@ def gram_matrices(
 
     def hook(key: str, module: nn.Module):
         def record(_: nn.Module, args: tuple, __: object) -> None:
-            x = _columns(module, args[0].detach()).to(torch.float64)
+            x = _columns(module, args[0].detach())
+            x = x[:: -(-x.shape[0] // BATCH_ROWS)].to(torch.float64)
             if module.bias is not None:
                 x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
             grams[key] = grams.get(key, 0) + x.T @ x
