@@ -173,3 +173,19 @@ def test_the_sweep_samples_the_runtime_through_the_shared_space_and_reports_it()
     result = Result(val_accuracy=0.9, size_bytes=10, latency_ms=1.0, runtime="torch-int8")
     metrics = trial_metrics(result, Budget(), steps=4, final=True, seconds=1.0)
     assert result_from_metrics(metrics, "ok").runtime == "torch-int8"
+
+
+def test_the_sweep_records_the_runs_learned_method_in_every_policy() -> None:
+    """With ``export.learned`` the evaluated policy names the method; the trial config (what trials.csv records)
+    names it too, seeds included, unless a policy names its own."""
+    from core.policy import Policy
+    from search.distributed.optuna_adapter import make_searcher
+    from search.distributed.trial import POLICY_KEY
+
+    space = SearchSpace(("fc1", "fc2"), ("fc1",), SpaceSettings())
+    searcher = make_searcher(space, RayOptions(), seed=0, concurrent=True, seeds=[space.most_compressed()],
+                             learned="l0_gates")
+    policies = [Policy.from_json(searcher.suggest(f"t{i}")[POLICY_KEY]) for i in range(4)]
+    assert {p.learned for p in policies} == {"l0_gates"}
+    plain = make_searcher(space, RayOptions(), seed=0, concurrent=True)
+    assert Policy.from_json(plain.suggest("t0")[POLICY_KEY]).learned is None

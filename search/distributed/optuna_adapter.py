@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -21,13 +22,18 @@ from search.searchers.samplers import SAMPLERS, make_sampler
 
 
 class SpaceSampler:
-    """The shared :class:`SearchSpace` as an Optuna define-by-run function; the trial config gets the policy."""
+    """The shared :class:`SearchSpace` as an Optuna define-by-run function; the trial config gets the policy, naming
+    the run's learned method (``export.learned``) when there is one, so the recorded policy is the evaluated one."""
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, learned: str | None = None):
         self.space = space
+        self.learned = learned
 
     def __call__(self, trial: optuna.Trial) -> dict[str, str]:
-        return {POLICY_KEY: self.space.sample(TrialSuggest(trial)).to_json()}
+        policy = self.space.sample(TrialSuggest(trial))
+        if self.learned is not None and policy.learned is None:
+            policy = replace(policy, learned=self.learned)
+        return {POLICY_KEY: policy.to_json()}
 
 
 class BudgetedOptunaSearch(OptunaSearch):
@@ -89,16 +95,17 @@ class BudgetedOptunaSearch(OptunaSearch):
 
 
 def make_searcher(space: SearchSpace, options: RayOptions, seed: int, concurrent: bool,
-                  quota: TrialQuota | None = None, seeds: Sequence[Policy] = ()) -> BudgetedOptunaSearch:
+                  quota: TrialQuota | None = None, seeds: Sequence[Policy] = (),
+                  learned: str | None = None) -> BudgetedOptunaSearch:
     """The sweep's search algorithm: the ``options.sampler`` of :mod:`search.searchers.samplers`, on accuracy
     (e.g. TPE) or, for a multi-objective sampler (e.g. NSGA-II), on (accuracy, size, latency); ``seeds``
-    are its first trials (``search/seeds.py``)."""
+    are its first trials (``search/seeds.py``); ``learned`` is the run's learned method, recorded in every policy."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if SAMPLERS[options.sampler].multi_objective:
         metric: str | list[str] = [name for name, _ in OBJECTIVES]
         mode: str | list[str] = [direction for _, direction in OBJECTIVES]
     else:
         metric, mode = ACCURACY_KEY, "max"
-    return BudgetedOptunaSearch(space=SpaceSampler(space), metric=metric, mode=mode,
+    return BudgetedOptunaSearch(space=SpaceSampler(space, learned), metric=metric, mode=mode,
                                 sampler=make_sampler(options.sampler, seed, concurrent=concurrent), quota=quota,
                                 points_to_evaluate=[space.params(policy) for policy in seeds] or None)

@@ -156,7 +156,8 @@ def _new_tuner(job: SweepJob, run_dir: Path, trainable: Any, samples: int, progr
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(job.space, options, job.seed, job.workers > 1, quota, job.seeds),
+            search_alg=make_searcher(job.space, options, job.seed, job.workers > 1, quota, job.seeds,
+                                     job.evaluator.learned_default),
             scheduler=_scheduler(options, job.finetune_steps),
             num_samples=samples,
             max_concurrent_trials=job.workers,
