@@ -152,15 +152,17 @@ def main() -> None:
                                 outcome, seconds, original))
             budget = f"{int(recipe.models[0].size_bytes / TARGET_FACTOR)}B"
             goal = f"{int(original / GOAL_RATIOS.get(net, 150.0))}B"
+            at_budget = f"DC bytes / {TARGET_FACTOR:g}"  # row labels name the rule, not the seed's bytes
+            at_goal = f"fp32 / {GOAL_RATIOS.get(net, 150.0):g}"
             if "search" in families:
                 outcome, seconds = go("nsga2", searcher="nsga2", trials=args.trials, budget_mb=budget)
-                rows.append(row(net, seed, f"searched (nsga2, {budget})", outcome, seconds, original))
+                rows.append(row(net, seed, f"searched (nsga2, {at_budget})", outcome, seconds, original))
                 try:
                     outcome, seconds = go("nsga2-goal", searcher="nsga2", trials=args.trials, budget_mb=goal,
                                           space=deep)
-                    rows.append(row(net, seed, f"searched (nsga2, {goal})", outcome, seconds, original))
+                    rows.append(row(net, seed, f"searched (nsga2, {at_goal})", outcome, seconds, original))
                 except UsageError as exc:  # the plain space cannot reach the goal's size
-                    rows.append({"net": net, "seed": seed, "method": f"searched (nsga2, {goal})",
+                    rows.append({"net": net, "seed": seed, "method": f"searched (nsga2, {at_goal})",
                                  "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0,
                                  "layers": f"unreachable: {exc}", "seconds": 0.0})
             for method in args.learned.split(",") if "alone" in families else ():
@@ -175,7 +177,8 @@ def main() -> None:
                                       trials=args.trials, budget_mb=goal, space={**deep, "learned_seed": seeded},
                                       export_extra={"learned": method,
                                                     "learned_strength": strengths.get(method, args.learned_strength)})
-                rows.append(row(net, seed, f"{method} + searched (nsga2, {goal}{tag})", outcome, seconds, original))
+                rows.append(row(net, seed, f"{method} + searched (nsga2, {at_goal}{tag})", outcome, seconds,
+                                original))
             frame = pd.DataFrame(rows)  # written after every seed, so a cut-off run keeps what it measured
             write_outputs(args.out, frame, markdown_table(summary(frame)) + "\n\nPer seed:\n\n" +
                           markdown_table(frame), args)
