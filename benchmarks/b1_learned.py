@@ -26,6 +26,7 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -70,18 +71,20 @@ def layer_text(run_dir: Path, model_file: str, net: str) -> str:
 
 
 def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
-    """The row of one run: its most accurate (on validation) exported model."""
+    """The row of one run: its most accurate (on validation) exported model, with its latency and spread."""
     base = {"net": net, "seed": seed, "method": method, "seconds": round(seconds, 1)}
     if not outcome.models:
         return {**base, "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0, "layers": "no model"}
     model = max(outcome.models, key=lambda m: m.val_accuracy)
     return {**base, "test_accuracy": model.test_accuracy, "val_accuracy": model.val_accuracy,
             "packed_bytes": model.size_bytes, "ratio": round(original / model.size_bytes, 1),
+            "latency_ms": round(model.latency_ms, 3), "latency_spread_ms": round(model.latency_spread_ms, 3),
             "layers": layer_text(outcome.run_dir, model.model_file, net)}
 
 
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per net and method: median test accuracy and ratio over the seeds, with their ranges, and the median time."""
+def summary(frame: pd.DataFrame, medians: Sequence[str] = ()) -> pd.DataFrame:
+    """Per net and method: median test accuracy and ratio over the seeds, with their ranges, the median of each
+    column in ``medians`` (e.g. ``packed_bytes``, ``latency_ms``), and the median time."""
     rows = []
     for (net, method), group in frame.groupby(["net", "method"], sort=False):
         acc, ratio = group["test_accuracy"], group["ratio"]
@@ -90,6 +93,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                      "test acc range": f"{acc.min():.3f}-{acc.max():.3f}",
                      "ratio (median)": round(float(ratio.median()), 1),
                      "ratio range": f"{ratio.min():.0f}-{ratio.max():.0f}",
+                     **{f"{column} (median)": round(float(group[column].median()), 3) for column in medians},
                      "seconds (median)": round(float(group["seconds"].median()), 1)})
     return pd.DataFrame(rows)
 

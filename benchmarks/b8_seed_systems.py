@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.b1_learned import layer_text  # noqa: E402
+from benchmarks.b1_learned import row, summary  # noqa: E402
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
 from methods.discovery import discover_layers  # noqa: E402
@@ -35,33 +35,6 @@ from search.runner import RunOutcome  # noqa: E402
 
 TARGET_FACTOR = 1.5
 ROWS = ("recipe", "search", "hashed", "hashed-search", "net-trim", "net-trim-search")
-
-
-def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
-    """One run's row: its most accurate (on validation) exported model."""
-    base = {"net": net, "seed": seed, "method": method, "seconds": round(seconds, 1)}
-    if not outcome.models:
-        return {**base, "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0, "layers": "no model"}
-    model = max(outcome.models, key=lambda m: m.val_accuracy)
-    return {**base, "test_accuracy": model.test_accuracy, "packed_bytes": model.size_bytes,
-            "ratio": round(original / model.size_bytes, 1), "latency_ms": round(model.latency_ms, 3),
-            "latency_spread_ms": round(model.latency_spread_ms, 3),
-            "layers": layer_text(outcome.run_dir, model.model_file, net)}
-
-
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per net and method: medians over the seeds, with the accuracy's range."""
-    rows = []
-    for (net, method), group in frame.groupby(["net", "method"], sort=False):
-        acc, ratio = group["test_accuracy"], group["ratio"]
-        rows.append({"net": net, "method": method, "seeds": len(group),
-                     "test acc (median)": round(float(acc.median()), 4),
-                     "test acc range": f"{acc.min():.3f}-{acc.max():.3f}",
-                     "packed bytes (median)": int(group["packed_bytes"].median()),
-                     "ratio (median)": round(float(ratio.median()), 1),
-                     "latency ms (median)": round(float(group["latency_ms"].median()), 3),
-                     "seconds (median)": round(float(group["seconds"].median()), 1)})
-    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -118,7 +91,8 @@ def main() -> None:
                     outcome, seconds = go(key, **settings)
                     rows.append(row(net, seed, method, outcome, seconds, original))
             frame = pd.DataFrame(rows)  # written after every seed, so a cut-off run keeps what it measured
-            write_outputs(args.out, frame, markdown_table(summary(frame)) + "\n\nPer seed:\n\n" +
+            table = summary(frame, medians=("packed_bytes", "latency_ms"))
+            write_outputs(args.out, frame, markdown_table(table) + "\n\nPer seed:\n\n" +
                           markdown_table(frame), args)
 
 

@@ -3,10 +3,7 @@ reload with the reported accuracy, and what the method removed stays removed."""
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +11,15 @@ import torch
 
 from envs.tasks import evaluate_accuracy, load_task
 from search import load_model
+from tests.fixtures.entry_script import ROOT, csv_rows, run_search_py
 from tests.fixtures.tiny_nets import TinyCNN, tiny_splits
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/fixtures/tiny_nets.py"
 pytestmark = pytest.mark.slow
 
 
-def _search(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL, timeout=600)
-
-
 def _pareto(run: Path) -> list[dict[str, str]]:
-    with open(run / "pareto.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    return csv_rows(run / "pareto.csv")
 
 
 @pytest.mark.parametrize(
@@ -39,7 +30,7 @@ def test_learned_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recip
     config.write_text("export:\n  learned_epochs: 20\n  learned_lr: 0.01\n  learned_strength: 5\n"
                       "  finetune_epochs: 1\n")
     run = tmp_path / "run"
-    proc = _search("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--recipe", recipe,
+    proc = run_search_py("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--recipe", recipe,
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _pareto(run)
@@ -57,14 +48,13 @@ def test_export_learned_on_a_built_in_task_removes_channels_and_reloads(tmp_path
     config.write_text("export:\n  learned: group_lasso\n  learned_epochs: 2\n  learned_strength: 5\n"
                       "  finetune_epochs: 0.5\n  max_models: 2\n")
     run = tmp_path / "run"
-    proc = _search("--task", "lenet300", "--searcher", "random", "--trials", "3", "--budget-mb", "1",
+    proc = run_search_py("--task", "lenet300", "--searcher", "random", "--trials", "3", "--budget-mb", "1",
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = _pareto(run)
     assert rows
     assert "Learned sparsity group_lasso: trained once in" in (run / "report.md").read_text()
-    with open(run / "trials.csv", newline="") as handle:  # every candidate started from what the method learned
-        trials = list(csv.DictReader(handle))
+    trials = csv_rows(run / "trials.csv")  # every candidate started from what the method learned
     assert all(json.loads(t["policy"])["learned"] == "group_lasso" for t in trials) and trials[0]["status"] == "ok"
     task = load_task("lenet300")
     for row in rows:

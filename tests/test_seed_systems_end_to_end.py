@@ -3,32 +3,19 @@ a built-in task; the exported files reload with the reported accuracy."""
 
 from __future__ import annotations
 
-import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from envs.tasks import evaluate_accuracy
+from envs.tasks import evaluate_accuracy, load_task
 from methods.packing import read_header
 from search import load_model
+from tests.fixtures.entry_script import ROOT, csv_rows, run_search_py
 from tests.fixtures.tiny_nets import tiny_splits
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/fixtures/tiny_nets.py"
 pytestmark = pytest.mark.slow
-
-
-def _search(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL, timeout=600)
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.parametrize(("recipe", "check"), [("hashednets", "hashed"), ("net-trim", "net_trim")])
@@ -36,10 +23,10 @@ def test_recipe_on_a_user_model_reloads_with_its_reported_accuracy(recipe: str, 
     config = tmp_path / "config.yaml"
     config.write_text("export:\n  finetune_epochs: 0.5\n")
     run = tmp_path / "run"
-    proc = _search("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--recipe", recipe,
+    proc = run_search_py("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--recipe", recipe,
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rows = _rows(run / "pareto.csv")
+    rows = csv_rows(run / "pareto.csv")
     assert len(rows) == 1
     policy = json.loads(rows[0]["policy"])
     path = run / rows[0]["model_file"]
@@ -57,16 +44,14 @@ def test_hashed_codes_and_net_trim_are_searched_choices(tmp_path: Path) -> None:
     config.write_text("space:\n  quantizers: [hashed]\n  saliencies: [net_trim, magnitude]\n"
                       "  channel_pruning: false\nexport:\n  finetune_epochs: 0.25\n  max_models: 2\n")
     run = tmp_path / "run"
-    proc = _search("--task", "lenet300", "--searcher", "random", "--trials", "3", "--budget-mb", "0.5",
+    proc = run_search_py("--task", "lenet300", "--searcher", "random", "--trials", "3", "--budget-mb", "0.5",
                    "--config", str(config), "--out", str(run), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    trials = [json.loads(t["policy"]) for t in _rows(run / "trials.csv")]
+    trials = [json.loads(t["policy"]) for t in csv_rows(run / "trials.csv")]
     coded = [c for p in trials for c in p["layers"].values() if c.get("bits", 32) != 32]
     assert coded and all(c["quantizer"] == "hashed" for c in coded)
     assert {p.get("saliency", "magnitude") for p in trials} <= {"net_trim", "magnitude"}
-    from envs.tasks import load_task
-
     task = load_task("lenet300")
-    for row in _rows(run / "pareto.csv"):
+    for row in csv_rows(run / "pareto.csv"):
         model = load_model(run / row["model_file"])
         assert evaluate_accuracy(model, task.test) == float(row["test_accuracy"])

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 
-def _digest_tensor(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> None:
+def _digest_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
     digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
     digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
