@@ -103,6 +103,11 @@ class SpaceSettings:
         if not 0.0 <= self.latency_fill <= 1.0:
             raise ValueError("latency_fill must be in [0, 1] (0 = off)")
 
+    def keeps(self) -> tuple[float, ...]:
+        """The keep ratios on the grid, from 1 down by ``keep_step`` to no less than ``keep_min``."""
+        n = math.floor((1.0 - self.keep_min) / self.keep_step + 1e-9)
+        return tuple(round(1.0 - i * self.keep_step, 6) for i in range(n + 1))
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -167,9 +172,7 @@ class SearchSpace:
 
     def keep_grid(self) -> tuple[float, float, float]:
         """Smallest keep ratio, largest (1) and step of the keep grid."""
-        step = self.settings.keep_step
-        n = math.floor((1.0 - self.settings.keep_min) / step + 1e-9)
-        return round(1.0 - n * step, 6), 1.0, step
+        return self.settings.keeps()[-1], 1.0, self.settings.keep_step
 
     @property
     def searches_keep(self) -> bool:

@@ -182,7 +182,7 @@ class Evaluator:
         self._saliency_cache = ScoreCache()
         self.layers: list[LayerSpec] = discover_layers(task.model, task.input_shape)
         self.groups = channel_groups(task.model, task.input_shape)
-        self.learned = LearnedBases(task, self.layer_names, self.leaders, self.compute)
+        self.learned = LearnedBases(task, self.layer_names, self.leaders, self.compute, device.channel_multiple)
         """The task's model after each learned-sparsity method a policy names (trained once per method)."""
         self.learned_default: str | None = None
         """The learned method every candidate that names none starts from (a run's ``export.learned``)."""

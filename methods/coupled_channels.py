@@ -56,6 +56,9 @@ class CoupledChannels:
     """Channels in the group."""
     slices: tuple[Slice, ...]
     """The slices, outputs first."""
+    buffers: tuple[Slice, ...] = ()
+    """Per-channel buffers (BatchNorm running statistics), named in ``model.named_buffers()``; moved along with the
+    slices by :meth:`permute`."""
 
     def squares(self, params: Mapping[str, torch.Tensor], outputs_only: bool = False) -> torch.Tensor:
         """Per channel, the sum of squares of its slices (differentiable)."""
@@ -93,6 +96,58 @@ class CoupledChannels:
     def dead(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Channels whose output slices are all exactly zero (bool per channel)."""
         return self.squares(params, outputs_only=True) == 0
+
+    def l1(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per channel, the L1 norm of its input slices (the consumers' columns: once-for-all's channel importance),
+        or of its output slices in a group without consumers."""
+        inputs = [part for part in self.slices if not part.output] or list(self.slices)
+        total = torch.zeros(self.channels)
+        with torch.no_grad():
+            for part in inputs:
+                param = params[part.name]
+                values = param.index_select(part.dim, part.positions.to(param.device)).abs()
+                per_position = values.transpose(0, part.dim).reshape(len(part.positions), -1).sum(1).cpu()
+                total += part.per_channel(per_position.to(total), self.channels)
+        return total
+
+    def permute(self, model: nn.Module, order: torch.Tensor) -> None:
+        """Reorders the group's channels in place: channel ``c`` afterwards holds what channel ``order[c]`` held, on
+        every slice and buffer (the network computes the same function).
+
+        Raises:
+            ValueError: when ``order`` is not a permutation of the channels, or a slice gives its channels unequal
+                numbers of positions.
+        """
+        order = torch.as_tensor(order, dtype=torch.int64)
+        if sorted(order.tolist()) != list(range(self.channels)):
+            raise ValueError(f"group {self.leader!r}: order must be a permutation of its {self.channels} channels")
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        with torch.no_grad():
+            for part in (*self.slices, *self.buffers):
+                tensor = tensors[part.name]
+                target, source = _moved_positions(part, order, self.channels, self.leader)
+                target, source = target.to(tensor.device), source.to(tensor.device)
+                tensor.index_copy_(part.dim, target, tensor.index_select(part.dim, source))
+
+
+def _moved_positions(part: Slice, order: torch.Tensor, channels: int, leader: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of ``part`` and, for each, the position whose value it takes when channel ``c`` takes channel
+    ``order[c]``'s values (a channel's positions matched in ascending order)."""
+    counts = torch.bincount(part.channels, minlength=channels)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(f"group {leader!r}: {part.name} gives its channels unequal numbers of positions")
+    ranked = torch.argsort(part.channels * (int(part.positions.max()) + 1) + part.positions)
+    grid = part.positions[ranked].reshape(channels, -1)
+    return grid.flatten(), grid[order].flatten()
+
+
+def _norm_buffers(module: nn.Module, prefix: str, idxs: Sequence[int], roots: Sequence[int]) -> list[Slice]:
+    """The running statistics of a BatchNorm output item, as slices of its buffers."""
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.running_mean is None:
+        return []
+    positions = torch.tensor(list(idxs), dtype=torch.int64)
+    channels = torch.tensor(list(roots), dtype=torch.int64)
+    return [Slice(f"{prefix}{name}", 0, positions, channels, True, 1) for name in ("running_mean", "running_var")]
 
 
 def _layer_slices(
@@ -137,17 +192,21 @@ def coupled_channels(model: nn.Module, input_shape: Sequence[int], leaders: Sequ
         if group.leader not in wanted or group.unit != 1:
             continue
         parts: list[Slice] = []
+        buffers: list[Slice] = []
         for module, output, idxs, roots in items:
             prefix = f"{names[module]}." if names.get(module) else ""
             got = _layer_slices(module, prefix, output, idxs, roots)
             if got is None:
                 break
             parts.extend(got)
+            if output:
+                buffers.extend(_norm_buffers(module, prefix, idxs, roots))
         else:
             unique = {(p.name, p.dim, tuple(p.positions.tolist())): p for p in parts}
             ordered = sorted(unique.values(), key=lambda p: not p.output)
+            kept = tuple({(b.name, tuple(b.positions.tolist())): b for b in buffers}.values())
             if any(p.output for p in ordered):
-                found.append(CoupledChannels(group.leader, group.channels, tuple(ordered)))
+                found.append(CoupledChannels(group.leader, group.channels, tuple(ordered), kept))
     return found
 
 

@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--learned", metavar="METHOD", help="learned sparsity before export: variational_dropout, "
-                        "group_lasso, l0_gates, soft_sharing or bayesian (trained once from the model; sets "
-                        "export.learned)")
+                        "group_lasso, l0_gates, soft_sharing, bayesian, early_bird or ofa (trained once from the "
+                        "model; sets export.learned)")
+    parser.add_argument("--ofa", action="store_true", help="once-for-all search: train one elastic supernet from "
+                        "the model (cached), then score its sub-networks with no fine-tune")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", help="device profile in configs/devices/ (default cpu-b32)")
@@ -59,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, object]:
-    from search.config import read_config_file
+    from search.config import once_for_all, read_config_file
 
     values: dict[str, object] = read_config_file(args.config) if args.config else {}
     for name in ("budget_mb", "target_latency", "task", "model", "weights", "data", "metric", "compute", "searcher",
@@ -76,6 +78,8 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         if not isinstance(export, dict):
             raise UsageError("config section 'export' must be a mapping")
         values["export"] = {**export, "learned": args.learned}
+    if args.ofa:
+        values = once_for_all(values)
     if args.recipe is not None:
         values.update(searcher="recipe", searcher_options={"name": args.recipe})
         values.setdefault("trials", 1)

@@ -14,9 +14,11 @@ from core.errors import UsageError
 from core.space import SpaceSettings
 from envs.device import DEFAULT_DEVICE, list_devices
 from envs.evaluator import EvaluatorSettings
+from envs.learned_bases import ELASTIC_IMPORTANCE
 from envs.tasks import DEFAULT_TASK, TASK_NAMES
 from methods.channel_importance import CHANNEL_IMPORTANCES
 from methods.compute import compute_device
+from methods.learned import check_learned
 from methods.quantizers import QUANTIZERS
 from methods.saliency import SALIENCIES
 from search.drivers import check_config, driver_for
@@ -87,8 +89,21 @@ class SearchConfig:
             raise UsageError(f"seed must be an integer, got {self.seed!r}")
         if self.weights is not None and self.model is None:
             raise UsageError("--weights needs --model FILE.py:factory; built-in tasks train their own weights")
+        self._check_elastic()
         self.budget  # noqa: B018 - parses both budgets so bad units fail here
         self.searcher_settings  # noqa: B018 - validates searcher_options
+
+    def _check_elastic(self) -> None:
+        """An elastic method (a supernet) is searched by cutting its first channels."""
+        if self.export.learned is None or not check_learned(self.export.learned).elastic:
+            return
+        name = self.export.learned
+        if not self.space.channel_pruning:
+            raise UsageError(f"export.learned {name!r} trains a supernet of channel widths: set "
+                             "space.channel_pruning: true (or use --ofa)")
+        if tuple(self.space.channel_importances) != (ELASTIC_IMPORTANCE,):
+            raise UsageError(f"export.learned {name!r} is cut at its first channels: set space.channel_importances: "
+                             f"[{ELASTIC_IMPORTANCE}] (or use --ofa, which sets it)")
 
     def _check_devices(self) -> None:
         devices = self.devices
@@ -152,6 +167,33 @@ class SearchConfig:
 
 
 _NESTED = {"space": SpaceSettings, "evaluator": EvaluatorSettings, "export": ExportSettings}
+ONCE_FOR_ALL: dict[str, dict[str, Any]] = {
+    "export": {"learned_lr": 3e-4},
+    "space": {"channel_importances": [ELASTIC_IMPORTANCE], "learned_seed": False, "channel_pruning": True},
+    "evaluator": {"finetune_steps": 0, "promote_top": 0.0},
+}
+"""What ``--ofa`` sets where the config file does not: the searchers cut sub-networks from the supernet
+(``export.learned: ofa``) and score them with no fine-tune (BatchNorm recalibrated)."""
+
+
+def once_for_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (config keys) in once-for-all search mode: ``export.learned: ofa`` plus :data:`ONCE_FOR_ALL` where
+    ``values`` leaves them unset.
+
+    Raises:
+        UsageError: when ``values`` names another learned method.
+    """
+    merged = dict(values)
+    for section, defaults in ONCE_FOR_ALL.items():
+        given = merged.get(section) or {}
+        if not isinstance(given, Mapping):
+            raise UsageError(f"config section {section!r} must be a mapping")
+        merged[section] = {**defaults, **given}
+    learned = merged["export"].get("learned")
+    if learned not in (None, "ofa"):
+        raise UsageError(f"--ofa searches a once-for-all supernet; drop export.learned {learned!r} (or --learned)")
+    merged["export"]["learned"] = "ofa"
+    return merged
 FINETUNE_FIELD = "finetune"
 """The field of a section that holds a :class:`FinetuneSettings`; config.yaml spells it as the section's
 ``FINETUNE_KEYS`` (flat keys such as ``finetune_steps``), the one place that maps the two shapes."""

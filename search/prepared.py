@@ -52,8 +52,13 @@ def prepare(config: SearchConfig, progress: bool = False) -> Prepared:
     evaluator = driver_for(config).evaluator_type()(task, device, config.evaluator, compute=config.compute)
     evaluator.learned.settings = config.export.learned_settings(config.seed)
     evaluator.learned.progress = progress
+    evaluator.learned.keeps = config.space.keeps() if config.space.channel_pruning else ()
     if config.export.learned is not None:  # trained now: a model the method cannot train fails before any output
         evaluator.learned.base(config.export.learned)
+        whole = evaluator.learned.inelastic(config.export.learned)
+        if whole:
+            print(f"warning: learned {config.export.learned!r}: the channel groups led by {', '.join(whole)} are "
+                  "not elastic (layers the supernet cannot slice) and stay whole", file=sys.stderr)
         evaluator.learned_default = config.export.learned  # every candidate starts from it, searched and exported
     try:
         evaluator.runnable(task.model)

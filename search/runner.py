@@ -11,7 +11,9 @@ from tqdm import tqdm
 
 from core.policy import Policy
 from envs.evaluator import LatencyCheck
+from envs.learned_bases import LearnedBase
 from envs.timing import MAX_ROUNDS, MIN_ROUNDS, calls_per_round
+from methods.learned import check_learned
 from search.archive import Trial
 from search.drivers import driver_for
 from search.export import ExportedModel, candidates, export_front, reserves, write_pareto_csv
@@ -112,11 +114,18 @@ def _run(prepared: Prepared, run_dir: Path, progress: bool) -> RunOutcome:
         export_seconds=export_seconds,
         latency_checks=prepared.evaluator.latency_checks,
         latency_notes=latency_notes(prepared.latency_reach, config.budget.latency_ms),
-        learned_notes=[
-            f"Learned sparsity {name}: trained once in {base.outcome.seconds:.1f} s (within the times above), "
-            f"{100 * base.kept_weights:.2f}% of the compressible weights left, {sum(base.dead.values())} channels "
-            f"zeroed" + (f", bits read per layer: {base.bits}" if base.bits else "")
-            for name, base in prepared.evaluator.learned.trained.items()
-        ],
+        learned_notes=[learned_note(name, base) for name, base in prepared.evaluator.learned.trained.items()],
     )
     return RunOutcome(run_dir, trials, models, baseline, prepared.evaluator.latency_checks)
+
+
+def learned_note(name: str, base: LearnedBase) -> str:
+    """report.md's line on one learned method's training."""
+    if base.outcome.cached:
+        trained = f"read from the cache (trained in {base.outcome.seconds:.1f} s by an earlier run)"
+    else:
+        trained = f"trained once in {base.outcome.seconds:.1f} s (within the times above)"
+    if check_learned(name).elastic:
+        return f"Once-for-all supernet {name}: {trained}; candidates are its sub-networks (each group's first channels)"
+    return (f"Learned sparsity {name}: {trained}, {100 * base.kept_weights:.2f}% of the compressible weights left, "
+            f"{sum(base.dead.values())} channels zeroed" + (f", bits read per layer: {base.bits}" if base.bits else ""))

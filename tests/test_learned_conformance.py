@@ -1,5 +1,5 @@
 """Every learned-sparsity method in the registry keeps the model's structure, is seeded, and removes nothing
-without a penalty and something with a strong one."""
+without a penalty and something with a strong one (an elastic one, a supernet, removes nothing at all)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,20 @@ def test_learned_method_keeps_structure_and_is_seeded(name: str, model: torch.nn
     assert _zeros(model) == 0 and not torch.equal(before["conv1.weight"], after["conv1.weight"])  # trained a copy
 
 
-@pytest.mark.parametrize("name", LEARNED.names())
+@pytest.mark.parametrize("name", [n for n in LEARNED.names() if not LEARNED[n].elastic])
 def test_learned_method_removes_more_with_a_stronger_penalty(name: str, model: torch.nn.Module) -> None:
     settings = [LearnedSettings(epochs=20, lr=1e-2, strength=s, batch_size=32) for s in (0.0, 200.0)]
     removed = [_zeros(learn(model, name, _target(model), setting)[0]) for setting in settings]
     total = sum(model.get_parameter(key).numel() for key in KEYS)
     assert removed[1] > removed[0] and removed[1] > 0.2 * total
+
+
+@pytest.mark.parametrize("name", [n for n in LEARNED.names() if LEARNED[n].elastic])
+def test_elastic_method_removes_nothing(name: str, model: torch.nn.Module) -> None:
+    trained, _ = learn(model, name, _target(model), LearnedSettings(epochs=2, batch_size=32))
+    target = _target(trained)
+    params = dict(trained.named_parameters())
+    assert _zeros(trained) == 0 and not any(bool(g.dead(params).any()) for g in target.groups)
 
 
 @pytest.mark.parametrize("factory", ["row_lstm", "conv_gru", "tiny_vit"])

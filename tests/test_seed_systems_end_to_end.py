@@ -1,5 +1,5 @@
-"""HashedNets and Net-Trim through the real entry script: as recipes on a user's model and as searched choices on
-a built-in task; the exported files reload with the reported accuracy."""
+"""HashedNets, Net-Trim and once-for-all through the real entry script: as recipes on a user's model, as searched
+choices on a built-in task, and as a search mode; the exported files reload with the reported accuracy."""
 
 from __future__ import annotations
 
@@ -55,3 +55,23 @@ def test_hashed_codes_and_net_trim_are_searched_choices(tmp_path: Path) -> None:
     for row in csv_rows(run / "pareto.csv"):
         model = load_model(run / row["model_file"])
         assert evaluate_accuracy(model, task.test) == float(row["test_accuracy"])
+
+
+def test_ofa_search_scores_subnetworks_without_finetune_and_reuses_the_supernet(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("export:\n  learned_epochs: 1\n  finetune_epochs: 0\n  max_models: 2\n")
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for run, trials in zip(runs, ("3", "1"), strict=True):
+        proc = run_search_py("--model", f"{TINY}:tiny_cnn", "--data", f"{TINY}:tiny_splits", "--ofa", "--searcher",
+                             "random", "--trials", trials, "--config", str(config), "--out", str(run), "--quiet",
+                             cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    trials = csv_rows(runs[0] / "trials.csv")
+    assert all(t["finetune_steps"] == "0" for t in trials)
+    policies = [json.loads(t["policy"]) for t in trials]
+    assert all(p["learned"] == "ofa" and p["channel_importance"] == "index" for p in policies)
+    assert "trained once" in (runs[0] / "report.md").read_text()
+    assert "read from the cache" in (runs[1] / "report.md").read_text()  # one supernet serves both runs
+    for row in csv_rows(runs[0] / "pareto.csv"):
+        model = load_model(runs[0] / row["model_file"], trust_source=True)
+        assert evaluate_accuracy(model, tiny_splits()[2]) == float(row["test_accuracy"])

@@ -245,7 +245,9 @@ def _load_cached(model: nn.Module, path: Path) -> bool:
     return True
 
 
-def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+def save_state_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Writes ``state`` to ``path`` through a temporary file in the same folder (never a half-written file); a
+    failure to write is a warning, not an error (the file is a cache)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -278,7 +280,7 @@ def _trained(
         return
     logger.info("training %s (%s); caching weights at %s", name, recipe, path)
     train_model(model, splits[0], recipe, progress=progress, loss=loss, device=compute_device(compute))
-    _save_atomic({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+    save_state_atomic({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
 
 
 def load_task(

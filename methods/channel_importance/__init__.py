@@ -7,7 +7,10 @@ without a normaliser so that scores keep their raw order:
 * ``l2``: the same with squared (L2) magnitudes;
 * ``bn``: mean ``|gamma|`` of the group's BatchNorm layers (network slimming, Liu et al., 2017);
 * ``taylor``: first-order Taylor saliency ``|w * dL/dw|`` of the group's conv/linear weights
-  (Molchanov et al., 2019), from gradients :mod:`methods.structured` computes on calibration data.
+  (Molchanov et al., 2019), from gradients :mod:`methods.structured` computes on calibration data;
+* ``index``: the channel's position, the first channels kept: a once-for-all supernet
+  (:mod:`methods.learned.ofa`) orders every group's channels by importance while it trains, so its
+  sub-networks are its first channels (on another model this keeps an arbitrary subset).
 
 A scorer that finds nothing to score in a group (``bn`` without an affine BatchNorm) falls back to
 ``l1`` there (:mod:`methods.structured`). A new criterion is one ``CHANNEL_IMPORTANCES.register`` line
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+import torch
 import torch_pruning as tp
 
 from core.registry import Registry
@@ -36,6 +40,14 @@ class ChannelImportance:
     """True when the scorer reads ``.grad``: the cross-entropy gradient on calibration data ``(inputs, labels)``."""
 
 
+class IndexImportance(tp.importance.Importance):
+    """Scores each channel of a full group by minus its index, so the last channels go first."""
+
+    @torch.no_grad()
+    def __call__(self, group: tp.dependency.Group) -> torch.Tensor:
+        return -torch.arange(len(group[0].root_idxs), dtype=torch.float32)
+
+
 CHANNEL_IMPORTANCES: Registry[ChannelImportance] = Registry("channel importance")
 """Structured pruning criteria by name (a policy's ``channel_importance``)."""
 _MEAN = {"group_reduction": "mean", "normalizer": None}
@@ -45,6 +57,7 @@ CHANNEL_IMPORTANCES.register("bn", ChannelImportance(partial(tp.importance.BNSca
 CHANNEL_IMPORTANCES.register(
     "taylor", ChannelImportance(partial(tp.importance.GroupTaylorImportance, **_MEAN), needs_data=True)
 )
+CHANNEL_IMPORTANCES.register("index", ChannelImportance(IndexImportance))
 FALLBACK = "l1"
 """The criterion used in a group where another one finds nothing to score."""
 

@@ -9,7 +9,9 @@
 * ``bayesian``: Bayesian compression with the group normal-Jeffreys prior (Louizos, Ullrich and Welling 2017),
   :mod:`methods.learned.bayesian`;
 * ``early_bird``: early-bird tickets (You et al. 2020), network slimming until the channel mask converges, then the
-  ticket trained alone, :mod:`methods.learned.early_bird`.
+  ticket trained alone, :mod:`methods.learned.early_bird`;
+* ``ofa``: a once-for-all supernet (Cai et al. 2020) whose first channels of every group form working sub-networks,
+  by progressive shrinking with distillation; it removes nothing (``elastic``), :mod:`methods.learned.ofa`.
 
 A policy names one in its ``learned`` field; the evaluator trains the task's model with it once per run
 (:meth:`envs.evaluator.Evaluator.learned_model`) and every candidate with that field starts from the result. A new
@@ -30,6 +32,7 @@ from methods.learned.bayesian import BayesianCompression
 from methods.learned.early_bird import EarlyBird
 from methods.learned.group_lasso import GroupLasso
 from methods.learned.l0_gates import L0Gates
+from methods.learned.ofa import OnceForAll
 from methods.learned.soft_sharing import SoftWeightSharing
 from methods.learned.variational_dropout import VariationalDropout
 
@@ -41,6 +44,7 @@ LEARNED.register("l0_gates", L0Gates())
 LEARNED.register("soft_sharing", SoftWeightSharing())
 LEARNED.register("bayesian", BayesianCompression())
 LEARNED.register("early_bird", EarlyBird())
+LEARNED.register("ofa", OnceForAll())
 
 
 def check_learned(name: str) -> LearnedMethod:

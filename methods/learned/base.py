@@ -58,6 +58,8 @@ class Learned:
     statistics: dict[str, torch.Tensor] = field(default_factory=dict)
     """The method's own per-weight or per-channel quantity (log-alpha, gate value, group norm), by weight key or
     group leader."""
+    cached: bool = False
+    """True when the training was read from the cache (``seconds`` is then the original training's)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class Target:
     initial: Mapping[str, torch.Tensor] | None = None
     """The model's untrained state, when known (a task this tool trained): methods that train from scratch start
     there."""
+    widths: Mapping[str, Sequence[int]] | None = None
+    """Per group leader, the channel counts the search may cut the group to (elastic methods train exactly these;
+    a group left out: every count)."""
 
 
 class LearnedMethod(ABC):
@@ -88,6 +93,9 @@ class LearnedMethod(ABC):
     """True when the method removes whole channels (their removal then makes the model faster, too)."""
     description: ClassVar[str] = ""
     """One line naming the method and its paper."""
+    elastic: ClassVar[bool] = False
+    """True for a supernet: it removes nothing, but orders every channel group so that each of its first-``k``
+    sub-networks works without fine-tuning; candidates then cut groups by the ``index`` channel importance."""
 
     @abstractmethod
     def fit(self, model: nn.Module, target: Target, settings: LearnedSettings) -> Learned:

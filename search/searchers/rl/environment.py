@@ -132,10 +132,7 @@ class ActionGrid:
         steps = math.floor(s.sparsity_max / s.sparsity_step + 1e-9)
         sparsities = tuple(round(i * s.sparsity_step, 6) for i in range(steps + 1)) if mode != "bits" else (0.0,)
         bits = tuple(sorted(s.bits, reverse=True)) if mode != "prune" else (max(s.bits),)
-        steps = math.floor((1.0 - s.keep_min) / s.keep_step + 1e-9)
-        keeps = (1.0,)
-        if mode != "bits" and space.searches_keep:
-            keeps = tuple(round(1.0 - i * s.keep_step, 6) for i in range(steps + 1))
+        keeps = s.keeps() if mode != "bits" and space.searches_keep else (1.0,)
         quantizers = tuple(s.quantizers) if mode != "prune" else tuple(s.quantizers[:1])
         grids = (sparsities, bits, quantizers, keeps)
         dims = tuple(d for d, v in zip(DIMENSIONS, grids, strict=True) if len(v) > 1)
