@@ -46,6 +46,12 @@ def soft_target_loss(outputs: torch.Tensor, teacher: torch.Tensor, temperature: 
     )
 
 
+def mimic_loss(outputs: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Ba and Caruana's mimic loss: half the squared L2 distance between the student's and the teacher's logits
+    (last dim), averaged over positions; no softmax, no temperature (it regresses the logits themselves)."""
+    return 0.5 * (outputs - teacher).pow(2).sum(-1).mean()
+
+
 class Metric(ABC):
     """A metric over a split, accumulated batch by batch (register an instance in :data:`METRICS`)."""
 

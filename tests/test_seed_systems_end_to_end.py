@@ -1,5 +1,6 @@
-"""HashedNets, Net-Trim and once-for-all through the real entry script: as recipes on a user's model, as searched
-choices on a built-in task, and as a search mode; the exported files reload with the reported accuracy."""
+"""HashedNets, Net-Trim, once-for-all and mimic students through the real entry script: as recipes on a user's
+model, as searched choices on a built-in task, as a search mode and as built-in tasks; the exported files reload
+with the reported accuracy."""
 
 from __future__ import annotations
 
@@ -75,3 +76,16 @@ def test_ofa_search_scores_subnetworks_without_finetune_and_reuses_the_supernet(
     for row in csv_rows(runs[0] / "pareto.csv"):
         model = load_model(runs[0] / row["model_file"], trust_source=True)
         assert evaluate_accuracy(model, tiny_splits()[2]) == float(row["test_accuracy"])
+
+
+def test_a_mimic_student_is_compressed_and_reloads_with_its_reported_accuracy(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = run_search_py("--task", "lenet300-mimic", "--recipe", "uniform", "--out", str(run), "--quiet",
+                         cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = csv_rows(run / "pareto.csv")
+    task = load_task("lenet300-mimic")
+    assert len(rows) == 1
+    model = load_model(run / rows[0]["model_file"])  # a built-in architecture: no code to trust
+    assert sum(p.numel() for p in model.parameters()) == 79_510
+    assert evaluate_accuracy(model, task.test) == float(rows[0]["test_accuracy"])

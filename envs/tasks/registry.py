@@ -20,10 +20,11 @@ from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
-from envs.tasks import charlstm, chartransformer, mobilenet, mobilenet96, models
+from envs.tasks import charlstm, chartransformer, mobilenet, mobilenet96, models, students
 from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, probe, sample_shape
 from envs.tasks.definition import Loss, checked_definition
 from envs.tasks.mnist96 import mnist96_splits
+from envs.tasks.students import teacher_targets
 from envs.tasks.text import text_splits
 from envs.tasks.training import TrainRecipe, train_model
 from envs.tasks.user import (
@@ -39,7 +40,7 @@ from envs.tasks.user import (
     state_dict_problems,
 )
 from methods.compute import compute_device
-from methods.objective import METRICS, Metric, default_metric
+from methods.objective import METRICS, Metric, default_metric, mimic_loss
 from methods.streams import Data
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,21 @@ class TaskSpec:
     """The task's (train, val, test) splits."""
     metric: str = "accuracy"
     """The metric it is scored by (:data:`methods.objective.METRICS`)."""
+    teacher: str | None = None
+    """A built-in task whose trained model this one mimics (Ba and Caruana 2014): it is trained to regress that
+    model's logits on the training inputs (:func:`methods.objective.mimic_loss`) instead of the labels."""
+
+
+def _students(teacher: str, factory: Callable[[], nn.Module], recipe: TrainRecipe, params: str) -> dict[str, TaskSpec]:
+    """A teacher's two student tasks: ``<teacher>-mimic`` trained on its logits, ``<teacher>-student`` (the same
+    network and recipe) on the labels."""
+    name = factory.__name__
+    return {
+        f"{teacher}-mimic": TaskSpec(factory, recipe, f"{name} ({params} params) trained on the {teacher} task's "
+                                     "logits (mimic student, Ba and Caruana 2014) on MNIST-5k", teacher=teacher),
+        f"{teacher}-student": TaskSpec(factory, recipe, f"{name} ({params} params) trained on the labels (the "
+                                       f"{teacher}-mimic control) on MNIST-5k"),
+    }
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -108,6 +124,10 @@ TASKS: dict[str, TaskSpec] = {
         data=text_splits,
         metric="bpc",
     ),
+    **_students("lenet300", students.ShallowMLP, TrainRecipe(epochs=15, lr=2e-3, batch_size=32), "79,510"),
+    **_students("lenet5", students.ShallowCNN, TrainRecipe(epochs=10, lr=1e-3, batch_size=32), "79,926"),
+    **_students("resnet", students.SmallCNN, TrainRecipe(epochs=8, lr=2e-3, batch_size=32, schedule="cosine"),
+                "50,282"),
 }
 """Registry of built-in tasks, by name."""
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
@@ -317,9 +337,10 @@ def load_task(
             raise UsageError("--data cannot be used with a task file: the task's factory returns its data")
         return _task_file(task, weights=weights, cache_dir=cache_dir, progress=progress, metric=metric,
                           compute=compute)
+    teacher = None
     if model is None:
         name = task if task is not None else DEFAULT_TASK
-        recipe, builtin_data = _builtin(name).recipe, _builtin(name).data
+        recipe, builtin_data, teacher = _builtin(name).recipe, _builtin(name).data, _builtin(name).teacher
         metric = metric or _builtin(name).metric
         source = {"task": name}
         code = builtin_code_fingerprint(_builtin(name).factory)
@@ -340,7 +361,11 @@ def load_task(
     if weights is None:
         initial = _initial_state(net)
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        _trained(net, name, source, recipe, splits, cache, code, progress, compute=compute)
+        fitted, loss = splits, None
+        if teacher is not None:  # a mimic student: the teacher task's logits are its targets
+            taught = load_task(teacher, data=data, cache_dir=cache_dir, progress=progress, compute=compute).model
+            fitted, loss = (teacher_targets(taught, splits[0]), *splits[1:]), mimic_loss
+        _trained(net, name, source, recipe, fitted, cache, code, progress, loss=loss, compute=compute)
     train, val, test = splits
     return Task(
         initial=initial,
