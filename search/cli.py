@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--searcher", help="random, tpe (= optuna), nsga2, rl, recipe or ray (default tpe)")
     parser.add_argument("--recipe", help="run a fixed policy from configs/recipes/ (e.g. deep-compression)")
     parser.add_argument("--learned", metavar="METHOD", help="learned sparsity before export: variational_dropout, "
-                        "group_lasso, l0_gates, soft_sharing, bayesian, early_bird or ofa (trained once from the "
-                        "model; sets export.learned)")
+                        "group_lasso, l0_gates, soft_sharing, bayesian, early_bird, lassonet or ofa (trained once "
+                        "from the model; sets export.learned)")
     parser.add_argument("--ofa", action="store_true", help="once-for-all search: train one elastic supernet from "
                         "the model (cached), then score its sub-networks with no fine-tune")
     parser.add_argument("--trials", type=int, help="candidates to evaluate (default 40)")

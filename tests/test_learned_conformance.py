@@ -3,6 +3,8 @@ without a penalty and something with a strong one (an elastic one, a supernet, r
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -20,6 +22,15 @@ def model() -> torch.nn.Module:
     return tiny_cnn()
 
 
+def _on_cnn(names: list[str]) -> list[str]:
+    """The methods that train the tiny CNN (an input-selection method needs a Linear first layer)."""
+    cnn = tiny_cnn()
+    return [n for n in names if LEARNED[n].applies_to(cnn, Target(KEYS, [], tiny_data())) is None]
+
+
+CNN_METHODS = _on_cnn(LEARNED.names())
+
+
 def _target(model: torch.nn.Module) -> Target:
     groups = coupled_channels(model, INPUT_SHAPE, [g.leader for g in channel_groups(model, INPUT_SHAPE)])
     return Target(KEYS, groups, tiny_data())
@@ -29,7 +40,7 @@ def _zeros(model: torch.nn.Module) -> int:
     return sum(int((model.get_parameter(key) == 0).sum()) for key in KEYS)
 
 
-@pytest.mark.parametrize("name", LEARNED.names())
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_learned_method_keeps_structure_and_is_seeded(name: str, model: torch.nn.Module) -> None:
     settings = LearnedSettings(epochs=3, strength=1.0, batch_size=32, seed=3)
     first, outcome = learn(model, name, _target(model), settings)
@@ -46,7 +57,7 @@ def test_learned_method_keeps_structure_and_is_seeded(name: str, model: torch.nn
     assert _zeros(model) == 0 and not torch.equal(before["conv1.weight"], after["conv1.weight"])  # trained a copy
 
 
-@pytest.mark.parametrize("name", [n for n in LEARNED.names() if not LEARNED[n].elastic])
+@pytest.mark.parametrize("name", [n for n in CNN_METHODS if not LEARNED[n].elastic])
 def test_learned_method_removes_more_with_a_stronger_penalty(name: str, model: torch.nn.Module) -> None:
     settings = [LearnedSettings(epochs=20, lr=1e-2, strength=s, batch_size=32) for s in (0.0, 200.0)]
     removed = [_zeros(learn(model, name, _target(model), setting)[0]) for setting in settings]
@@ -54,7 +65,7 @@ def test_learned_method_removes_more_with_a_stronger_penalty(name: str, model: t
     assert removed[1] > removed[0] and removed[1] > 0.2 * total
 
 
-@pytest.mark.parametrize("name", [n for n in LEARNED.names() if LEARNED[n].elastic])
+@pytest.mark.parametrize("name", [n for n in CNN_METHODS if LEARNED[n].elastic])
 def test_elastic_method_removes_nothing(name: str, model: torch.nn.Module) -> None:
     trained, _ = learn(model, name, _target(model), LearnedSettings(epochs=2, batch_size=32))
     target = _target(trained)
@@ -62,8 +73,26 @@ def test_elastic_method_removes_nothing(name: str, model: torch.nn.Module) -> No
     assert _zeros(trained) == 0 and not any(bool(g.dead(params).any()) for g in target.groups)
 
 
+@pytest.mark.parametrize("name", sorted(set(LEARNED.names()) - set(CNN_METHODS)))
+def test_a_method_that_refuses_the_cnn_keeps_structure_and_removes_more_on_an_mlp(name: str) -> None:
+    from tests.fixtures.tiny_mlp import tiny_mlp
+
+    mlp, keys = tiny_mlp(), ("1.weight", "3.weight")
+    assert LEARNED[name].applies_to(mlp, Target(keys, [], tiny_data())) is None
+    settings = LearnedSettings(epochs=2, strength=1.0, batch_size=32, seed=3)
+    first, outcome = learn(mlp, name, Target(keys, [], tiny_data()), settings)
+    second, _ = learn(mlp, name, Target(keys, [], tiny_data()), settings)
+    assert outcome.seconds > 0 and LEARNED[name].description and not first.training
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(),
+                                                  strict=True))
+    assert not any(parametrize.is_parametrized(m) for m in first.modules())
+    removed = [int((learn(mlp, name, Target(keys, [], tiny_data()), replace(settings, strength=s))[0]
+                    .get_parameter("1.weight") == 0).sum()) for s in (0.0, 2.0)]
+    assert removed[0] == 0 < removed[1]
+
+
 @pytest.mark.parametrize("factory", ["row_lstm", "conv_gru", "tiny_vit"])
-@pytest.mark.parametrize("name", LEARNED.names())
+@pytest.mark.parametrize("name", CNN_METHODS)
 def test_learned_method_trains_recurrent_and_attention_models(name: str, factory: str) -> None:
     from torch.utils.data import TensorDataset
 

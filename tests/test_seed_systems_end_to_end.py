@@ -89,3 +89,19 @@ def test_a_mimic_student_is_compressed_and_reloads_with_its_reported_accuracy(tm
     model = load_model(run / rows[0]["model_file"])  # a built-in architecture: no code to trust
     assert sum(p.numel() for p in model.parameters()) == 79_510
     assert evaluate_accuracy(model, task.test) == float(rows[0]["test_accuracy"])
+
+
+def test_lassonet_recipe_on_a_user_mlp_zeroes_input_columns_and_reloads(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("export:\n  learned_epochs: 2\n  finetune_epochs: 0.5\n")
+    run = tmp_path / "run"
+    proc = run_search_py("--model", f"{ROOT / 'tests/fixtures/tiny_mlp.py'}:tiny_mlp", "--data",
+                         f"{TINY}:tiny_splits", "--recipe", "lassonet", "--config", str(config), "--out", str(run),
+                         "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = csv_rows(run / "pareto.csv")
+    assert len(rows) == 1 and json.loads(rows[0]["policy"])["learned"] == "lassonet"
+    model = load_model(run / rows[0]["model_file"], trust_source=True)
+    dropped = (model[1].weight == 0).all(dim=0)
+    assert int(dropped.sum()) == 64 - 16  # a quarter of the 8x8 inputs kept
+    assert evaluate_accuracy(model, tiny_splits()[2]) == float(rows[0]["test_accuracy"])

@@ -10,6 +10,8 @@
   :mod:`methods.learned.bayesian`;
 * ``early_bird``: early-bird tickets (You et al. 2020), network slimming until the channel mask converges, then the
   ticket trained alone, :mod:`methods.learned.early_bird`;
+* ``lassonet``: LassoNet input-feature selection (Lemhadri et al. 2021), the inputs a hierarchical lasso path keeps,
+  for models whose first layer is a Linear over the flattened input, :mod:`methods.learned.lassonet`;
 * ``ofa``: a once-for-all supernet (Cai et al. 2020) whose first channels of every group form working sub-networks,
   by progressive shrinking with distillation; it removes nothing (``elastic``), :mod:`methods.learned.ofa`.
 
@@ -32,6 +34,7 @@ from methods.learned.bayesian import BayesianCompression
 from methods.learned.early_bird import EarlyBird
 from methods.learned.group_lasso import GroupLasso
 from methods.learned.l0_gates import L0Gates
+from methods.learned.lassonet import LassoNet
 from methods.learned.ofa import OnceForAll
 from methods.learned.soft_sharing import SoftWeightSharing
 from methods.learned.variational_dropout import VariationalDropout
@@ -45,6 +48,7 @@ LEARNED.register("soft_sharing", SoftWeightSharing())
 LEARNED.register("bayesian", BayesianCompression())
 LEARNED.register("early_bird", EarlyBird())
 LEARNED.register("ofa", OnceForAll())
+LEARNED.register("lassonet", LassoNet())
 
 
 def check_learned(name: str) -> LearnedMethod:

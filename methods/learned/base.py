@@ -97,6 +97,10 @@ class LearnedMethod(ABC):
     """True for a supernet: it removes nothing, but orders every channel group so that each of its first-``k``
     sub-networks works without fine-tuning; candidates then cut groups by the ``index`` channel importance."""
 
+    def applies_to(self, model: nn.Module, target: Target) -> str | None:
+        """Why the method cannot train this model (one line), or None when it can (the default)."""
+        return None
+
     @abstractmethod
     def fit(self, model: nn.Module, target: Target, settings: LearnedSettings) -> Learned:
         """Trains ``model`` in place from its current weights; afterwards its removed weights are exactly zero and
