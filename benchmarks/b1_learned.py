@@ -70,8 +70,10 @@ def layer_text(run_dir: Path, model_file: str, net: str) -> str:
     return " / ".join(parts)
 
 
-def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int) -> dict[str, object]:
-    """The row of one run: its most accurate (on validation) exported model, with its latency and spread."""
+def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, original: int,
+        task: str | None = None) -> dict[str, object]:
+    """The row of one run: its most accurate (on validation) exported model, with its latency and spread
+    (``task``: the run's task when it is not ``net``, e.g. a student of it)."""
     base = {"net": net, "seed": seed, "method": method, "seconds": round(seconds, 1)}
     if not outcome.models:
         return {**base, "test_accuracy": float("nan"), "packed_bytes": 0, "ratio": 0.0, "layers": "no model"}
@@ -79,7 +81,7 @@ def row(net: str, seed: int, method: str, outcome: RunOutcome, seconds: float, o
     return {**base, "test_accuracy": model.test_accuracy, "val_accuracy": model.val_accuracy,
             "packed_bytes": model.size_bytes, "ratio": round(original / model.size_bytes, 1),
             "latency_ms": round(model.latency_ms, 3), "latency_spread_ms": round(model.latency_spread_ms, 3),
-            "layers": layer_text(outcome.run_dir, model.model_file, net)}
+            "layers": layer_text(outcome.run_dir, model.model_file, task or net)}
 
 
 def summary(frame: pd.DataFrame, medians: Sequence[str] = ()) -> pd.DataFrame:

@@ -5,13 +5,19 @@ the recipe's bytes / 1.5, the default space with k-means added), HashedNets (Che
 into 1/8 as many shared values, its recipe), HashedNets searched (the same budget, ``hashed`` as the only code:
 the searchers pick each layer's sparsity and hashing factor), Net-Trim (Aghasi et al. 2016: Deep Compression's
 per-layer table with Net-Trim choosing and refitting the kept weights instead of magnitude, its recipe) and Net-Trim
-searched (the same budget, ``net_trim`` as the only criterion). Every row gets the same final fine-tune. A searched
+searched (the same budget, ``net_trim`` as the only criterion), early-bird tickets (You et al. 2020, its recipe:
+half the channels, 8-bit codes), once-for-all (Cai et al. 2020: its recipe, the supernet's half-width sub-network
+at 8 bits, and ``--ofa`` searched at the same budget), LassoNet (Lemhadri et al. 2021, its recipe: a quarter of the
+input pixels, 8-bit codes; LeNet-300-100 only) and the mimic student (Ba and Caruana 2014: the built-in
+``<net>-mimic`` task, fp32) beside the same student trained on labels (``<net>-student``); their ratio is to the
+teacher's fp32 bytes. Every row gets the same final fine-tune. A searched
 row reports its exported Pareto model with the best validation accuracy. Columns: test accuracy, packed bytes,
 ratio to fp32, the exported model's latency (median and spread over the timing repeats, batch 1 on this machine)
 and the row's wall time (search, export and fine-tune).
 
     python benchmarks/b8_seed_systems.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 60] [--epochs 8]
-        [--rows recipe,search,hashed,hashed-search,net-trim,net-trim-search] [--out b8_seed_systems]
+        [--rows recipe,search,hashed,hashed-search,net-trim,net-trim-search,early-bird,ofa,ofa-search,lassonet,
+        mimic,student] [--out b8_seed_systems]
 """
 
 from __future__ import annotations
@@ -31,15 +37,19 @@ from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E4
 from envs.tasks import load_task  # noqa: E402
 from methods.discovery import discover_layers  # noqa: E402
 from search import run_search  # noqa: E402
+from search.config import once_for_all  # noqa: E402
 from search.runner import RunOutcome  # noqa: E402
 
 TARGET_FACTOR = 1.5
-ROWS = ("recipe", "search", "hashed", "hashed-search", "net-trim", "net-trim-search")
+ROWS = ("recipe", "search", "hashed", "hashed-search", "net-trim", "net-trim-search", "early-bird", "ofa",
+        "ofa-search", "lassonet", "mimic", "student")
+INPUT_SELECTION = {"lenet300"}
+"""Nets whose first layer is a Linear over the pixels (LassoNet applies)."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nets", default="lenet300,lenet5")
+    parser.add_argument("--nets", default="lenet300,lenet5,resnet")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trials", type=int, default=60, help="evaluations of each searched row")
     parser.add_argument("--epochs", type=float, default=8.0, help="final fine-tune epochs, the same for every row")
@@ -60,16 +70,19 @@ def main() -> None:
             def go(name: str, net: str = net, seed: int = seed, **settings: object) -> tuple[RunOutcome, float]:
                 start = time.perf_counter()
                 settings.setdefault("space", space)
-                outcome = run_search(task=net, out=runs / f"{net}-{seed}-{name}", seed=seed, export=export,
-                                     **settings)
+                settings.setdefault("task", net)
+                settings.setdefault("export", export)
+                outcome = run_search(out=runs / f"{net}-{seed}-{name}", seed=seed, **settings)
                 return outcome, time.perf_counter() - start
 
-            recipe, seconds = go("recipe", searcher="recipe", searcher_options={"name": "deep-compression"}, trials=1)
+            dc = "deep-compression" if net in ("lenet300", "lenet5") else "uniform"  # Han et al. tabled the LeNets
+            recipe, seconds = go("recipe", searcher="recipe", searcher_options={"name": dc}, trials=1)
             baseline = recipe.baseline
             rows.append({"net": net, "seed": seed, "method": "fp32 baseline", "test_accuracy": baseline.test_accuracy,
                          "packed_bytes": baseline.size_bytes, "ratio": round(original / baseline.size_bytes, 1),
                          "latency_ms": round(baseline.latency_ms, 3), "layers": "fp32", "seconds": 0.0})
-            rows.append(row(net, seed, "Deep Compression recipe", recipe, seconds, original))
+            rows.append(row(net, seed, "Deep Compression recipe" if dc == "deep-compression" else
+                            "uniform recipe (90% sparse, 6-bit k-means)", recipe, seconds, original))
             budget = f"{int(recipe.models[0].size_bytes / TARGET_FACTOR)}B"
             rule = f"DC bytes / {TARGET_FACTOR:g}"  # row labels name the rule, not the seed's bytes
             runs_wanted = [
@@ -85,11 +98,27 @@ def main() -> None:
                 ("net-trim-search", f"Net-Trim searched (nsga2, {rule})",
                  {"searcher": "nsga2", "trials": args.trials, "budget_mb": budget,
                   "space": {**space, "saliencies": ["net_trim"]}}),
+                ("early-bird", "early-bird ticket recipe (half the channels, 8-bit)",
+                 {"searcher": "recipe", "trials": 1, "searcher_options": {"name": "early-bird"}}),
+                ("ofa", "once-for-all recipe (the supernet's half-width sub-network, 8-bit)",
+                 {"searcher": "recipe", "trials": 1, "searcher_options": {"name": "ofa"}}),
+                ("ofa-search", f"once-for-all searched (--ofa, nsga2, {rule})",
+                 once_for_all({"searcher": "nsga2", "trials": args.trials, "budget_mb": budget, "export": dict(export),
+                               "space": {**space, "channel_pruning": True}})),
+                ("mimic", "mimic student (fp32)", {"task": f"{net}-mimic", "searcher": "recipe", "trials": 1,
+                                                   "searcher_options": {"name": "fp32"}}),
+                ("student", "same student on labels (fp32)", {"task": f"{net}-student", "searcher": "recipe",
+                                                             "trials": 1, "searcher_options": {"name": "fp32"}}),
             ]
+            if net in INPUT_SELECTION:
+                runs_wanted.append(("lassonet", "LassoNet recipe (a quarter of the pixels, 8-bit)",
+                                    {"searcher": "recipe", "trials": 1, "searcher_options": {"name": "lassonet"}}))
             for key, method, settings in runs_wanted:
                 if key in wanted:
                     outcome, seconds = go(key, **settings)
-                    rows.append(row(net, seed, method, outcome, seconds, original))
+                    task_name = settings.get("task")
+                    rows.append(row(net, seed, method, outcome, seconds, original,
+                                    task=task_name if isinstance(task_name, str) else None))
             frame = pd.DataFrame(rows)  # written after every seed, so a cut-off run keeps what it measured
             table = summary(frame, medians=("packed_bytes", "latency_ms"))
             write_outputs(args.out, frame, markdown_table(table) + "\n\nPer seed:\n\n" +
