@@ -20,7 +20,8 @@ per-candidate pruning pays its whole search per target, once-for-all pays the su
 per target.
 
     python benchmarks/b9_once_for_all.py [--task resnet] [--device cpu-b32] [--targets 0.5,0.3] [--trials 30]
-        [--ofa-trials 60] [--searcher tpe] [--epochs 2] [--proxy-steps 30] [--ofa-epochs 3] [--seed 0]
+        [--ofa-trials 60] [--searcher tpe] [--epochs 2] [--proxy-steps 30] [--ofa-epochs 3] [--max-models 2]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _settings(args: argparse.Namespace, target_ms: float, ofa: bool, epochs: flo
         "trials": args.ofa_trials if ofa else args.trials, "target_latency": f"{target_ms}ms",
         "space": {"bits": [32], "sparsity_max": 0.0, "keep_step": 0.0625, "keep_min": 0.0625, "latency_fill": 0.95},
         "evaluator": {"latency": "predicted", "finetune_steps": 0 if ofa else args.proxy_steps, "finetune_lr": 1e-3},
-        "export": {"finetune_epochs": epochs, "max_models": 4},
+        "export": {"finetune_epochs": epochs, "max_models": args.max_models},
     }
     if ofa:
         values["export"]["learned_epochs"] = args.ofa_epochs
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0, help="final fine-tune epochs of the fine-tuned rows")
     parser.add_argument("--proxy-steps", type=int, default=30, help="fine-tune steps per per-candidate-pruning trial")
     parser.add_argument("--ofa-epochs", type=float, default=3.0, help="passes of the supernet's training")
+    parser.add_argument("--max-models", type=int, default=2, help="models each run exports (and fine-tunes)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
