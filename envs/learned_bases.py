@@ -145,7 +145,7 @@ class LearnedBases:
         weights = hashlib.sha256()
         for key, value in sorted(self.task.model.state_dict().items()):
             weights.update(f"{key}{tuple(value.shape)}{value.dtype};".encode())
-            weights.update(value.detach().cpu().contiguous().numpy().tobytes() if value.numel() else b"")
+            weights.update(value.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
         code = hashlib.sha256()
         for source in (type(check_learned(name)), CoupledChannels):
             code.update(Path(inspect.getfile(source)).read_bytes())
