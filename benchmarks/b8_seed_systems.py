@@ -10,14 +10,16 @@ half the channels, 8-bit codes), once-for-all (Cai et al. 2020: its recipe, the 
 at 8 bits, and ``--ofa`` searched at the same budget), LassoNet (Lemhadri et al. 2021, its recipe: a quarter of the
 input pixels, 8-bit codes; LeNet-300-100 only) and the mimic student (Ba and Caruana 2014: the built-in
 ``<net>-mimic`` task, fp32) beside the same student trained on labels (``<net>-student``); their ratio is to the
-teacher's fp32 bytes. Every row gets the same final fine-tune. A searched
+teacher's fp32 bytes, as is the static hypernetwork's (Ha et al. 2016: the built-in ``<net>-hyper`` task, fp32:
+one shared generator and per-slice embeddings instead of the convolution kernels; LeNet-5 and the ResNet). Every
+row gets the same final fine-tune. A searched
 row reports its exported Pareto model with the best validation accuracy. Columns: test accuracy, packed bytes,
 ratio to fp32, the exported model's latency (median and spread over the timing repeats, batch 1 on this machine)
 and the row's wall time (search, export and fine-tune).
 
     python benchmarks/b8_seed_systems.py [--nets lenet300,lenet5] [--seeds 0,1,2] [--trials 60] [--epochs 8]
         [--rows recipe,search,hashed,hashed-search,net-trim,net-trim-search,early-bird,ofa,ofa-search,lassonet,
-        mimic,student] [--out b8_seed_systems]
+        mimic,student,hyper] [--out b8_seed_systems]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.b1_learned import row, summary  # noqa: E402
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
 from envs.tasks import load_task  # noqa: E402
+from envs.tasks.registry import TASKS  # noqa: E402
 from methods.discovery import discover_layers  # noqa: E402
 from search import run_search  # noqa: E402
 from search.config import once_for_all  # noqa: E402
@@ -42,7 +45,7 @@ from search.runner import RunOutcome  # noqa: E402
 
 TARGET_FACTOR = 1.5
 ROWS = ("recipe", "search", "hashed", "hashed-search", "net-trim", "net-trim-search", "early-bird", "ofa",
-        "ofa-search", "lassonet", "mimic", "student")
+        "ofa-search", "lassonet", "mimic", "student", "hyper")
 INPUT_SELECTION = {"lenet300"}
 """Nets whose first layer is a Linear over the pixels (LassoNet applies)."""
 
@@ -110,6 +113,10 @@ def main() -> None:
                 ("student", "same student on labels (fp32)", {"task": f"{net}-student", "searcher": "recipe",
                                                              "trials": 1, "searcher_options": {"name": "fp32"}}),
             ]
+            if f"{net}-hyper" in TASKS:
+                runs_wanted.append(("hyper", "hypernetwork (Ha et al. 2016, fp32)",
+                                    {"task": f"{net}-hyper", "searcher": "recipe", "trials": 1,
+                                     "searcher_options": {"name": "fp32"}}))
             if net in INPUT_SELECTION:
                 runs_wanted.append(("lassonet", "LassoNet recipe (a quarter of the pixels, 8-bit)",
                                     {"searcher": "recipe", "trials": 1, "searcher_options": {"name": "lassonet"}}))

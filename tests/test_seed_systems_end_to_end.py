@@ -1,6 +1,6 @@
-"""HashedNets, Net-Trim, once-for-all and mimic students through the real entry script: as recipes on a user's
-model, as searched choices on a built-in task, as a search mode and as built-in tasks; the exported files reload
-with the reported accuracy."""
+"""HashedNets, Net-Trim, once-for-all, mimic students and hypernetworks through the real entry script: as recipes
+on a user's model, as searched choices on a built-in task, as a search mode and as built-in tasks; the exported
+files reload with the reported accuracy."""
 
 from __future__ import annotations
 
@@ -105,3 +105,20 @@ def test_lassonet_recipe_on_a_user_mlp_zeroes_input_columns_and_reloads(tmp_path
     dropped = (model[1].weight == 0).all(dim=0)
     assert int(dropped.sum()) == 64 - 16  # a quarter of the 8x8 inputs kept
     assert evaluate_accuracy(model, tiny_splits()[2]) == float(rows[0]["test_accuracy"])
+
+
+def test_a_hypernetwork_task_stores_its_generator_and_reloads_with_its_reported_accuracy(tmp_path: Path) -> None:
+    run, config = tmp_path / "run", tmp_path / "config.yaml"
+    config.write_text("export: {finetune_epochs: 0.25}\n")
+    proc = run_search_py("--task", "lenet5-hyper", "--recipe", "fp32", "--config", str(config), "--out", str(run),
+                         "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = csv_rows(run / "pareto.csv")
+    path = run / row["model_file"]
+    shapes = read_header(path.read_bytes()).shapes
+    assert "conv2.weight" not in shapes and shapes["hyper_bank.z"] == (1, 4)  # the generator, not the kernel
+    assert shapes["hyper_bank.net.w_out"] == (25 * 50, 4) and shapes["conv1.weight"] == (20, 1, 5, 5)
+    assert int(row["size_bytes"]) == path.stat().st_size < 4 * (431_080 - 25_000 + 6_654) + 8_192
+    model = load_model(path)  # a built-in architecture: no code to trust
+    assert type(model).__name__ == "HyperLeNet5"
+    assert evaluate_accuracy(model, load_task("lenet5-hyper").test) == float(row["test_accuracy"])

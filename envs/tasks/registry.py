@@ -20,7 +20,7 @@ from core.errors import UsageError
 from core.metric import MetricSpec
 from core.paths import default_cache_dir
 from core.spec import SampleShape
-from envs.tasks import charlstm, chartransformer, mobilenet, mobilenet96, models, students
+from envs.tasks import charlstm, chartransformer, hypernets, mobilenet, mobilenet96, models, students
 from envs.tasks.data import Splits, data_fingerprint, materialize_splits, mnist_splits, probe, sample_shape
 from envs.tasks.definition import Loss, checked_definition
 from envs.tasks.mnist96 import mnist96_splits
@@ -128,6 +128,18 @@ TASKS: dict[str, TaskSpec] = {
     **_students("lenet5", students.ShallowCNN, TrainRecipe(epochs=10, lr=1e-3, batch_size=32), "79,926"),
     **_students("resnet", students.SmallCNN, TrainRecipe(epochs=8, lr=2e-3, batch_size=32, schedule="cosine"),
                 "50,282"),
+    "lenet5-hyper": TaskSpec(
+        hypernets.HyperLeNet5,
+        TrainRecipe(epochs=10, lr=1e-3, batch_size=32),
+        "Caffe LeNet-5 whose conv2 kernel a static hypernetwork generates (Ha et al. 2016; N_z = d = 4; 412,734 "
+        "params) on MNIST-5k",
+    ),
+    "resnet-hyper": TaskSpec(
+        hypernets.HyperResNet,
+        TrainRecipe(epochs=4, lr=2e-3, batch_size=32, schedule="cosine"),
+        "the BatchNorm ResNet whose 3x3 kernels after the stem a static hypernetwork generates (Ha et al. 2016; "
+        "8x8 slices, N_z = 16, d = 64; 105,802 params, 19x fewer) on MNIST-5k",
+    ),
 }
 """Registry of built-in tasks, by name."""
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
