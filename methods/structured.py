@@ -48,7 +48,7 @@ from torch import nn
 from core.errors import UsageError
 from methods.channel_importance import FALLBACK, ChannelImportance, check_channel_importance
 from methods.examples import random_batch, zeros_batch
-from methods.kind_pruning import build_graph, channel_units, own_pruning_types
+from methods.kind_pruning import GENERATED_REASON, build_graph, channel_units, own_pruning_types, touches_generated
 from methods.layer_kinds import kind_of
 from methods.objective import task_loss
 from methods.structured_check import ChannelPruningError, prune_checked
@@ -146,6 +146,10 @@ def _groups(model: nn.Module, graph: tp.DependencyGraph, warn: bool = False) -> 
                            names[module], reason)
     for group in all_groups:
         root = group[0].dep.target.module
+        if touches_generated(group):
+            if warn:
+                logger.warning("leaving channel group %r unpruned: %s", names[root], GENERATED_REASON)
+            continue
         members = []
         for item in group:
             module = item.dep.target.module
