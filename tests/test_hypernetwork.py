@@ -191,3 +191,16 @@ def test_channel_groups_through_a_generated_convolution_stay_whole(caplog: pytes
     assert channel_groups(HyperResNet(), (1, 28, 28)) == []
     dense = [g.leader for g in channel_groups(ThreeConvs(), INPUT_SHAPE)]
     assert dense and not {g.leader for g in channel_groups(_generated(), INPUT_SHAPE)} & {"conv1", "conv2"}
+
+
+def test_cached_hypernetwork_tasks_go_stale_when_the_generator_code_changes() -> None:
+    import hashlib
+    import inspect
+
+    from envs.tasks import hypernets, models
+    from methods import hypernetwork
+
+    digest = hashlib.sha256()
+    for module in (hypernets, models, hypernetwork):
+        digest.update(open(inspect.getfile(module), "rb").read())
+    assert registry.builtin_code_fingerprint(HyperResNet) == digest.hexdigest()[:16]

@@ -108,7 +108,8 @@ def test_materialize_casts_and_rejects_bad_datasets() -> None:
 def test_builtin_architectures() -> None:
     assert DEFAULT_TASK == "resnet" and set(TASK_NAMES) == {
         "lenet300", "lenet5", "resnet", "mobilenet", "charlstm", "mobilenet96", "chartransformer",
-        *(f"{teacher}-{kind}" for teacher in ("lenet300", "lenet5", "resnet") for kind in ("mimic", "student"))}
+        *(f"{teacher}-{kind}" for teacher in ("lenet300", "lenet5", "resnet") for kind in ("mimic", "student")),
+        "lenet5-hyper", "resnet-hyper"}
     assert count_parameters(build_architecture({"task": "lenet300"})) == 266_610
     assert count_parameters(build_architecture({"task": "lenet5"})) == 431_080
     resnet = build_architecture({"task": "resnet"})

@@ -223,13 +223,15 @@ def build_architecture(source: dict[str, str]) -> nn.Module:
 
 
 def builtin_code_fingerprint(factory: Callable[[], nn.Module]) -> str:
-    """SHA-256 prefix of the file defining a built-in architecture and of the files of its base classes in this
-    package (a subclass's cached weights go stale when its base class changes)."""
+    """SHA-256 prefix of the file defining a built-in architecture, of the files of its base classes in this
+    package (a subclass's cached weights go stale when its base class changes) and of the modules it names in
+    ``code_modules`` (code outside this package that computes its forward pass, e.g. a hypernetwork)."""
     files = [inspect.getfile(factory)]
     if isinstance(factory, type):
         package = Path(__file__).resolve().parent
         files += [inspect.getfile(base) for base in factory.__mro__[1:] if base.__module__.startswith(__package__)
                   and Path(inspect.getfile(base)).resolve().parent == package]
+        files += [inspect.getfile(module) for module in getattr(factory, "code_modules", ())]
     digest = hashlib.sha256()
     for path in dict.fromkeys(files):  # the defining file first, as the key always had it
         digest.update(Path(path).read_bytes())
