@@ -108,7 +108,7 @@ class HyperBank(nn.Module):
         for (o, i), part in zip(self.shapes, torch.split(slices, self.counts), strict=True):
             grid = part.view(o // spec.slice_out, i // spec.slice_in, spec.slice_out, spec.slice_in,
                              spec.kernel, spec.kernel)
-            out.append(grid.permute(0, 2, 1, 3, 4, 5).reshape(o, i, spec.kernel, spec.kernel))
+            out.append(grid.permute(0, 2, 1, 3, 4, 5).reshape(o, i, spec.kernel, spec.kernel).contiguous())
         self._cache = (self._state(), out) if frozen else None
         return out
 
