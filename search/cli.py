@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-mb", help="size budget of the packed model: 5, 5MB, 512KB, 5MiB (bare = MB)")
     parser.add_argument("--target-latency", help="latency target on the device: 20ms, 0.02s, 500us (bare = ms)")
     parser.add_argument("--task", help="built-in task (resnet, mobilenet, mobilenet96, lenet5, lenet300, charlstm, "
-                        "chartransformer), or a task file FILE.py:factory returning envs.tasks.TaskDefinition")
+                        "chartransformer; mimic students and their controls lenet300-mimic, lenet300-student, "
+                        "lenet5-mimic, lenet5-student, resnet-mimic, resnet-student; hypernetworks lenet5-hyper, "
+                        "resnet-hyper), or a task file FILE.py:factory returning envs.tasks.TaskDefinition")
     parser.add_argument("--model", help="your model: FILE.py:factory or package.module:factory")
     parser.add_argument("--weights", help="state_dict file for --model (loaded with weights_only=True)")
     parser.add_argument("--data", help="your data: FILE.py:factory returning (train, val, test) datasets")
