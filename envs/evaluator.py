@@ -234,17 +234,20 @@ class Evaluator:
             initial=self.task.initial,
         )
 
-    def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True) -> CompressedModel:
+    def compress(self, policy: Policy, refinement: Refinement | None = None, verify: bool = True,
+                 from_learned: bool = True) -> CompressedModel:
         """Applies ``policy`` to a copy of the task's model and packs it (``verify``: decode the bytes in full
         and check them against the measured model); the file's header records the policy's runtime. A policy
         naming a learned method starts from the model that method trained (:attr:`learned`), its zeroed channels
-        removed.
+        removed; ``from_learned=False`` starts from the task's model as given even when the run names one (the
+        uncompressed baseline).
 
         Raises:
             ValueError: for a runtime the device profile does not allow.
         """
         base = self.task.model
-        policy = self.with_learned(policy)
+        if from_learned:
+            policy = self.with_learned(policy)
         if policy.learned is not None:
             base, policy = self.learned.base(policy.learned).model, self.learned.floored(policy)
         return compress(

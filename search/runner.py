@@ -40,8 +40,9 @@ class RunOutcome:
 
 
 def _baseline(prepared: Prepared) -> Baseline:
+    """The user's model as given: no policy, and no learned method even when the run starts from one."""
     evaluator = prepared.evaluator
-    compressed = evaluator.compress(Policy(), evaluator.refinement())
+    compressed = evaluator.compress(Policy(), evaluator.refinement(), from_learned=False)
     result = evaluator.measure(compressed)
     return Baseline(
         val_accuracy=result.val_accuracy,

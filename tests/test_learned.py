@@ -412,3 +412,20 @@ def test_a_runs_learned_method_applies_to_every_candidate(evaluator: Evaluator) 
         assert learned.params < plain.params  # the closed channels are gone
     finally:
         evaluator.learned_default = None
+
+
+@pytest.mark.slow
+def test_the_reported_baseline_is_the_model_as_given_when_the_run_starts_from_a_learned_method(tmp_path) -> None:
+    """The report's uncompressed baseline (and every ratio beside it) is the user's model, not what the learned
+    method made of it."""
+    from search import run_search
+
+    original = load_task("lenet300").model
+    outcome = run_search(task="lenet300", searcher="recipe", searcher_options={"name": "fp32"},
+                         export={"learned": "early_bird", "finetune_epochs": 0},
+                         device="cpu-b1", out=tmp_path / "run")
+    (model,) = outcome.models
+    assert outcome.baseline.params == sum(p.numel() for p in original.parameters())
+    assert model.params < outcome.baseline.params  # the ticket lost channels: the baseline is not that model
+    assert outcome.baseline.size_bytes > model.size_bytes
+    assert "## Uncompressed baseline" in (tmp_path / "run" / "report.md").read_text()
