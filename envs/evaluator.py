@@ -27,6 +27,7 @@ from envs.timing_worker import TimingWorker
 from methods.compute import compute_device
 from methods.discovery import discover_layers, total_macs
 from methods.finetune import FinetuneSettings, has_batchnorm
+from methods.hypernetwork import generated_macs
 from methods.layer_kinds import weight_keys
 from methods.packing import RUNTIME_KEY
 from methods.pipeline import CompressedModel, Refinement, architecture, compress
@@ -198,7 +199,7 @@ class Evaluator:
         """Per runtime, the fastest round of the paired-timing reference seen so far (ms)."""
         self.latency_target_ms: float | None = None
         """The run's latency target: measurements near it are confirmed by a second one (see :meth:`latency`)."""
-        self._layers_by_shape: dict[tuple, tuple[list[LayerSpec], list[str]]] = {}
+        self._layers_by_shape: dict[tuple, tuple[int, list[str]]] = {}
         self._predictors: dict[str, LatencyPredictor] = {}
         self.latency_checks: list[LatencyCheck] = []
         """Predicted-and-measured pairs collected while searching with predicted latency."""
@@ -475,6 +476,11 @@ class Evaluator:
         on = self.compute if eager else torch.device("cpu")
         return self.task.metric_spec.score(evaluate(model, data, self.task.scorer, device=on))
 
+    def val_score(self, compressed: CompressedModel) -> float:
+        """Validation score of the compressed model as it runs on the device (what model selection uses)."""
+        runtime = self.runtime_of(compressed)
+        return self.score(self.runnable(compressed.model, runtime), self.val_data, runtime)
+
     def test_accuracy(self, compressed: CompressedModel) -> float:
         """Test-split score of the compressed model as it runs on the device (report only; never searched on)."""
         runtime = self.runtime_of(compressed)
@@ -492,8 +498,9 @@ class Evaluator:
         architecture = _architecture_key(model)
         if architecture not in self._layers_by_shape:  # a traced forward pass, once per architecture
             specs = discover_layers(model, self.task.input_shape)
-            self._layers_by_shape[architecture] = (specs, [k for s in specs for k in weight_keys(model, s.name)])
-        specs, weights = self._layers_by_shape[architecture]
+            macs = total_macs(specs) + generated_macs(model, self.task.input_shape)
+            self._layers_by_shape[architecture] = (macs, [k for s in specs for k in weight_keys(model, s.name)])
+        macs, weights = self._layers_by_shape[architecture]
         nonzero = sum(int(torch.count_nonzero(model.get_parameter(name))) for name in weights)
         latency = self.latency(model, reuse=reuse_latency, runnable=runnable, runtime=runtime)
         return Result(
@@ -501,7 +508,7 @@ class Evaluator:
             size_bytes=compressed.size_bytes,
             latency_ms=latency.ms,
             latency_spread_ms=latency.spread_ms,
-            macs=total_macs(specs),
+            macs=macs,
             params=sum(p.numel() for p in model.parameters()),
             nonzero_weights=nonzero,
             runtime=runtime,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.examples import zeros_batch
+
 BANK = "hyper_bank"
 """Attribute of the root module that holds the :class:`HyperBank`."""
 
@@ -178,3 +180,30 @@ def attach(model: nn.Module, z_dim: int, hidden: int, slice_in: int, slice_out: 
         parent, _, leaf = name.rpartition(".")
         setattr(modules[parent] if parent else model, leaf, GeneratedConv2d(conv, bank, index))
     return spec
+
+
+def generated_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates per sample of the model's generated convolutions (the compressible layers' MACs leave
+    them out: their kernels are not weights of their own); 0 for a model without any. Generating the kernels is
+    a one-off cost at load, not counted."""
+    generated = [m for m in model.modules() if isinstance(m, GeneratedConv2d)]
+    if not generated:
+        return 0
+    total = 0
+
+    def count(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        kernel = module._bank.kernels()[module.index]  # noqa: SLF001 - the bank is the layer's own weight source
+        total += out[0].numel() * kernel[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in generated]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(zeros_batch(input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return total

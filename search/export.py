@@ -19,7 +19,7 @@ from methods.finetune import FinetuneSettings
 from methods.learned import LearnedSettings, check_learned
 from methods.onnx_runtime import OnnxConversionError, OnnxRuntimeModel, export_onnx
 from methods.packing import write_packed
-from methods.pipeline import CompressedModel
+from methods.pipeline import CompressedModel, Refinement
 from methods.streams import sample_count
 from search.archive import Trial
 from search.pareto import non_dominated, spread_subset
@@ -42,6 +42,7 @@ PARETO_COLUMNS = [
     "trial",
     "policy_digest",
     "policy",
+    "final_finetune",
 ]
 MODEL_SUFFIX = ".acz"
 logger = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class ExportedModel:
     """Path of its ONNX file relative to the run folder (with ``export.onnx``; empty otherwise)."""
     metric: MetricSpec = ACCURACY
     """The task's metric; the ``*_accuracy`` fields hold its higher-is-better scores (:class:`MetricSpec`)."""
+    final_finetune: bool = True
+    """Whether the file holds the model after the final fine-tune; ``False`` when the same policy without it
+    scored higher on validation (see :func:`export_front`), or when there was none."""
 
     def row(self) -> dict[str, object]:
         """The pareto.csv row (metric values under the metric's own column names, see :func:`pareto_columns`)."""
@@ -175,6 +179,7 @@ class ExportedModel:
             "trial": self.trial,
             "policy_digest": self.policy.digest(),
             "policy": self.policy.to_json(),
+            "final_finetune": self.final_finetune,
         }
 
 
@@ -230,11 +235,13 @@ def export_front(
 ) -> tuple[list[ExportedModel], list[Dropped]]:
     """Fine-tunes, re-measures and writes the chosen candidates (see :func:`candidates`).
 
-    Every exported model is measured again after its fine-tune, on its policy's runtime: size from the file's
-    bytes, latency by running it (in the timing process, and again in one started for it alone, as a user
-    loading the file would; the slower figure counts), accuracy on val (for selection) and test (reported
-    only). Candidates over budget after that, or dominated on the new numbers, are dropped; each one dropped as
-    over budget is replaced by the next of ``spares`` (see :func:`reserves`), if any.
+    The fine-tuned model is kept unless the same policy without the final fine-tune scores higher on
+    validation (a light policy on a well-trained model can lose accuracy to the fine-tune's fresh learning
+    rate); then that one is exported. Every exported model is measured again, on its policy's runtime: size
+    from the file's bytes, latency by running it (in the timing process, and again in one started for it alone,
+    as a user loading the file would; the slower figure counts), accuracy on val (for selection) and test
+    (reported only). Candidates over budget after that, or dominated on the new numbers, are dropped; each one
+    dropped as over budget is replaced by the next of ``spares`` (see :func:`reserves`), if any.
     """
     original_bytes = 4 * sum(spec.params for spec in evaluator.layers)
     refinement = evaluator.refinement(settings.final_finetune(evaluator, seed))
@@ -244,7 +251,7 @@ def export_front(
     while queue:
         trial = queue.pop(0)
         trial = replace(trial, policy=settings.exported_policy(trial.policy))
-        compressed = evaluator.compress(trial.policy, refinement)
+        compressed, finetuned = _kept_finetune(evaluator, trial.policy, refinement)
         fresh = evaluator.fresh_latency(compressed.model, trial.policy.runtime)
         result = evaluator.measure(compressed, reuse_latency=False)
         # the timing process's figure is the later one: the fresh one is scaled to the anchor it was made with
@@ -261,15 +268,15 @@ def export_front(
             continue
         test_accuracy = evaluator.test_accuracy(compressed)
         predicted = evaluator.predicted_latency_ms(compressed.model, result.runtime)
-        measured.append((trial, compressed, result, test_accuracy, predicted))
+        measured.append((trial, compressed, result, test_accuracy, predicted, finetuned))
         if on_step is not None:
             on_step()
-    points = [(r.val_accuracy, float(r.size_bytes), r.latency_ms) for _, _, r, _, _ in measured]
+    points = [(r.val_accuracy, float(r.size_bytes), r.latency_ms) for _, _, r, _, _, _ in measured]
     front = set(non_dominated(points))
     models_dir = run_dir / "models"
     models_dir.mkdir(exist_ok=True)
     exported = []
-    for index, (trial, compressed, result, test_accuracy, predicted) in enumerate(measured):
+    for index, (trial, compressed, result, test_accuracy, predicted, finetuned) in enumerate(measured):
         if index not in front:
             dropped.append(Dropped(trial.number, "dominated after the final fine-tune"))
             continue
@@ -284,7 +291,7 @@ def export_front(
             else:
                 onnx_name = name.removesuffix(MODEL_SUFFIX) + ".onnx"
                 write_packed(run_dir / onnx_name, graph)
-        exported.append((trial, name, onnx_name, result, test_accuracy, predicted))
+        exported.append((trial, name, onnx_name, result, test_accuracy, predicted, finetuned))
     exported.sort(key=lambda item: (item[3].size_bytes, -item[3].val_accuracy))
     return [
         ExportedModel(
@@ -305,9 +312,22 @@ def export_front(
             runtime=result.runtime,
             onnx_file=onnx_name,
             metric=evaluator.task.metric_spec,
+            final_finetune=finetuned,
         )
-        for rank, (trial, name, onnx_name, result, test_accuracy, predicted) in enumerate(exported)
+        for rank, (trial, name, onnx_name, result, test_accuracy, predicted, finetuned) in enumerate(exported)
     ], dropped
+
+
+def _kept_finetune(evaluator: Evaluator, policy: Policy, refinement: Refinement) -> tuple[CompressedModel, bool]:
+    """``policy``'s model after the final fine-tune of ``refinement``, or without it (BatchNorm recalibration
+    only) when that one scores higher on validation; and whether the fine-tuned one was kept."""
+    tuned = evaluator.compress(policy, refinement)
+    if refinement.finetune.steps == 0:
+        return tuned, False
+    plain = evaluator.compress(policy, evaluator.refinement())
+    if evaluator.val_score(plain) > evaluator.val_score(tuned):
+        return plain, False
+    return tuned, True
 
 
 def onnx_bytes(evaluator: Evaluator, compressed: CompressedModel) -> bytes:

@@ -84,6 +84,16 @@ def pareto_table(models: Sequence[ExportedModel]) -> str:
     return "\n".join(lines)
 
 
+def _plain_lines(models: Sequence[ExportedModel]) -> list[str]:
+    """Which exported models hold the policy without the final fine-tune (it scored lower on validation, or
+    ``finetune_epochs`` is 0)."""
+    plain = [str(m.rank) for m in models if not m.final_finetune]
+    if not plain:
+        return []
+    return [f"Without the final fine-tune (the same policy scored higher on validation without it, or there was "
+            f"none): rank {', '.join(plain)}.", ""]
+
+
 def _predictor_lines(checks: Sequence[LatencyCheck], models: Sequence[ExportedModel]) -> list[str]:
     """The latency model's error over the candidates run for real, and over the exported models."""
     exported = [abs(m.predicted_latency_ms - m.latency_ms) / m.latency_ms
@@ -195,6 +205,7 @@ def write_report(
         "",
         pareto_table(models) if models else "No candidate met the budget. Loosen the budget or run more trials.",
         "",
+        *_plain_lines(models),
         "![pareto](pareto.png)",
         "",
     ]

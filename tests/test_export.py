@@ -15,7 +15,7 @@ from envs.evaluator import Evaluator
 from envs.tasks import load_task
 from envs.timing import MIN_ROUNDS, Latency
 from search.archive import Trial
-from search.export import ExportSettings, candidates, export_front, reserves
+from search.export import ExportSettings, candidates, export_front, reserves, write_pareto_csv
 
 FAST = DeviceProfile(name="test", threads=1, batch=8, warmup=1, repeats=3)
 POLICY = Policy.from_choices({"fc1": LayerChoice(0.5, 4), "fc2": LayerChoice(0.5, 4)})
@@ -118,3 +118,32 @@ def test_export_writes_an_onnx_file_that_onnx_runtime_runs_with_the_reported_acc
     logits = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
     accuracy = float((np.argmax(logits, axis=1) == labels.numpy()).mean())
     assert abs(accuracy - model.test_accuracy) <= 0.002
+
+
+def _exported(evaluator: Evaluator, policy: Policy, settings: ExportSettings, tmp_path: Path):
+    trial = Trial(0, "random", policy, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
+    tmp_path.mkdir()
+    (model,), _ = export_front(evaluator, [trial], Budget(), tmp_path, settings=settings, seed=0)
+    return model
+
+
+@pytest.mark.slow
+def test_the_final_fine_tune_is_kept_only_where_it_raises_the_validation_score(tmp_path: Path) -> None:
+    """A fine-tune that harms (here: far too high a learning rate on the uncompressed model) is left out, and the
+    file holds the model as it was; one that recovers a heavily compressed model is kept."""
+    from methods.finetune import FinetuneSettings
+
+    evaluator = _ScriptedTiming(load_task("lenet300"), FAST, warm=1.0, fresh=1.0)
+    original = evaluator.score(evaluator.task.model, evaluator.val_data)
+    fp32 = Policy.from_choices({name: LayerChoice(bits=32) for name in evaluator.layer_names})
+    harmful = ExportSettings(finetune_epochs=1, finetune=FinetuneSettings(lr=5e-2))
+    plain = _exported(evaluator, fp32, harmful, tmp_path / "fp32")
+    assert not plain.final_finetune and plain.val_accuracy == pytest.approx(original, abs=1e-9)
+    write_pareto_csv(tmp_path / "pareto.csv", [plain])
+    assert (tmp_path / "pareto.csv").read_text().splitlines()[1].endswith(",False")
+
+    heavy = Policy.from_choices({name: LayerChoice(0.95, 2) for name in evaluator.layer_names})
+    untuned = _exported(evaluator, heavy, ExportSettings(finetune_epochs=0), tmp_path / "untuned")
+    tuned = _exported(evaluator, heavy, ExportSettings(finetune_epochs=1), tmp_path / "tuned")
+    assert not untuned.final_finetune
+    assert tuned.final_finetune and tuned.val_accuracy > untuned.val_accuracy

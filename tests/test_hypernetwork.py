@@ -17,8 +17,8 @@ from envs.tasks import build_architecture, evaluate_accuracy, registry
 from envs.tasks.hypernets import HyperLeNet5, HyperResNet
 from envs.tasks.models import count_parameters
 from envs.tasks.training import TrainRecipe, train_model
-from methods.discovery import discover_layers
-from methods.hypernetwork import BANK, GeneratedConv2d, HyperSpec, attach, eligible_convs
+from methods.discovery import discover_layers, total_macs
+from methods.hypernetwork import BANK, GeneratedConv2d, HyperSpec, attach, eligible_convs, generated_macs
 from methods.packing import pack
 from tests.fixtures.tiny_nets import INPUT_SHAPE
 
@@ -204,3 +204,15 @@ def test_cached_hypernetwork_tasks_go_stale_when_the_generator_code_changes() ->
     for module in (hypernets, models, hypernetwork):
         digest.update(open(inspect.getfile(module), "rb").read())
     assert registry.builtin_code_fingerprint(HyperResNet) == digest.hexdigest()[:16]
+
+
+def test_a_generated_convolution_counts_the_macs_of_the_convolution_it_replaced() -> None:
+    torch.manual_seed(0)
+    dense = ThreeConvs()
+    generated = copy.deepcopy(dense)
+    attach(generated, z_dim=4, hidden=8, slice_in=4, slice_out=4)
+    dense_macs = total_macs(discover_layers(dense, INPUT_SHAPE))
+    assert generated_macs(dense, INPUT_SHAPE) == 0
+    ordinary = total_macs(discover_layers(generated, INPUT_SHAPE))  # conv1 and the head only
+    assert ordinary < dense_macs
+    assert ordinary + generated_macs(generated, INPUT_SHAPE) == dense_macs
