@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.b1_learned import row, summary  # noqa: E402
 from benchmarks.common import OUT_DIR, markdown_table, write_outputs  # noqa: E402
-from envs.tasks import load_task  # noqa: E402
-from envs.tasks.registry import TASKS  # noqa: E402
+from envs.tasks import TASK_NAMES, load_task  # noqa: E402
 from methods.discovery import discover_layers  # noqa: E402
 from search import run_search  # noqa: E402
 from search.config import once_for_all  # noqa: E402
@@ -113,7 +112,7 @@ def main() -> None:
                 ("student", "same student on labels (fp32)", {"task": f"{net}-student", "searcher": "recipe",
                                                              "trials": 1, "searcher_options": {"name": "fp32"}}),
             ]
-            if f"{net}-hyper" in TASKS:
+            if f"{net}-hyper" in TASK_NAMES:
                 runs_wanted.append(("hyper", "hypernetwork (Ha et al. 2016, fp32)",
                                     {"task": f"{net}-hyper", "searcher": "recipe", "trials": 1,
                                      "searcher_options": {"name": "fp32"}}))

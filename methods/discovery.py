@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from core.spec import LayerSpec
 from methods.examples import zeros_batch
@@ -65,6 +66,18 @@ def trace_layers(
                 on_call(name, mod, first, kind.output_tensor(out))
 
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    hooked_pass(model, input_shape, handles)
+
+
+def hooked_pass(model: nn.Module, input_shape: Sequence[int], handles: Sequence[RemovableHandle]) -> None:
+    """Runs one zero sample through ``model`` in eval mode for the forward hooks behind ``handles``, then removes
+    them and restores the model's mode.
+
+    Args:
+        model: the network; it is not modified.
+        input_shape: shape of one sample, without the batch dimension.
+        handles: the hooks' handles (removed even when the pass fails).
+    """
     was_training = model.training
     model.eval()
     try:

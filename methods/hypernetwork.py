@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.examples import zeros_batch
+from methods.discovery import hooked_pass
 
 BANK = "hyper_bank"
 """Attribute of the root module that holds the :class:`HyperBank`."""
@@ -196,14 +196,5 @@ def generated_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         kernel = module._bank.kernels()[module.index]  # noqa: SLF001 - the bank is the layer's own weight source
         total += out[0].numel() * kernel[0].numel()
 
-    handles = [m.register_forward_hook(count) for m in generated]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(zeros_batch(input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    hooked_pass(model, input_shape, [m.register_forward_hook(count) for m in generated])
     return total

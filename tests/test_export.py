@@ -37,9 +37,11 @@ class _ScriptedTiming(Evaluator):
         return Latency(self.fresh, 0.2, 3)
 
 
-def _export(evaluator: Evaluator, budget: Budget, tmp_path: Path) -> tuple[list, list]:
-    trial = Trial(0, "random", POLICY, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
-    return export_front(evaluator, [trial], budget, tmp_path, settings=ExportSettings(finetune_epochs=0), seed=0)
+def _export(evaluator: Evaluator, budget: Budget, tmp_path: Path, policy: Policy = POLICY,
+            settings: ExportSettings = ExportSettings(finetune_epochs=0)) -> tuple[list, list]:
+    trial = Trial(0, "random", policy, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
+    tmp_path.mkdir(exist_ok=True)
+    return export_front(evaluator, [trial], budget, tmp_path, settings=settings, seed=0)
 
 
 @pytest.mark.parametrize(("fresh", "kept"), [(9.0, True), (10.5, False)])
@@ -120,13 +122,6 @@ def test_export_writes_an_onnx_file_that_onnx_runtime_runs_with_the_reported_acc
     assert abs(accuracy - model.test_accuracy) <= 0.002
 
 
-def _exported(evaluator: Evaluator, policy: Policy, settings: ExportSettings, tmp_path: Path):
-    trial = Trial(0, "random", policy, Result(val_accuracy=0.9, size_bytes=1, latency_ms=1.0), True)
-    tmp_path.mkdir()
-    (model,), _ = export_front(evaluator, [trial], Budget(), tmp_path, settings=settings, seed=0)
-    return model
-
-
 @pytest.mark.slow
 def test_the_final_fine_tune_is_kept_only_where_it_raises_the_validation_score(tmp_path: Path) -> None:
     """A fine-tune that harms (here: far too high a learning rate on the uncompressed model) is left out, and the
@@ -137,13 +132,13 @@ def test_the_final_fine_tune_is_kept_only_where_it_raises_the_validation_score(t
     original = evaluator.score(evaluator.task.model, evaluator.val_data)
     fp32 = Policy.from_choices({name: LayerChoice(bits=32) for name in evaluator.layer_names})
     harmful = ExportSettings(finetune_epochs=1, finetune=FinetuneSettings(lr=5e-2))
-    plain = _exported(evaluator, fp32, harmful, tmp_path / "fp32")
+    (plain,), _ = _export(evaluator, Budget(), tmp_path / "fp32", fp32, harmful)
     assert not plain.final_finetune and plain.val_accuracy == pytest.approx(original, abs=1e-9)
     write_pareto_csv(tmp_path / "pareto.csv", [plain])
     assert (tmp_path / "pareto.csv").read_text().splitlines()[1].endswith(",False")
 
     heavy = Policy.from_choices({name: LayerChoice(0.95, 2) for name in evaluator.layer_names})
-    untuned = _exported(evaluator, heavy, ExportSettings(finetune_epochs=0), tmp_path / "untuned")
-    tuned = _exported(evaluator, heavy, ExportSettings(finetune_epochs=1), tmp_path / "tuned")
+    (untuned,), _ = _export(evaluator, Budget(), tmp_path / "untuned", heavy)
+    (tuned,), _ = _export(evaluator, Budget(), tmp_path / "tuned", heavy, ExportSettings(finetune_epochs=1))
     assert not untuned.final_finetune
     assert tuned.final_finetune and tuned.val_accuracy > untuned.val_accuracy
